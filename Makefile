@@ -1,0 +1,54 @@
+# imagebuilder: make setup | test | images | lint | bench
+#
+# `make setup` installs what the project needs on a Debian or Ubuntu machine (idempotent: apt-get
+# runs only for packages that are missing) and makes .venv from the system Python, whose
+# site-packages provide python3-guestfs.
+
+SHELL := /bin/bash
+PYTHON ?= /usr/bin/python3
+VENV := .venv
+BIN := $(VENV)/bin
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+# Debian packages, by the programs the builder and its tests run.
+APT_PACKAGES := python3 python3-venv python3-pip \
+	util-linux mount fdisk e2fsprogs dosfstools mtools \
+	mmdebstrap qemu-user-static binfmt-support arch-test \
+	xz-utils zstd unzip bmap-tools \
+	qemu-system-arm qemu-utils
+
+.PHONY: setup apt venv test test-fast images lint bench clean
+
+setup: apt venv
+
+apt:
+	@missing=$$(for p in $(APT_PACKAGES); do \
+	    dpkg-query -W -f '$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	    echo "installing: $$missing"; \
+	    $(SUDO) apt-get update -q && \
+	    DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends $$missing; \
+	fi
+
+venv: $(BIN)/.installed
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv --system-site-packages $(VENV)
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+test: setup
+	$(BIN)/pytest -v
+
+test-fast: venv
+	$(BIN)/pytest -m "not integration and not boot"
+
+images: setup
+	$(BIN)/imagebuilder build recipes/cluster.yaml
+
+lint: venv
+	$(BIN)/ruff check imagebuilder tests
+	$(BIN)/mypy
+
+clean:
+	rm -rf $(VENV) out build *.egg-info

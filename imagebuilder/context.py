@@ -1,0 +1,40 @@
+"""What every command gets: the one ExitStack, and where the cache and the secrets live."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "imagebuilder"
+
+
+def default_state_dir() -> Path:
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "imagebuilder"
+
+
+@dataclass
+class Context:
+    cache_dir: Path = field(default_factory=default_cache_dir)
+    state_root: Path = field(default_factory=default_state_dir)
+    debug: bool = False
+    keep_workdir: bool = False
+    # Every acquisition of the command goes on this stack, so an error or a signal unwinds it all.
+    stack: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
+
+    def cache(self, *parts: str) -> Path:
+        path = self.cache_dir.joinpath(*parts)
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def state_dir(self, cluster: str) -> Path:
+        """The cluster's secrets directory, readable by its owner only."""
+        path = self.state_root / cluster
+        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        path.chmod(0o700)
+        return path

@@ -1,0 +1,66 @@
+"""Expected errors: a user's mistake or the machine's state, never a bug.
+
+The command line prints them as one line (plus a hint) and exits 2; anything else is a bug and
+keeps its traceback.
+"""
+
+from __future__ import annotations
+
+
+class ImageBuilderError(Exception):
+    """An error the user can fix; `hint` says how."""
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def lines(self) -> list[str]:
+        out = [f"imagebuilder: {self.message}"]
+        if self.hint:
+            out.append(f"  hint: {self.hint}")
+        return out
+
+
+class RecipeError(ImageBuilderError):
+    """A recipe that does not validate; carries one line per problem."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__(problems[0] if problems else "invalid recipe")
+        self.problems = problems
+
+    def lines(self) -> list[str]:
+        return list(self.problems)
+
+
+class ToolMissing(ImageBuilderError):
+    """An external program is not installed."""
+
+
+class CommandFailed(ImageBuilderError):
+    """An external program exited non-zero."""
+
+    def __init__(self, message: str, hint: str | None, returncode: int, stderr_tail: list[str]) -> None:
+        super().__init__(message, hint)
+        self.returncode = returncode
+        self.stderr_tail = stderr_tail
+
+
+class NeedsRoot(ImageBuilderError):
+    """The command needs root and we are not."""
+
+
+class ChecksumMismatch(ImageBuilderError):
+    """A download or file whose digest is not the published one."""
+
+
+class DownloadError(ImageBuilderError):
+    """A download that failed after retries (HTTP error, connection, truncation)."""
+
+
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM: unwinds every ExitStack like KeyboardInterrupt does."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum

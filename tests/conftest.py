@@ -1,0 +1,54 @@
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+VALID = """\
+cluster: {name: testcluster, domain: cluster.lan}
+base:
+  bootstrap: {suite: bookworm}
+arch: arm64
+network:
+  lan_interface: eth0
+  subnet: 10.0.0.0/24
+  master_ip: 10.0.0.1
+  dhcp_range: [10.0.0.100, 10.0.0.199]
+workers:
+  - {hostname: node1, mac: "b8:27:eb:00:00:01", ip: 10.0.0.11}
+  - {hostname: node2, mac: "b8:27:eb:00:00:02", ip: 10.0.0.12}
+"""
+
+
+@pytest.fixture
+def recipe_file(tmp_path: Path):
+    def write(text: str, name: str = "recipe.yaml") -> Path:
+        path = tmp_path / name
+        path.write_text(text)
+        return path
+    return write
+
+
+def require_root() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+
+
+def require_programs(*names: str) -> None:
+    path = os.environ.get("PATH", "") + ":/usr/sbin:/sbin"
+    missing = [n for n in names if shutil.which(n, path=path) is None]
+    if missing:
+        pytest.skip(f"not installed: {', '.join(missing)}")
+
+
+def loop_devices() -> str:
+    return subprocess.run(["losetup", "-a"], check=False, capture_output=True, text=True).stdout
+
+
+def mounts() -> str:
+    return Path("/proc/self/mountinfo").read_text()

@@ -1,0 +1,107 @@
+"""Acquisitions undo themselves: on success, on an exception half-way, and on SIGINT/SIGTERM."""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from imagebuilder.resources import atomic_output, loop_device, mounted, temporary_directory
+from imagebuilder.run import run
+from tests.conftest import ROOT, loop_devices, mounts, require_programs, require_root
+
+
+def test_temporary_directory_removed_on_error(tmp_path: Path) -> None:
+    made: list[Path] = []
+    with pytest.raises(RuntimeError), temporary_directory(parent=tmp_path) as d:
+        made.append(d)
+        (d / "file").write_text("x")
+        raise RuntimeError("boom")
+    assert not made[0].exists()
+
+
+def test_atomic_output_only_renames_when_complete(tmp_path: Path) -> None:
+    final = tmp_path / "out" / "master.img"
+    with pytest.raises(RuntimeError), atomic_output(final) as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("boom")
+    assert not final.exists() and list(final.parent.iterdir()) == []
+    with atomic_output(final) as tmp:
+        tmp.write_text("whole")
+    assert final.read_text() == "whole" and list(final.parent.iterdir()) == [final]
+
+
+def _ext4_image(path: Path) -> Path:
+    run(["truncate", "-s", "16M", path])
+    run(["mkfs.ext4", "-q", "-F", path])
+    return path
+
+
+@pytest.mark.integration
+def test_failure_after_each_acquisition_unwinds(tmp_path: Path) -> None:
+    require_root()
+    require_programs("losetup", "mkfs.ext4")
+    image = _ext4_image(tmp_path / "fs.img")
+    before = (loop_devices(), mounts())
+    for fail_after in range(4):
+        with pytest.raises(RuntimeError), contextlib.ExitStack() as stack:
+            steps = [
+                lambda: stack.enter_context(temporary_directory(parent=tmp_path)),
+                lambda: stack.enter_context(loop_device(image)),
+                lambda: stack.enter_context(mounted(stack_items[1], stack_items[0] / "mnt")),
+                lambda: (stack_items[2] / "written").write_text("x"),
+            ]
+            stack_items: list[Path] = []
+            for i, do in enumerate(steps):
+                stack_items.append(do())
+                if i == fail_after:
+                    raise RuntimeError(f"injected after step {i}")
+        assert (loop_devices(), mounts()) == before, f"left behind after step {fail_after}"
+    assert [p.name for p in tmp_path.iterdir()] == ["fs.img"]
+
+
+HOLDER = textwrap.dedent("""
+    import sys, time
+    from pathlib import Path
+    from imagebuilder.cli import _Signals
+    from imagebuilder.context import Context
+    from imagebuilder.errors import Interrupted
+    from imagebuilder.resources import loop_device, mounted, temporary_directory
+    _Signals().install()
+    ctx = Context()
+    try:
+        with ctx.stack:
+            d = ctx.stack.enter_context(temporary_directory(parent=Path(sys.argv[2])))
+            dev = ctx.stack.enter_context(loop_device(Path(sys.argv[1])))
+            ctx.stack.enter_context(mounted(dev, d / "mnt"))
+            print("ready", d, flush=True)
+            time.sleep(60)
+    except Interrupted as e:
+        sys.exit(128 + e.signum)
+""")
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_signal_unwinds_everything(tmp_path: Path, signum: int) -> None:
+    require_root()
+    require_programs("losetup", "mkfs.ext4")
+    image = _ext4_image(tmp_path / "fs.img")
+    work = tmp_path / "work"
+    work.mkdir()
+    before = (loop_devices(), mounts())
+    proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(image), str(work)], cwd=ROOT,
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    assert line.startswith("ready"), line
+    assert str(work) in mounts()
+    proc.send_signal(signum)
+    assert proc.wait(timeout=30) == 128 + signum
+    assert (loop_devices(), mounts()) == before
+    assert list(work.iterdir()) == []

@@ -1,0 +1,50 @@
+"""run(): argv only, a copyable line and the stderr tail on failure, the package of a missing tool."""
+
+from __future__ import annotations
+
+import shlex
+
+import pytest
+
+from imagebuilder.errors import CommandFailed, ToolMissing
+from imagebuilder.run import PACKAGE_OF, output, run
+
+
+def test_capture_and_argv_with_spaces(tmp_path) -> None:
+    odd = tmp_path / "a dir; with $pecial"
+    odd.mkdir()
+    assert output(["ls", "-d", odd]) == str(odd)
+
+
+def test_failure_is_a_copyable_line_with_stderr_tail() -> None:
+    script = "for i in $(seq 1 40); do echo line$i >&2; done; exit 3"
+    with pytest.raises(CommandFailed) as excinfo:
+        run(["sh", "-c", script])
+    error = excinfo.value
+    assert error.returncode == 3
+    assert error.message == f"command failed (exit 3): {shlex.join(['sh', '-c', script])}"
+    # The copyable part parses back to the argv we ran.
+    assert shlex.split(error.message.split(": ", 1)[1]) == ["sh", "-c", script]
+    assert error.stderr_tail[-1] == "line40" and len(error.stderr_tail) == 15
+
+
+def test_missing_program_names_package() -> None:
+    with pytest.raises(ToolMissing) as excinfo:
+        run(["mkfs.nonexistentfs"])
+    assert excinfo.value.message == "mkfs.nonexistentfs not found: install mkfs.nonexistentfs"
+
+
+def test_missing_program_of_known_package(monkeypatch) -> None:
+    monkeypatch.setitem(PACKAGE_OF, "definitely-not-installed-tool", "some-package")
+    with pytest.raises(ToolMissing) as excinfo:
+        run(["definitely-not-installed-tool"])
+    assert excinfo.value.message == "definitely-not-installed-tool not found: install some-package"
+    assert excinfo.value.hint == "apt-get install some-package"
+
+
+def test_check_false_returns_code() -> None:
+    assert run(["sh", "-c", "exit 4"], check=False).returncode == 4
+
+
+def test_input_is_fed() -> None:
+    assert output(["cat"], input=b"hello") == "hello"
