@@ -275,6 +275,37 @@ class Output:
                                      help="image size (e.g. 4G); default: what the packages need")
 
 
+def check_multicast_group(value: str) -> str | None:
+    try:
+        address = ipaddress.IPv4Address(value)
+    except ValueError:
+        address = None
+    if address is None or not address.is_multicast:
+        return f"'{value}' is not an IPv4 multicast group: use one in 239.0.0.0/8, e.g. 239.255.77.1"
+    if address in ipaddress.IPv4Network("224.0.0.0/24"):
+        return f"'{value}' is reserved for routing protocols: use one in 239.0.0.0/8, e.g. 239.255.77.1"
+    return None
+
+
+def check_port(value: int) -> str | None:
+    return None if 1 <= value <= 65535 else f"{value} is not a port: use 1 to 65535"
+
+
+def check_interval(value: int) -> str | None:
+    return None if 1 <= value <= 300 else f"{value} is not an interval: use 1 to 300 seconds"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Monitoring:
+    enabled: bool = setting(default=True, help="a status beacon on every node and the dashboard on the master")
+    group: str = setting(default="239.255.77.1", check=check_multicast_group,
+                         help="multicast group the beacons send to (administratively scoped: 239.0.0.0/8)")
+    port: int = setting(default=7777, check=check_port, help="UDP port of the beacons")
+    interval: int = setting(default=5, check=check_interval, help="seconds between beacons (1-300)")
+    dashboard_port: int = setting(default=8080, check=check_port,
+                                  help="HTTP port of the dashboard, on the master's LAN address only")
+
+
 @dataclass(frozen=True, kw_only=True)
 class Recipe:
     cluster: Cluster = setting(help="the cluster's name and DNS domain")
@@ -292,6 +323,7 @@ class Recipe:
     overlays: tuple[str, ...] = setting(default=[],
                                         help="extra overlay directories (relative to the recipe), "
                                              "applied after the built-in ones")
+    monitoring: Monitoring = setting(default=Monitoring, help="cluster status: beacons and the dashboard")
     output: Output = setting(default=Output, help="what the build writes")
     # Not recipe keys: filled in by load_recipe.
     source: Path = dataclasses.field(default=Path("."), metadata={"internal": True})

@@ -126,6 +126,11 @@ MALFORMED = [
      "sha512-crypt"),
     ("timezone", add("timezone: Mars/Olympus\n"), "timezone", "time zone"),
     ("overlay-missing", add("overlays: [no-such-dir]\n"), "overlays[0]", "not a directory"),
+    ("monitoring-group-unicast", add("monitoring: {group: 10.0.0.5}\n"), "monitoring.group",
+     "not an IPv4 multicast group"),
+    ("monitoring-group-reserved", add("monitoring: {group: 224.0.0.1}\n"), "monitoring.group", "reserved"),
+    ("monitoring-port", add("monitoring: {dashboard_port: 70000}\n"), "monitoring.dashboard_port", "1 to 65535"),
+    ("monitoring-interval", add("monitoring: {interval: 0}\n"), "monitoring.interval", "1 to 300 seconds"),
 ]
 
 
