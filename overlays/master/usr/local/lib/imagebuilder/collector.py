@@ -1,0 +1,471 @@
+#!/usr/bin/python3
+"""imagebuilder collector: keep the cluster's beacons and serve them as JSON and a live web page.
+
+Runs on the master with the image's own python3 and the standard library only. Joins the beacons'
+multicast group on the LAN interface (and takes the master's own packet as a unicast copy on
+127.0.0.1), keeps each node's latest packet and ten minutes of history in memory, and serves
+`/` (the dashboard), `/api/nodes` and `/api/stats` on the LAN address and localhost only. Nothing
+it serves changes anything.
+
+`imagebuilder status` on the workstation imports this file for `parse_packet`, `Nodes` and
+`multicast_socket`, so the terminal table and the page agree.
+"""
+
+from __future__ import annotations
+
+import argparse
+import array
+import http.server
+import ipaddress
+import json
+import math
+import re
+import select
+import socket
+import struct
+import sys
+import threading
+import time
+import urllib.parse
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+SCHEMA = 1
+MAX_PACKET = 1200
+HISTORY_SECONDS = 600.0
+STALE_AFTER = 3    # intervals missed
+DOWN_AFTER = 12    # intervals missed
+MAX_NODES = 1024   # a flood of made-up MACs must not eat the master's memory
+_IP_FREEBIND = 15  # Linux: bind to the LAN address even before the interface has it
+_MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
+
+Number = (int, float)
+# Every field of a schema-1 packet: (accepted types, may be null). Anything else is dropped whole.
+FIELDS: dict[str, tuple[tuple[type, ...], bool]] = {
+    "v": ((int,), False), "host": ((str,), False), "role": ((str,), False), "mac": ((str,), False),
+    "ip": ((str,), False), "interval": (Number, False), "seq": ((int,), False), "time": (Number, False),
+    "uptime": (Number, False), "load": ((list,), False), "cpu": (Number, True),
+    "mem_total": ((int,), False), "mem_available": ((int,), False),
+    "disk_used": ((int,), False), "disk_total": ((int,), False), "temp": (Number, True),
+    "cloud_init": ((str,), True), "jobs": ((bool,), False), "k3s": ((bool,), True),
+}
+
+
+class Dropped(Exception):
+    """A datagram we do not keep; the argument is the counter it goes to in /api/stats."""
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(name)  # NaN and Infinity are not JSON, and would poison every sum
+
+
+def parse_packet(data: bytes, source: str, subnet: ipaddress.IPv4Network | None) -> dict[str, Any]:
+    """Validate one datagram from `source`; return the packet or raise Dropped(reason)."""
+    if len(data) > MAX_PACKET:
+        raise Dropped("too_large")
+    address = ipaddress.IPv4Address(source)
+    # The master's own beacon arrives as a unicast copy from loopback.
+    if subnet is not None and address not in subnet and not address.is_loopback:
+        raise Dropped("outside_subnet")
+    try:
+        packet = json.loads(data.decode("utf-8"), parse_constant=_reject_constant)
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise Dropped("not_json") from None
+    if not isinstance(packet, dict):
+        raise Dropped("not_json")
+    version = packet.get("v")
+    if type(version) is not int or version != SCHEMA:
+        raise Dropped("unknown_schema")
+    kept: dict[str, Any] = {}
+    for name, (types, nullable) in FIELDS.items():
+        value = packet.get(name)
+        if value is None and nullable and name in packet:
+            kept[name] = None
+            continue
+        # bool is an int in Python: only fields that say bool take one.
+        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+            raise Dropped("bad_field")
+        kept[name] = value
+    _check_values(kept)
+    return kept
+
+
+def _check_values(p: dict[str, Any]) -> None:
+    ok = (0 < len(p["host"]) <= 64 and p["role"] in ("master", "worker") and _MAC.match(p["mac"])
+          and 0 < p["interval"] <= 3600 and len(p["load"]) == 3
+          and all(isinstance(x, Number) and not isinstance(x, bool) for x in p["load"])
+          and (p["cloud_init"] is None or len(p["cloud_init"]) <= 16))
+    if ok and p["ip"]:
+        try:
+            ipaddress.IPv4Address(p["ip"])
+        except ValueError:
+            ok = False
+    if not ok:
+        raise Dropped("bad_field")
+
+
+def node_state(age: float, interval: float) -> str:
+    if age > DOWN_AFTER * interval:
+        return "down"
+    if age > STALE_AFTER * interval:
+        return "stale"
+    return "up"
+
+
+class History:
+    """The last ten minutes of (time, cpu %, memory used %) in fixed rings: 16 bytes a sample."""
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        size = int(HISTORY_SECONDS / max(interval, 1.0)) + 2
+        self.t = array.array("d", bytes(8 * size))
+        self.cpu = array.array("f", bytes(4 * size))
+        self.mem = array.array("f", bytes(4 * size))
+        self.next = 0
+        self.count = 0
+
+    def add(self, t: float, cpu: float | None, mem: float) -> None:
+        i = self.next
+        self.t[i], self.cpu[i], self.mem[i] = t, math.nan if cpu is None else cpu, mem
+        self.next = (i + 1) % len(self.t)
+        self.count = min(self.count + 1, len(self.t))
+
+    def since(self, cutoff: float) -> dict[str, list[Any]]:
+        size = len(self.t)
+        order = [(self.next - self.count + k) % size for k in range(self.count)]
+        order = [i for i in order if self.t[i] >= cutoff]
+        return {"t": [round(self.t[i], 1) for i in order],
+                "cpu": [None if math.isnan(self.cpu[i]) else round(self.cpu[i], 1) for i in order],
+                "mem": [round(self.mem[i], 1) for i in order]}
+
+
+class Nodes:
+    """Every node seen (keyed by MAC), the cluster table's nodes not seen yet, and the drop counters."""
+
+    def __init__(self, expected: list[dict[str, Any]] | None = None, clock: Any = time.time) -> None:
+        self.expected = expected or []
+        self.clock = clock
+        self.latest: dict[str, tuple[float, dict[str, Any]]] = {}
+        self.history: dict[str, History] = {}
+        self.counts: Counter[str] = Counter()
+        self.started = clock()
+        self.lock = threading.Lock()
+
+    def receive(self, data: bytes, source: str, subnet: ipaddress.IPv4Network | None) -> bool:
+        """Take one datagram; return whether it was kept."""
+        try:
+            packet = parse_packet(data, source, subnet)
+        except Dropped as e:
+            with self.lock:
+                self.counts["received"] += 1
+                self.counts[str(e)] += 1
+            return False
+        self.add(packet)
+        return True
+
+    def add(self, packet: dict[str, Any]) -> None:
+        now = self.clock()
+        mac = packet["mac"]
+        used = 100 * (1 - packet["mem_available"] / packet["mem_total"]) if packet["mem_total"] > 0 else 0.0
+        with self.lock:
+            self.counts["received"] += 1
+            if mac not in self.latest and len(self.latest) >= MAX_NODES:
+                self.counts["too_many_nodes"] += 1
+                return
+            self.counts["accepted"] += 1
+            self.latest[mac] = (now, packet)
+            history = self.history.get(mac)
+            if history is None or history.interval != packet["interval"]:
+                history = self.history[mac] = History(packet["interval"])
+            history.add(now, packet["cpu"], used)
+
+    def snapshot(self, with_history: bool = False) -> list[dict[str, Any]]:
+        """The node list of /api/nodes: seen nodes with state and age, then the expected unseen ones."""
+        now = self.clock()
+        rows = []
+        with self.lock:
+            for mac, (seen, p) in self.latest.items():
+                age = now - seen
+                row = {"hostname": p["host"], "role": p["role"], "mac": mac, "ip": p["ip"],
+                       "state": node_state(age, p["interval"]), "age": round(age, 1), "last": p}
+                if with_history:
+                    row["history"] = self.history[mac].since(now - HISTORY_SECONDS)
+                rows.append(row)
+            seen_macs = set(self.latest)
+            seen_names = {(p["host"], p["role"]) for _, p in self.latest.values()}
+        for entry in self.expected:
+            known = entry.get("mac") in seen_macs if entry.get("mac") else (
+                (entry["hostname"], entry["role"]) in seen_names)
+            if not known:
+                rows.append({"hostname": entry["hostname"], "role": entry["role"], "mac": entry.get("mac"),
+                             "ip": entry.get("ip"), "state": "expected", "age": None, "last": None})
+        rows.sort(key=lambda r: (r["role"] != "master", r["hostname"], r["mac"] or ""))
+        return rows
+
+    def stats(self) -> dict[str, Any]:
+        with self.lock:
+            counts = dict(self.counts)
+            nodes = len(self.latest)
+        dropped = {k: counts.get(k, 0) for k in ("not_json", "too_large", "unknown_schema",
+                                                 "outside_subnet", "bad_field", "too_many_nodes")}
+        return {"received": counts.get("received", 0), "accepted": counts.get("accepted", 0),
+                "dropped": dropped, "dropped_total": sum(dropped.values()), "nodes": nodes,
+                "uptime": round(self.clock() - self.started, 1)}
+
+
+# ---------------------------------------------------------------------------------------------------
+# The page: one self-contained file (the LAN may have no internet). Every value reaches the page
+# through JSON and textContent/setAttribute, so a hostname like <script> shows as text.
+
+PAGE = """<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>__TITLE__</title>
+<style>
+body{font:14px system-ui,sans-serif;margin:0;background:#f3f4f6;color:#111}
+header{background:#1f2937;color:#fff;padding:10px 16px;display:flex;gap:16px;align-items:baseline}
+header h1{font-size:18px;margin:0}#summary{opacity:.8}#conn{margin-left:auto}
+#conn.lost{color:#fca5a5;font-weight:bold}
+#nodes{display:grid;grid-template-columns:repeat(auto-fill,minmax(250px,1fr));gap:12px;padding:16px}
+.card{background:#fff;border-radius:8px;padding:10px 12px;border-left:6px solid #16a34a;
+box-shadow:0 1px 2px #0002}
+.card[data-state=stale]{border-color:#d97706;background:#fffbeb}
+.card[data-state=down]{border-color:#dc2626;background:#fef2f2}
+.card[data-state=expected]{border-color:#9ca3af;background:#f9fafb;color:#6b7280}
+.top{display:flex;justify-content:space-between;align-items:baseline}
+.name{font-weight:bold;font-size:16px;word-break:break-all}
+.badge{font-size:11px;text-transform:uppercase;padding:1px 6px;border-radius:9px;background:#dcfce7}
+.card[data-state=stale] .badge{background:#fde68a}.card[data-state=down] .badge{background:#fecaca}
+.card[data-state=expected] .badge{background:#e5e7eb}
+.sub{color:#6b7280;font-size:12px;margin:2px 0 6px}
+.row{display:flex;align-items:center;gap:6px;margin:2px 0}.row b{width:34px;font-size:12px}
+.row span{width:48px;text-align:right;font-variant-numeric:tabular-nums}
+svg{background:#f9fafb;border:1px solid #e5e7eb}polyline{fill:none;stroke-width:1.5}
+.cpu polyline{stroke:#2563eb}.mem polyline{stroke:#9333ea}
+dl{display:grid;grid-template-columns:auto 1fr;gap:0 8px;margin:6px 0 0;font-size:12px}dt{color:#6b7280}dd{margin:0}
+</style></head>
+<body><header><h1>__TITLE__</h1><span id="summary"></span><span id="conn"></span></header>
+<main id="nodes"></main>
+<script id="initial" type="application/json">__INITIAL__</script>
+<script>
+"use strict";
+const initial = JSON.parse(document.getElementById("initial").textContent);
+const interval = initial.interval;
+function el(tag, cls, text) {
+  const e = document.createElement(tag);
+  if (cls) e.className = cls;
+  if (text !== undefined) e.textContent = String(text);
+  return e;
+}
+function spark(cls, values) {
+  const ns = "http://www.w3.org/2000/svg", w = 150, h = 28;
+  const svg = document.createElementNS(ns, "svg");
+  svg.setAttribute("class", cls); svg.setAttribute("width", w); svg.setAttribute("height", h);
+  const pts = [], n = values.length;
+  values.forEach((v, i) => { if (v !== null) pts.push(
+    ((n > 1 ? i / (n - 1) : 1) * w).toFixed(1) + "," + (h - 1 - Math.min(100, v) / 100 * (h - 2)).toFixed(1)); });
+  const line = document.createElementNS(ns, "polyline");
+  line.setAttribute("points", pts.join(" ")); svg.appendChild(line);
+  return svg;
+}
+function fmtBytes(b) { return (b / 2 ** 30).toFixed(1) + " GiB"; }
+function fmtAge(s) {
+  return s === null ? "never" : s < 90 ? s.toFixed(0) + " s ago" : (s / 60).toFixed(0) + " min ago";
+}
+function card(node) {
+  const c = el("div", "card"), p = node.last;
+  c.setAttribute("data-state", node.state);
+  c.setAttribute("data-host", node.hostname);
+  const top = el("div", "top");
+  top.append(el("span", "name", node.hostname), el("span", "badge", node.state));
+  c.append(top, el("div", "sub", [node.role, node.ip || "", node.mac || ""].filter(Boolean).join(" · ")));
+  if (p) {
+    const h = node.history || {cpu: [], mem: []};
+    const memUsed = 100 * (1 - p.mem_available / p.mem_total);
+    for (const [label, cls, vals, now] of [["CPU", "cpu", h.cpu, p.cpu], ["MEM", "mem", h.mem, memUsed]]) {
+      const r = el("div", "row");
+      r.append(el("b", "", label), spark(cls, vals), el("span", "", now === null ? "–" : now.toFixed(0) + "%"));
+      c.append(r);
+    }
+    const dl = el("dl");
+    const facts = [["load", p.load.map(x => x.toFixed(2)).join(" ")],
+      ["memory", fmtBytes(p.mem_total - p.mem_available) + " of " + fmtBytes(p.mem_total)],
+      ["disk", fmtBytes(p.disk_used) + " of " + fmtBytes(p.disk_total)],
+      ["temp", p.temp === null ? "–" : p.temp.toFixed(1) + " °C"],
+      ["k3s", p.k3s === null ? "?" : p.k3s ? "active" : "not active"],
+      ["/srv/jobs", p.jobs ? "mounted" : "not mounted"],
+      ["cloud-init", p.cloud_init === null ? "?" : p.cloud_init],
+      ["up", (p.uptime / 3600).toFixed(1) + " h"], ["seen", fmtAge(node.age)]];
+    for (const [k, v] of facts) dl.append(el("dt", "", k), el("dd", "", v));
+    c.append(dl);
+  } else {
+    c.append(el("div", "sub", "in the cluster table, never seen"));
+  }
+  return c;
+}
+function render(data) {
+  const nodes = document.getElementById("nodes");
+  nodes.replaceChildren(...data.nodes.map(card));
+  const count = {};
+  for (const n of data.nodes) count[n.state] = (count[n.state] || 0) + 1;
+  document.getElementById("summary").textContent =
+    Object.entries(count).map(([k, v]) => v + " " + k).join(", ");
+}
+async function poll() {
+  const conn = document.getElementById("conn");
+  try {
+    const r = await fetch("api/nodes?history=1", {cache: "no-store"});
+    if (!r.ok) throw new Error(r.status);
+    render(await r.json());
+    conn.textContent = "live, every " + interval + " s"; conn.className = "";
+  } catch (e) {
+    conn.textContent = "master not reachable: showing old figures"; conn.className = "lost";
+  }
+}
+render(initial);
+document.getElementById("conn").textContent = "live, every " + interval + " s";
+setInterval(poll, interval * 1000);
+</script></body></html>
+"""
+
+
+def render_page(cluster: str, document: dict[str, Any]) -> str:
+    import html
+    # Inside <script> only "</" could end the element; escaping <, > and & keeps any text inert.
+    data = (json.dumps(document).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026"))
+    title = html.escape(f"{cluster} cluster")
+    return PAGE.replace("__TITLE__", title).replace("__INITIAL__", data)
+
+
+class Collector:
+    """The collector's state and its HTTP view."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        self.config = config
+        self.subnet = ipaddress.IPv4Network(config["subnet"]) if config.get("subnet") else None
+        self.nodes = Nodes(config.get("expected", []))
+
+    def document(self, with_history: bool) -> dict[str, Any]:
+        return {"cluster": self.config.get("cluster", ""), "now": round(time.time(), 3),
+                "interval": self.config["interval"], "nodes": self.nodes.snapshot(with_history)}
+
+    def handler(self) -> type[http.server.BaseHTTPRequestHandler]:
+        collector = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            server_version = "imagebuilder-collector"
+
+            def do_GET(self) -> None:
+                url = urllib.parse.urlsplit(self.path)
+                query = urllib.parse.parse_qs(url.query)
+                if url.path == "/":
+                    body = render_page(collector.config.get("cluster", ""), collector.document(True)).encode()
+                    self.reply(200, "text/html; charset=utf-8", body)
+                elif url.path == "/api/nodes":
+                    document = collector.document(query.get("history") == ["1"])
+                    self.reply(200, "application/json", json.dumps(document).encode())
+                elif url.path == "/api/stats":
+                    self.reply(200, "application/json", json.dumps(collector.nodes.stats()).encode())
+                else:
+                    self.reply(404, "text/plain", b"not found\n")
+
+            def reply(self, status: int, kind: str, body: bytes) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", kind)
+                self.send_header("Content-Length", str(len(body)))
+                self.send_header("Cache-Control", "no-store")
+                self.send_header("Content-Security-Policy",
+                                 "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'")
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass  # one line per poll would fill the journal
+
+        return Handler
+
+
+class _Server(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+
+    def server_bind(self) -> None:
+        self.socket.setsockopt(socket.IPPROTO_IP, _IP_FREEBIND, 1)
+        super().server_bind()
+
+
+def serve_http(collector: Collector, addresses: list[str], port: int) -> list[_Server]:
+    servers = []
+    for address in addresses:
+        server = _Server((address, port), collector.handler())
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+    return servers
+
+
+def multicast_socket(group: str, port: int, interface: str) -> socket.socket:
+    """A socket that receives the group's datagrams arriving on `interface` only.
+
+    Bound to the group address, so it gets neither unicast nor other groups' traffic."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((group, port))
+        index = socket.if_nametoindex(interface)
+        mreqn = struct.pack("=4s4si", socket.inet_aton(group), bytes(4), index)
+        sock.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, mreqn)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def local_socket(port: int) -> socket.socket:
+    """The master's own beacon, sent as a unicast copy (multicast loopback is off)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", port))
+    return sock
+
+
+def receive_forever(collector: Collector) -> None:
+    cfg = collector.config
+    sockets = [local_socket(cfg["port"])]
+    problem: str | None = None
+    # No interface: loopback only (the bench, and tests that must not send multicast on the host).
+    joined = not cfg.get("interface")
+    while True:
+        if not joined:
+            try:
+                sockets.append(multicast_socket(cfg["group"], cfg["port"], cfg["interface"]))
+                joined = True
+                print(f"listening to {cfg['group']}:{cfg['port']} on {cfg['interface']}", file=sys.stderr)
+            except OSError as e:
+                if problem != str(e):  # the LAN interface may come up after us: retry, say it once
+                    print(f"cannot join {cfg['group']} on {cfg['interface']} yet: {e}", file=sys.stderr)
+                    problem = str(e)
+        ready, _, _ = select.select(sockets, [], [], 5.0)
+        for sock in ready:
+            # One byte more than allowed, so an oversized datagram is seen as such, not truncated.
+            data, (source, _) = sock.recvfrom(MAX_PACKET + 1)
+            collector.nodes.receive(data, source, collector.subnet)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", type=Path, default=Path("/etc/imagebuilder/collector.json"))
+    parser.add_argument("--check-enabled", action="store_true",
+                        help="exit 0 if monitoring is enabled in the recipe, 1 if not (for ExecCondition)")
+    args = parser.parse_args(argv)
+    config = json.loads(args.config.read_text())
+    if args.check_enabled:
+        return 0 if config.get("enabled") else 1
+    collector = Collector(config)
+    serve_http(collector, config["listen"], config["dashboard_port"])
+    print(f"dashboard on {', '.join(config['listen'])} port {config['dashboard_port']}", file=sys.stderr)
+    receive_forever(collector)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

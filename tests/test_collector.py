@@ -1,0 +1,267 @@
+"""The collector and dashboard (overlays/master): parsing, hostile input, states, the page, the units."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from imagebuilder.recipe import load_recipe
+from tests.conftest import ROOT, VALID
+from tests.test_beacon import CONFIG, beacon, collector, render_overlay, sampler
+
+SUBNET = collector.ipaddress.IPv4Network("10.0.0.0/24")
+
+
+def packet(**changes: Any) -> dict[str, Any]:
+    p = {"v": 1, "host": "node1", "role": "worker", "mac": "b8:27:eb:00:00:01", "ip": "10.0.0.11",
+         "interval": 5, "seq": 1, "time": 1700000000.5, "uptime": 100.0, "load": [0.1, 0.2, 0.3], "cpu": 12.5,
+         "mem_total": 1000, "mem_available": 750, "disk_used": 10, "disk_total": 100, "temp": 45.0,
+         "cloud_init": "done", "jobs": True, "k3s": True}
+    p.update(changes)
+    return p
+
+
+def data(**changes: Any) -> bytes:
+    return json.dumps(packet(**changes)).encode()
+
+
+HOSTILE = [
+    ("not-json", b"hello", "not_json"),
+    ("not-utf8", b"\xff\xfe{}", "not_json"),
+    ("json-list", b"[1, 2]", "not_json"),
+    ("nan", data().replace(b'"cpu": 12.5', b'"cpu": NaN'), "not_json"),
+    ("too-large", data(host="x" * 40) + b" " * 1200, "too_large"),
+    ("schema-2", data(v=2), "unknown_schema"),
+    ("schema-missing", json.dumps({k: v for k, v in packet().items() if k != "v"}).encode(), "unknown_schema"),
+    ("schema-string", data(v="1"), "unknown_schema"),
+    ("schema-bool", data(v=True), "unknown_schema"),
+    ("cpu-string", data(cpu="12"), "bad_field"),
+    ("mem-float", data(mem_total=1000.5), "bad_field"),
+    ("mem-bool", data(mem_available=True), "bad_field"),
+    ("jobs-int", data(jobs=1), "bad_field"),
+    ("host-number", data(host=5), "bad_field"),
+    ("host-empty", data(host=""), "bad_field"),
+    ("field-missing", json.dumps({k: v for k, v in packet().items() if k != "uptime"}).encode(), "bad_field"),
+    ("null-not-allowed", data(uptime=None), "bad_field"),
+    ("load-short", data(load=[1, 2]), "bad_field"),
+    ("load-strings", data(load=["1", "2", "3"]), "bad_field"),
+    ("bad-mac", data(mac="<b>"), "bad_field"),
+    ("bad-ip", data(ip="10.0.0.999"), "bad_field"),
+    ("bad-role", data(role="admin"), "bad_field"),
+    ("interval-zero", data(interval=0), "bad_field"),
+]
+
+
+@pytest.mark.parametrize(("raw", "reason"), [c[1:] for c in HOSTILE], ids=[c[0] for c in HOSTILE])
+def test_hostile_datagram_is_dropped_and_counted(raw: bytes, reason: str) -> None:
+    nodes = collector.Nodes()
+    assert nodes.receive(raw, "10.0.0.11", SUBNET) is False
+    stats = nodes.stats()
+    assert stats["dropped"][reason] == 1 and stats["dropped_total"] == 1
+    assert stats["received"] == 1 and stats["accepted"] == 0 and nodes.snapshot() == []
+
+
+def test_outside_subnet_dropped_loopback_kept() -> None:
+    nodes = collector.Nodes()
+    assert nodes.receive(data(), "192.168.1.5", SUBNET) is False
+    assert nodes.stats()["dropped"]["outside_subnet"] == 1
+    assert nodes.receive(data(), "127.0.0.1", SUBNET) is True  # the master's own copy
+
+
+def test_extra_fields_are_not_kept() -> None:
+    kept = collector.parse_packet(data(extra="x" * 100), "10.0.0.11", SUBNET)
+    assert "extra" not in kept and kept == packet()
+
+
+def test_too_many_nodes_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(collector, "MAX_NODES", 2)
+    nodes = collector.Nodes()
+    for i in range(3):
+        nodes.receive(data(mac=f"b8:27:eb:00:00:0{i}"), "10.0.0.11", SUBNET)
+    nodes.receive(data(mac="b8:27:eb:00:00:01", seq=2), "10.0.0.11", SUBNET)  # a known one still updates
+    assert nodes.stats()["dropped"]["too_many_nodes"] == 1 and len(nodes.snapshot()) == 2
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+EXPECTED = [{"hostname": "master", "mac": None, "ip": "10.0.0.1", "role": "master"},
+            {"hostname": "node1", "mac": "b8:27:eb:00:00:01", "ip": "10.0.0.11", "role": "worker"},
+            {"hostname": "node2", "mac": "b8:27:eb:00:00:02", "ip": "10.0.0.12", "role": "worker"}]
+
+
+def states(nodes: Any) -> dict[str, str]:
+    return {row["hostname"]: row["state"] for row in nodes.snapshot()}
+
+
+def test_states_age_from_up_to_stale_to_down() -> None:
+    clock = Clock()
+    nodes = collector.Nodes(EXPECTED, clock=clock)
+    assert states(nodes) == {"master": "expected", "node1": "expected", "node2": "expected"}
+    nodes.receive(data(), "10.0.0.11", SUBNET)
+    nodes.receive(data(host="master", role="master", mac="dc:a6:32:00:00:99", ip="10.0.0.1"), "127.0.0.1", SUBNET)
+    # An unknown worker (not in the table) is shown like any other.
+    nodes.receive(data(host="node-00002a", mac="dc:a6:32:00:00:2a", ip="10.0.0.100", interval=2), "10.0.0.100",
+                  SUBNET)
+    assert states(nodes) == {"master": "up", "node1": "up", "node2": "expected", "node-00002a": "up"}
+    clock.now += 15  # exactly three intervals of 5 s: not yet missed
+    assert states(nodes)["node1"] == "up" and states(nodes)["node-00002a"] == "stale"
+    clock.now += 0.5
+    assert states(nodes)["node1"] == "stale"
+    clock.now += 45
+    assert states(nodes) == {"master": "down", "node1": "down", "node2": "expected", "node-00002a": "down"}
+    nodes.receive(data(seq=2), "10.0.0.11", SUBNET)
+    assert states(nodes)["node1"] == "up"
+    rows = nodes.snapshot()
+    assert [r["hostname"] for r in rows] == ["master", "node-00002a", "node1", "node2"]  # master first
+    assert rows[2]["age"] == 0.0 and rows[2]["last"]["seq"] == 2 and rows[3]["last"] is None
+
+
+def test_history_keeps_ten_minutes() -> None:
+    clock = Clock()
+    nodes = collector.Nodes(clock=clock)
+    for i in range(400):  # 2000 s of beacons every 5 s
+        nodes.receive(data(cpu=float(i % 100), mem_available=500), "10.0.0.11", SUBNET)
+        clock.now += 5
+    (row,) = nodes.snapshot(with_history=True)
+    history = row["history"]
+    assert 119 <= len(history["t"]) <= 121 and history["t"] == sorted(history["t"])
+    assert history["cpu"][-1] == 99.0 and set(history["mem"]) == {50.0}
+    assert clock.now - history["t"][0] <= collector.HISTORY_SECONDS + 5
+
+
+def test_page_escapes_what_it_shows() -> None:
+    nodes = collector.Nodes()
+    nodes.receive(data(host="<script>alert(1)</script>", cloud_init="</script><b>"), "10.0.0.11", SUBNET)
+    page = collector.render_page("<i>lab</i>", {"cluster": "x", "interval": 5, "nodes": nodes.snapshot(True)})
+    assert "<script>alert(1)" not in page and "<b>" not in page and "<i>lab" not in page
+    assert "&lt;i&gt;lab&lt;/i&gt; cluster" in page
+    # The embedded data still carries the exact text, for textContent to show.
+    embedded = re.search(r'<script id="initial" type="application/json">(.*?)</script>', page, re.S)
+    assert embedded is not None
+    assert json.loads(embedded.group(1))["nodes"][0]["hostname"] == "<script>alert(1)</script>"
+    # No value reaches the DOM as markup: the script sets text and attributes only.
+    assert "innerHTML" not in page and "insertAdjacentHTML" not in page and "document.write" not in page
+    # Self-contained: nothing is loaded from anywhere else.
+    assert not re.search(r"(src|href)=|https?://(?!www\.w3\.org/2000/svg)", page)
+
+
+@pytest.fixture
+def served() -> Iterator[tuple[Any, str]]:
+    col = collector.Collector({"cluster": "lab", "interval": 5, "subnet": "10.0.0.0/24", "expected": EXPECTED})
+    (server,) = collector.serve_http(col, ["127.0.0.1"], 0)
+    try:
+        yield col, f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def get(url: str) -> tuple[int, str, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as r:
+            return r.status, r.headers["Content-Type"], r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.headers["Content-Type"], e.read().decode()
+
+
+def test_http_api_and_page(served: tuple[Any, str]) -> None:
+    col, url = served
+    col.nodes.receive(data(), "10.0.0.11", col.subnet)
+    col.nodes.receive(b"garbage", "10.0.0.12", col.subnet)
+    status, kind, body = get(url + "/api/nodes")
+    assert status == 200 and kind == "application/json"
+    document = json.loads(body)
+    assert document["cluster"] == "lab" and document["interval"] == 5
+    assert [(n["hostname"], n["state"]) for n in document["nodes"]] == [
+        ("master", "expected"), ("node1", "up"), ("node2", "expected")]
+    assert "history" not in document["nodes"][1]
+    assert len(json.loads(get(url + "/api/nodes?history=1")[2])["nodes"][1]["history"]["t"]) == 1
+    stats = json.loads(get(url + "/api/stats")[2])
+    assert stats["accepted"] == 1 and stats["dropped"]["not_json"] == 1
+    status, kind, body = get(url + "/")
+    assert status == 200 and kind.startswith("text/html") and "node1" in body
+    assert get(url + "/nothing")[0] == 404
+
+
+def test_dashboard_is_read_only(served: tuple[Any, str]) -> None:
+    _, url = served
+    for method in ("POST", "PUT", "DELETE", "PATCH"):
+        request = urllib.request.Request(url + "/api/nodes", data=b"{}", method=method)
+        with pytest.raises(urllib.error.HTTPError) as excinfo:
+            urllib.request.urlopen(request, timeout=5)
+        assert excinfo.value.code == 501
+
+
+def test_collector_config_rendered_from_recipe(recipe_file: Any) -> None:
+    recipe = load_recipe(recipe_file(VALID))
+    template = ROOT / "overlays/master/etc/imagebuilder/collector.json.j2"
+    config = json.loads(render_overlay(template, recipe, "master"))
+    assert config["listen"] == ["10.0.0.1", "127.0.0.1"] and config["dashboard_port"] == 8080
+    assert config["subnet"] == "10.0.0.0/24" and config["interface"] == "eth0"
+    assert [(e["hostname"], e["mac"]) for e in config["expected"]] == [
+        ("master", None), ("node1", "b8:27:eb:00:00:01"), ("node2", "b8:27:eb:00:00:02")]
+    # What the beacon (with its rendered config) sends, this collector (with its config) keeps.
+    assert collector.Collector(config).subnet == SUBNET
+
+
+def rendered_units(tmp_path: Path, recipe: Any) -> list[Path]:
+    out = []
+    for layer, name in (("common", "imagebuilder-beacon.service"), ("master", "imagebuilder-dashboard.service")):
+        source = ROOT / "overlays" / layer / "etc/systemd/system" / name
+        target = tmp_path / name
+        if source.exists():
+            shutil.copy(source, target)
+        else:
+            target.write_text(render_overlay(source.with_name(name + ".j2"), recipe, "master"))
+        out.append(target)
+    return out
+
+
+@pytest.mark.parametrize("dashboard_port", [8080, 80])
+def test_units_pass_systemd_analyze_verify(tmp_path: Path, recipe_file: Any, dashboard_port: int) -> None:
+    if shutil.which("systemd-analyze") is None:
+        pytest.skip("not installed: systemd-analyze (package systemd)")
+    recipe = load_recipe(recipe_file(VALID + f"monitoring: {{dashboard_port: {dashboard_port}}}\n"))
+    units = rendered_units(tmp_path, recipe)
+    for unit in units:
+        # The programs the units start are the ones the overlays install.
+        for line in unit.read_text().splitlines():
+            if line.startswith(("ExecStart=", "ExecCondition=")):
+                python, program = line.split("=", 1)[1].split()[:2]
+                assert Path(python).exists()
+                layer = "common" if "beacon" in program else "master"
+                assert (ROOT / "overlays" / layer / program.lstrip("/")).is_file()
+    result = subprocess.run(["systemd-analyze", "verify", *map(str, units)], capture_output=True, text=True,
+                            check=False)
+    assert result.returncode == 0 and result.stdout + result.stderr == "", result.stderr
+    dashboard = units[1].read_text()
+    assert ("AmbientCapabilities=CAP_NET_BIND_SERVICE" in dashboard) == (dashboard_port < 1024)
+
+
+def test_units_are_enabled_by_their_layer() -> None:
+    common = (ROOT / "overlays/common/etc/imagebuilder/enable-units").read_text().split()
+    master = (ROOT / "overlays/master/etc/imagebuilder/enable-units").read_text().split()
+    assert "imagebuilder-beacon.service" in common and "imagebuilder-dashboard.service" in master
+
+
+def test_beacon_packet_survives_the_collector(tmp_path: Path) -> None:
+    s = sampler(tmp_path)
+    s.cpu_percent()
+    nodes = collector.Nodes()
+    assert nodes.receive(beacon.encode(s.packet("10.0.0.11")), "10.0.0.11", SUBNET)
+    assert nodes.snapshot()[0]["last"]["mem_total"] == 948280 * 1024
+    assert CONFIG["interval"] == nodes.snapshot()[0]["last"]["interval"]
