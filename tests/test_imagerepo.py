@@ -1,0 +1,107 @@
+"""os_list.json for Raspberry Pi Imager: its sizes and digests must be those of the files beside it."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from imagebuilder.cli import main
+from imagebuilder.imagerepo import write_os_list
+from imagebuilder.recipe import Recipe, load_recipe
+from tests.conftest import VALID, require_programs
+
+
+def _sparse_image(path: Path, size: int = 8 << 20) -> bytes:
+    """A sparse image with data at a few places; returns its full contents."""
+    with path.open("wb") as f:
+        f.truncate(size)
+        for offset in (0, 1 << 20, 5 << 20):
+            f.seek(offset)
+            f.write(os.urandom(64 << 10))
+    return path.read_bytes()
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture
+def recipe(recipe_file) -> Recipe:  # type: ignore[no-untyped-def]
+    return load_recipe(recipe_file(VALID))
+
+
+def _build_outputs(out: Path, *, keep_raw: bool = True) -> dict[str, bytes]:
+    require_programs("xz", "zstd")
+    out.mkdir(parents=True, exist_ok=True)
+    raws = {}
+    for role, compress in (("master", ["xz", "-k", "-T0"]), ("worker", ["zstd", "-q", "-k"])):
+        raw = out / f"{role}.img"
+        raws[role] = _sparse_image(raw)
+        subprocess.run([*compress, str(raw)], check=True)
+        if not keep_raw:
+            raw.unlink()
+    return raws
+
+
+def test_entries_match_the_files(recipe: Recipe) -> None:
+    out = recipe.output_dir
+    raws = _build_outputs(out)
+    path = write_os_list(out, recipe)
+    assert path == out / "os_list.json"
+    doc = json.loads(path.read_text())
+    entries = {e["name"].rsplit(": ", 1)[1]: e for e in doc["os_list"]}
+    assert set(entries) == {"master", "worker"}
+    for role, suffix in (("master", ".img.xz"), ("worker", ".img.zst")):
+        entry = entries[role]
+        download = out / f"{role}{suffix}"
+        assert entry["url"] == download.name  # relative to os_list.json
+        assert entry["image_download_size"] == download.stat().st_size
+        assert entry["image_download_sha256"] == _sha256(download)
+        assert entry["extract_size"] == len(raws[role]) == (out / f"{role}.img").stat().st_size
+        assert entry["extract_sha256"] == hashlib.sha256(raws[role]).hexdigest()
+        assert entry["devices"] == ["pi5-64bit", "pi4-64bit", "pi3-64bit"]
+        assert len(entry["release_date"]) == 10 and entry["release_date"][4] == "-"
+        assert entry["description"]
+    assert {t for d in doc["imager"]["devices"] for t in d["tags"]} == {"pi5-64bit", "pi4-64bit", "pi3-64bit"}
+
+
+def test_extract_digest_from_compressed_only(recipe: Recipe) -> None:
+    out = recipe.output_dir
+    raws = _build_outputs(out, keep_raw=False)
+    doc = json.loads(write_os_list(out, recipe, base_url="https://lab.example/pi/").read_text())
+    for entry in doc["os_list"]:
+        role = entry["name"].rsplit(": ", 1)[1]
+        assert entry["extract_sha256"] == hashlib.sha256(raws[role]).hexdigest()
+        assert entry["extract_size"] == len(raws[role])
+        assert entry["url"] == f"https://lab.example/pi/{role}{'.img.xz' if role == 'master' else '.img.zst'}"
+
+
+def test_raw_only_and_armhf(recipe_file) -> None:  # type: ignore[no-untyped-def]
+    recipe = load_recipe(recipe_file(VALID.replace("arch: arm64", "arch: armhf")))
+    out = recipe.output_dir
+    out.mkdir(parents=True)
+    raw = _sparse_image(out / "worker.img")
+    doc = json.loads(write_os_list(out, recipe).read_text())
+    (entry,) = doc["os_list"]
+    assert entry["url"] == "worker.img"
+    assert entry["image_download_sha256"] == entry["extract_sha256"] == hashlib.sha256(raw).hexdigest()
+    assert entry["devices"] == ["pi2-32bit"]
+
+
+def test_command_regenerates_it(recipe: Recipe) -> None:
+    _build_outputs(recipe.output_dir)
+    assert main(["imager-repo", str(recipe.source), "--base-url", "http://127.0.0.1:8000"]) == 0
+    doc = json.loads((recipe.output_dir / "os_list.json").read_text())
+    assert all(e["url"].startswith("http://127.0.0.1:8000/") for e in doc["os_list"])
+
+
+def test_no_images_is_one_line_exit_2(recipe: Recipe, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["imager-repo", str(recipe.source)]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert "no master or worker image" in err[0]
+    assert not (recipe.output_dir / "os_list.json").exists()
