@@ -10,6 +10,8 @@ from imagebuilder.catalogue import load_catalogue
 from imagebuilder.cli import Command
 from imagebuilder.context import Context
 from imagebuilder.recipe import load_recipe, summary
+from imagebuilder.status import add_arguments as status_arguments
+from imagebuilder.status import show_status
 
 
 def _recipe_argument(parser: argparse.ArgumentParser) -> None:
@@ -113,6 +115,8 @@ def imager_repo(ctx: Context, args: argparse.Namespace) -> int:
 COMMANDS = [
     Command("validate", "check a recipe and print a one-line summary", _recipe_argument, validate),
     Command("images", "list the built-in catalogue of base images", lambda p: None, images),
+    Command("status", "show the cluster's nodes from the master's dashboard or the beacons on the LAN",
+            status_arguments, show_status),
     Command("flash", "write an image onto an SD card, only its mapped blocks, and verify it",
             _flash_arguments, flash),
     Command("imager-repo", "write os_list.json, a Raspberry Pi Imager repository of the built images",
