@@ -21,7 +21,7 @@ from imagebuilder.context import Context
 from imagebuilder.download import Policy
 from imagebuilder.errors import ChecksumMismatch, DownloadError
 from imagebuilder.fetch import Spec, apply_mirror, fetch_spec, fetch_url
-from tests.conftest import ROOT
+from tests.conftest import ROOT, VALID
 
 FAST = Policy(attempts=3, backoff=0.01, max_backoff=0.02, connect_timeout=5, read_timeout=5)
 
@@ -378,3 +378,33 @@ def test_two_processes_fetch_once(server: Server, tmp_path: Path) -> None:
     assert outputs == {f"{tmp_path / 'cache' / 'downloads' / DIGEST}.img.xz\n"}
     assert len(server.behaviour.gets("/images/pi.img.xz")) == 1
     assert any("waiting for another imagebuilder" in err for _, err in results)
+
+
+def test_cli_fetches_a_catalogue_image_through_the_recipe_mirror(server: Server, tmp_path: Path,
+                                                                  recipe_file) -> None:
+    """raspios-lite-trixie: `..._latest` redirects, the digest is in the sibling .sha256; --raw decompresses."""
+    import lzma
+
+    raw = os.urandom(1 << 20) + bytes(3 << 20)
+    packed = lzma.compress(raw)
+    final = "/raspios_lite_arm64/images/raspios_lite_arm64-2025-10-02/2025-10-01-raspios-trixie-arm64-lite.img.xz"
+    server.behaviour.files[final] = packed
+    server.behaviour.files[final + ".sha256"] = (
+        f"{hashlib.sha256(packed).hexdigest()}  2025-10-01-raspios-trixie-arm64-lite.img.xz\n").encode()
+    server.behaviour.redirects["/raspios_lite_arm64_latest"] = final
+    recipe = recipe_file(VALID.replace("  bootstrap: {suite: bookworm}",
+                                       f"  image: raspios-lite-trixie\n  mirror: {server.url('/')}"))
+    result = imagebuilder(tmp_path / "cache", str(recipe), "--raw")
+    assert result.returncode == 0, result.stderr
+    out = Path(result.stdout.strip())
+    assert out == tmp_path / "cache" / "raw" / f"{hashlib.sha256(packed).hexdigest()}.img"
+    assert out.read_bytes() == raw
+    before = len(server.behaviour.log)
+    assert imagebuilder(tmp_path / "cache", str(recipe), "--offline").returncode == 0
+    assert len(server.behaviour.log) == before
+
+
+def test_bootstrap_base_has_nothing_to_fetch(tmp_path: Path, recipe_file) -> None:
+    result = imagebuilder(tmp_path / "cache", str(recipe_file(VALID)))
+    assert result.returncode == 2
+    assert "base.bootstrap: a bootstrapped base is built from packages" in result.stderr
