@@ -15,7 +15,8 @@ APT_PACKAGES := python3 python3-venv python3-pip \
 	util-linux mount fdisk e2fsprogs dosfstools mtools \
 	mmdebstrap qemu-user-static binfmt-support arch-test \
 	xz-utils zstd unzip bmap-tools \
-	qemu-system-arm qemu-utils
+	qemu-system-arm qemu-utils \
+	iproute2 chromium
 
 .PHONY: setup apt venv test test-fast images lint bench clean
 
