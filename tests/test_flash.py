@@ -331,3 +331,30 @@ def test_ctrl_c_says_the_card_is_incomplete(tmp_path: Path, card: Path) -> None:
         pytest.skip("the flash finished before the signal arrived")
     assert code == 130, "".join(seen) + rest
     assert "is incomplete" in rest
+
+
+def test_image_changed_after_its_bmap_is_caught(images: dict[str, Path], tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    image = tmp_path / "worker.img"
+    subprocess.run(["cp", "--sparse=always", str(images["img"]), str(image)], check=True)
+    subprocess.run(["cp", f"{images['img']}.bmap", f"{image}.bmap"], check=True)
+    with image.open("r+b") as f:  # one byte inside the ext4 partition's first mapped blocks
+        f.seek(ROOT_START + 1024 + 100)
+        byte = f.read(1)
+        f.seek(-1, 1)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    assert main(["flash", str(image), str(tmp_path / "card.bin"), "--yes", "--to-file"]) == 2
+    err = capsys.readouterr().err
+    assert "do not match the bmap's checksum" in err and "is incomplete" in err
+
+
+def test_edited_bmap_is_refused(images: dict[str, Path], tmp_path: Path,
+                                capsys: pytest.CaptureFixture[str]) -> None:
+    image = tmp_path / "worker.img"
+    subprocess.run(["cp", "--sparse=always", str(images["img"]), str(image)], check=True)
+    text = Path(f"{images['img']}.bmap").read_text()
+    Path(f"{image}.bmap").write_text(text.replace("<BlockSize> 4096 </BlockSize>", "<BlockSize> 8192 </BlockSize>"))
+    target = tmp_path / "card.bin"
+    assert main(["flash", str(image), str(target), "--yes", "--to-file"]) == 2
+    assert "own checksum does not match" in capsys.readouterr().err
+    assert not target.exists()
