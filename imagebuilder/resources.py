@@ -12,17 +12,27 @@ import os
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from imagebuilder.log import log
 from imagebuilder.run import find_program, output, run, terminate
+
+# Called with a description after each acquisition has registered its undo. The failure-injection
+# tests put a hook here that raises at the N-th acquisition, to prove that every later point unwinds.
+ACQUIRE_HOOKS: list[Callable[[str], None]] = []
+
+
+def acquired(what: str) -> None:
+    for hook in ACQUIRE_HOOKS:
+        hook(what)
 
 
 @contextlib.contextmanager
 def temporary_directory(prefix: str = "imagebuilder-", parent: Path | None = None) -> Iterator[Path]:
     path = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
     try:
+        acquired(f"temporary directory {path}")
         yield path
     finally:
         remove_tree(path)
@@ -67,6 +77,7 @@ def loop_device(
         argv.append("--read-only")
     device = Path(output([*argv, image]))
     try:
+        acquired(f"loop device {device}")
         yield device
     finally:
         run(["losetup", "--detach", device])
@@ -99,6 +110,7 @@ def mounted(
     target.mkdir(parents=True, exist_ok=True)
     run([*argv, source, target])
     try:
+        acquired(f"mount {target}")
         yield target
     finally:
         unmount(target)
@@ -112,6 +124,7 @@ def bind_mount(source: Path, target: Path, *, read_only: bool = False) -> Iterat
         target.touch()
     run(["mount", "--bind", source, target])
     try:
+        acquired(f"bind mount {target}")
         # Private, so mounts made below the target are not propagated back to the host.
         run(["mount", "--make-rprivate", target])
         if read_only:
@@ -144,6 +157,7 @@ def spawned(argv: Sequence[str | os.PathLike[str]], *, stdout: int | None = None
         args, stdin=subprocess.DEVNULL, stdout=stdout, **kwargs
     )
     try:
+        acquired(f"process {proc.pid}")
         yield proc
     finally:
         terminate(proc)
@@ -156,3 +170,21 @@ def copy_sparse(source: Path, target: Path) -> None:
 
 def disk_free(path: Path) -> int:
     return shutil.disk_usage(path).free
+
+
+@contextlib.contextmanager
+def file_lock(path: Path, what: str) -> Iterator[None]:
+    """Hold an exclusive lock on `path` (created if needed): one builder of a cache entry at a time."""
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("waiting for another imagebuilder that is making %s", what)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

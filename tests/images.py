@@ -1,0 +1,34 @@
+"""Shared, cached test images: the arm64 bootstrap base is built once per machine and reused."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from imagebuilder.bootstrap import BaseImage, bootstrap_base
+from imagebuilder.context import Context
+from imagebuilder.log import setup_logging
+from imagebuilder.recipe import Bootstrap
+from tests.conftest import require_programs, require_root
+
+
+def test_context() -> Context:
+    """A context whose cache is the machine's imagebuilder cache, so slow bases survive between runs."""
+    ctx = Context()
+    if "IMAGEBUILDER_TEST_CACHE" in os.environ:
+        ctx.cache_dir = Path(os.environ["IMAGEBUILDER_TEST_CACHE"])
+    return ctx
+
+
+def arm64_base() -> BaseImage:
+    require_root()
+    require_programs("mmdebstrap", "qemu-aarch64-static", "mkfs.vfat", "mcopy", "sfdisk")
+    setup_logging(verbose=True, debug=False)
+    ctx = test_context()
+    try:
+        with ctx.stack:
+            return bootstrap_base(ctx, Bootstrap(suite="bookworm", layout="raspios"), "arm64")
+    except Exception as e:  # pragma: no cover - reported, not hidden
+        pytest.fail(f"bootstrap failed: {e}")
