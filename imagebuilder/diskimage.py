@@ -129,16 +129,18 @@ def check_filesystems(image: Path, scratch: Path) -> None:
         copy.unlink(missing_ok=True)
 
 
-def grow_image(image: Path, size: int) -> None:
+def grow_image(image: Path, size: int) -> bool:
     """Enlarge the image file to `size` bytes and its last (root) partition to fill it.
 
     The file stays sparse; the filesystem is grown when it is mounted (imagemount.mounted_image).
+    Returns whether anything grew.
     """
     if size <= image.stat().st_size:
-        return
+        return False
     with open(image, "r+b") as f:
         f.truncate(size)
     run(["sfdisk", "--quiet", "--no-reread", "--no-tell-kernel", "-N", "2", image], input=b", +\n")
+    return True
 
 
 def sha256_file(path: Path) -> str:
@@ -149,3 +151,16 @@ def sha256_file(path: Path) -> str:
         while chunk := f.read(4 * MIB):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def detect_layout(image: Path) -> Layout:
+    """The layout of an image we did not make, from its boot partition's label."""
+    from imagebuilder.catalogue import LAYOUTS
+
+    boot, _ = boot_and_root(image)
+    label = fat_label(image, boot).lower()
+    for layout in LAYOUTS.values():
+        if layout.boot_label == label:
+            return layout
+    known = ", ".join(layout.boot_label for layout in LAYOUTS.values())
+    raise ValueError(f"{image}: boot partition label {label!r} is none of {known}")

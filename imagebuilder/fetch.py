@@ -23,7 +23,7 @@ from urllib.parse import urljoin, urlsplit, urlunsplit
 
 import requests
 
-from imagebuilder.catalogue import LAYOUTS, load_catalogue
+from imagebuilder.catalogue import load_catalogue
 from imagebuilder.checksums import digest_for, newest_matching, parse_listing
 from imagebuilder.context import Context
 from imagebuilder.download import DEFAULT_POLICY, Policy, download, file_name, final_url, read_text
@@ -78,8 +78,16 @@ def prepare_base(ctx: Context, recipe: Recipe, *, offline: bool = False) -> Base
     from imagebuilder.decompress import decompress_to_cache
 
     raw = decompress_to_cache(ctx, fetch_base(ctx, recipe, offline=offline))
-    # A base given by URL says nothing about its labels; Raspberry Pi OS's bootfs/rootfs is the common case.
-    layout = load_catalogue()[recipe.base.image].layout if recipe.base.image else LAYOUTS["raspios"]
+    # A base given by URL says nothing about its layout: its boot partition's label does.
+    from imagebuilder.diskimage import detect_layout
+
+    if recipe.base.image:
+        layout = load_catalogue()[recipe.base.image].layout
+    else:
+        try:
+            layout = detect_layout(raw.path)
+        except ValueError as e:
+            raise ImageBuilderError(str(e), "base.url must be a Raspberry Pi OS or Ubuntu style image") from None
     return BaseImage(raw.path, raw.sha256, layout, {})
 
 

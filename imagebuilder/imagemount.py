@@ -28,16 +28,19 @@ def kernel_has_vfat() -> bool:
 
 
 @contextlib.contextmanager
-def mounted_image(image: Path, layout: Layout, workdir: Path) -> Iterator[Path]:
+def mounted_image(image: Path, layout: Layout, workdir: Path, *, grow_fs: bool = False) -> Iterator[Path]:
     """Mount root and boot partitions of `image` under workdir; yield the root.
 
-    The root filesystem is grown online to fill its partition first (cheap when it already does).
+    grow_fs: first grow the root filesystem to fill its partition (offline: not every kernel allows
+    resizing a mounted ext4).
     """
     boot, root = boot_and_root(image)
     with contextlib.ExitStack() as stack:
         device = stack.enter_context(loop_device(image, offset=root.start, size=root.size))
+        if grow_fs:
+            run(["e2fsck", "-f", "-p", device])
+            run(["resize2fs", device])
         mnt = stack.enter_context(mounted(device, workdir / "root", fstype="ext4"))
-        run(["resize2fs", device])
         boot_dir = mnt / layout.boot_mount.lstrip("/")
         if kernel_has_vfat():
             boot_device = stack.enter_context(loop_device(image, offset=boot.start, size=boot.size))

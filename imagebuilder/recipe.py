@@ -267,7 +267,7 @@ class Packages:
 
 @dataclass(frozen=True, kw_only=True)
 class Output:
-    dir: str = setting(default="out", help="where images go (relative to the recipe), under <cluster>/")
+    dir: str = setting(default="out", help="where images go (relative to the current directory), under <cluster>/")
     compress: str = setting(default="xz", check=check_one_of("xz", "zstd", "none"),
                             help="compressed copies: xz, zstd or none")
     bmap: bool = setting(default=True, help="write .bmap files for bmaptool")
@@ -331,7 +331,7 @@ class Recipe:
 
     @property
     def output_dir(self) -> Path:
-        return (self.source.parent / self.output.dir / self.cluster.name).resolve()
+        return (Path(self.output.dir) / self.cluster.name).resolve()
 
     def overlay_dirs(self) -> list[Path]:
         return [(self.source.parent / d).resolve() for d in self.overlays]

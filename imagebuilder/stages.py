@@ -74,8 +74,9 @@ def realise(ctx: Context, stage: Stage, debs: Path) -> StageResult:
 def _build(ctx: Context, stage: Stage, image: Path, record: Path, debs: Path) -> None:
     with temporary_directory(f"stage-{stage.name}-", ctx.cache("tmp")) as work, atomic_output(image) as tmp:
         copy_sparse(stage.parent, tmp)
-        grow_image(tmp, stage.size or tmp.stat().st_size + (GIB if stage.packages else 0))
-        with mounted_image(tmp, stage.layout, work) as root, chroot_session(root, stage.arch) as chroot:
+        grown = grow_image(tmp, stage.size or tmp.stat().st_size + (GIB if stage.packages else 0))
+        with mounted_image(tmp, stage.layout, work, grow_fs=grown) as root, \
+                chroot_session(root, stage.arch) as chroot:
             if stage.packages:
                 install_packages(chroot, stage.packages, debs)
             files: list[str] = []

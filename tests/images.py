@@ -14,7 +14,7 @@ from imagebuilder.recipe import Bootstrap
 from tests.conftest import require_programs, require_root
 
 
-def test_context() -> Context:
+def make_context() -> Context:
     """A context whose cache is the machine's imagebuilder cache, so slow bases survive between runs."""
     ctx = Context()
     if "IMAGEBUILDER_TEST_CACHE" in os.environ:
@@ -26,7 +26,7 @@ def arm64_base() -> BaseImage:
     require_root()
     require_programs("mmdebstrap", "qemu-aarch64-static", "mkfs.vfat", "mcopy", "sfdisk")
     setup_logging(verbose=True, debug=False)
-    ctx = test_context()
+    ctx = make_context()
     try:
         with ctx.stack:
             return bootstrap_base(ctx, Bootstrap(suite="bookworm", layout="raspios"), "arm64")

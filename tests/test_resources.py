@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from imagebuilder import resources
 from imagebuilder.resources import atomic_output, loop_device, mounted, temporary_directory
 from imagebuilder.run import run
 from tests.conftest import ROOT, loop_devices, mounts, require_programs, require_root
@@ -48,20 +49,24 @@ def test_failure_after_each_acquisition_unwinds(tmp_path: Path) -> None:
     require_programs("losetup", "mkfs.ext4")
     image = _ext4_image(tmp_path / "fs.img")
     before = (loop_devices(), mounts())
-    for fail_after in range(4):
-        with pytest.raises(RuntimeError), contextlib.ExitStack() as stack:
-            steps = [
-                lambda: stack.enter_context(temporary_directory(parent=tmp_path)),
-                lambda: stack.enter_context(loop_device(image)),
-                lambda: stack.enter_context(mounted(stack_items[1], stack_items[0] / "mnt")),
-                lambda: (stack_items[2] / "written").write_text("x"),
-            ]
-            stack_items: list[Path] = []
-            for i, do in enumerate(steps):
-                stack_items.append(do())
-                if i == fail_after:
-                    raise RuntimeError(f"injected after step {i}")
-        assert (loop_devices(), mounts()) == before, f"left behind after step {fail_after}"
+    for fail_at in (1, 2, 3):
+        count = 0
+
+        def hook(what: str, fail_at: int = fail_at) -> None:
+            nonlocal count
+            count += 1
+            if count == fail_at:
+                raise RuntimeError(f"injected after {what}")
+
+        resources.ACQUIRE_HOOKS.append(hook)
+        try:
+            with pytest.raises(RuntimeError, match="injected"), contextlib.ExitStack() as stack:
+                work = stack.enter_context(temporary_directory(parent=tmp_path))
+                device = stack.enter_context(loop_device(image))
+                stack.enter_context(mounted(device, work / "mnt"))
+        finally:
+            resources.ACQUIRE_HOOKS.clear()
+        assert (loop_devices(), mounts()) == before, f"left behind after acquisition {fail_at}"
     assert [p.name for p in tmp_path.iterdir()] == ["fs.img"]
 
 

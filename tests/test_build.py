@@ -1,0 +1,174 @@
+"""`imagebuilder build` on the cached arm64 bootstrap base: outputs, checks, caching, failure unwinding."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from imagebuilder import resources
+from imagebuilder.build import build
+from imagebuilder.diskimage import boot_and_root, check_filesystems, sha256_file
+from imagebuilder.recipe import load_recipe
+from tests.conftest import ROOT, loop_devices, mounts, require_programs
+from tests.images import arm64_base, make_context
+
+RECIPE = """\
+cluster: {{name: buildtest}}
+base: {{bootstrap: {{suite: bookworm}}}}
+workers:
+  - {{hostname: node1, mac: "b8:27:eb:00:00:01"}}
+packages: {{worker: [hello]}}
+overlays: [extra]
+output: {{dir: {out}, compress: zstd, bmap: true}}
+"""
+
+
+def make_recipe(tmp_path: Path, marker: str = "one") -> Path:
+    extra = tmp_path / "extra" / "etc"
+    extra.mkdir(parents=True, exist_ok=True)
+    # The marker reaches the worker only: the master stage stays cached while a test rebuilds the worker.
+    (extra / "cluster-note.j2").write_text(
+        "{{ recipe.cluster.name }} {{ role }}{% if role == 'worker' %} " + marker + "{% endif %}\n")
+    path = tmp_path / "recipe.yaml"
+    path.write_text(RECIPE.format(out=tmp_path / "out"))
+    return path
+
+
+def read_root_file(image: Path, name: str) -> str:
+    _, root = boot_and_root(image)
+    return subprocess.run(["debugfs", "-R", f"cat {name}", f"{image}?offset={root.start}"], capture_output=True,
+                          text=True, check=True).stdout
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    arm64_base()
+    require_programs("bmaptool", "zstd")
+    tmp = tmp_path_factory.mktemp("build")
+    recipe = load_recipe(make_recipe(tmp))
+    ctx = make_context()
+    with ctx.stack:
+        build(ctx, recipe)
+    return recipe.output_dir
+
+
+@pytest.mark.integration
+def test_outputs_exist_and_sums_match(built: Path) -> None:
+    names = sorted(p.name for p in built.iterdir())
+    assert names == sorted(["master.img", "master.img.bmap", "master.img.zst", "worker.img", "worker.img.bmap",
+                            "worker.img.zst", "SHA256SUMS", "manifest.json", "os_list.json"])
+    subprocess.run(["sha256sum", "--check", "--quiet", "SHA256SUMS"], cwd=built, check=True)
+
+
+@pytest.mark.integration
+def test_images_pass_filesystem_checks(built: Path, tmp_path: Path) -> None:
+    for role in ("master", "worker"):
+        check_filesystems(built / f"{role}.img", tmp_path)
+
+
+@pytest.mark.integration
+def test_manifest_records_packages_and_overlay_files(built: Path) -> None:
+    manifest = json.loads((built / "manifest.json").read_text())
+    worker, master = manifest["images"]["worker"], manifest["images"]["master"]
+    assert "hello" in worker["packages"] and "hello" not in master["packages"]
+    assert "dnsmasq" in master["packages"] and "nfs-common" in worker["packages"]
+    assert "/etc/cluster-note" in worker["overlay_files"]
+    assert manifest["base"]["source"] == "bootstrap:bookworm:raspios"
+    assert worker["sha256"] == sha256_file(built / "worker.img")
+
+
+@pytest.mark.integration
+def test_overlay_template_rendered_per_role(built: Path) -> None:
+    assert read_root_file(built / "worker.img", "/etc/cluster-note") == "buildtest worker one\n"
+    assert read_root_file(built / "master.img", "/etc/cluster-note") == "buildtest master\n"
+
+
+@pytest.mark.integration
+def test_no_build_traces_in_image(built: Path) -> None:
+    image = built / "worker.img"
+    assert read_root_file(image, "/usr/sbin/policy-rc.d") == ""
+    assert read_root_file(image, "/etc/machine-id") == ""
+    _, root = boot_and_root(image)
+    listing = subprocess.run(["debugfs", "-R", "ls /etc/ssh", f"{image}?offset={root.start}"],
+                             capture_output=True, text=True, check=True).stdout
+    assert "ssh_host_" not in listing
+
+
+@pytest.mark.integration
+def test_bmap_copy_reproduces_image(built: Path, tmp_path: Path) -> None:
+    for role in ("master", "worker"):
+        target = tmp_path / f"{role}.copy"
+        subprocess.run(["bmaptool", "copy", "--bmap", built / f"{role}.img.bmap", built / f"{role}.img", target],
+                       check=True, capture_output=True)
+        assert sha256_file(target) == sha256_file(built / f"{role}.img")
+
+
+@pytest.mark.integration
+def test_compressed_image_decompresses_to_same_digest(built: Path, tmp_path: Path) -> None:
+    target = tmp_path / "worker.img"
+    subprocess.run(["zstd", "-q", "-d", built / "worker.img.zst", "-o", target], check=True)
+    assert sha256_file(target) == sha256_file(built / "worker.img")
+
+
+def _fail_at(n: int):
+    count = 0
+
+    def hook(what: str) -> None:
+        nonlocal count
+        count += 1
+        if count == n:
+            raise RuntimeError(f"injected failure after acquisition {n}: {what}")
+    return hook
+
+
+@pytest.mark.integration
+def test_failure_after_each_acquisition_leaves_nothing(built: Path, tmp_path: Path) -> None:
+    before = (loop_devices(), mounts())
+    n = 1
+    while True:
+        # A new marker each time, so the worker stage is built (not taken from the cache).
+        recipe = load_recipe(make_recipe(tmp_path, marker=f"inject-{n}"))
+        ctx = make_context()
+        resources.ACQUIRE_HOOKS.append(_fail_at(n))
+        try:
+            with ctx.stack:
+                build(ctx, recipe)
+            break  # no acquisition left to fail after
+        except RuntimeError as e:
+            assert "injected failure" in str(e)
+        finally:
+            resources.ACQUIRE_HOOKS.clear()
+        assert (loop_devices(), mounts()) == before, f"left behind after acquisition {n}"
+        assert not list((recipe.output_dir).glob(".*partial*")), f"partial output after acquisition {n}"
+        assert not list(make_context().cache_dir.glob("stages/.*partial*"))
+        n += 1
+    assert n > 10  # the build went through every acquisition of a stage build and the outputs
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_signal_during_build_unwinds(built: Path, tmp_path: Path, signum: int) -> None:
+    before = (loop_devices(), mounts())
+    recipe = make_recipe(tmp_path, marker=f"signal-{signum}-{time.time()}")
+    proc = subprocess.Popen([sys.executable, "-m", "imagebuilder", "build", recipe], cwd=ROOT,
+                            stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    # Wait until the worker stage is inside its chroot (mounted, binds up), then interrupt.
+    for line in proc.stderr:
+        if "‣ stage worker" in line:
+            break
+    deadline = time.monotonic() + 60
+    while not any("stage-worker" in line and "/proc " in line for line in mounts().splitlines()):
+        assert time.monotonic() < deadline, "the stage never mounted"
+        time.sleep(0.05)
+    proc.send_signal(signum)
+    rest = proc.stderr.read()
+    assert proc.wait(timeout=120) == 128 + signum, rest
+    assert "interrupted" in rest and "Traceback" not in rest
+    assert (loop_devices(), mounts()) == before
