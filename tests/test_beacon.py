@@ -10,9 +10,9 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-import jinja2
 import pytest
 
+from imagebuilder.overlay import render_layer, write_layer
 from imagebuilder.recipe import load_recipe
 from tests.conftest import ROOT, VALID
 
@@ -167,19 +167,19 @@ def test_sender_waits_for_a_missing_interface(capsys: pytest.CaptureFixture[str]
     assert capsys.readouterr().err == "no interface nosuch0; waiting for it\n"  # said once, not every beacon
 
 
-def render_overlay(path: Path, recipe: Any, role: str) -> str:
-    """Render an overlay template as the customisation engine does (StrictUndefined)."""
-    env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
-    return env.from_string(path.read_text()).render(recipe=recipe, role=role)
-
-
-def test_config_rendered_from_recipe(recipe_file: Any) -> None:
+def test_config_rendered_from_recipe(recipe_file: Any, tmp_path: Path) -> None:
     recipe = load_recipe(recipe_file(VALID + "monitoring: {group: 239.1.2.3, interval: 2}\n"))
-    template = ROOT / "overlays/common/etc/imagebuilder/monitoring.json.j2"
-    worker = json.loads(render_overlay(template, recipe, "worker"))
-    assert worker == {**CONFIG, "group": "239.1.2.3", "interval": 2}
-    master = json.loads(render_overlay(template, recipe, "master"))
-    assert master["role"] == "master" and master["local_copy"] is True and master["k3s_unit"] == "k3s.service"
+    for role in ("worker", "master"):
+        # As the build does: the common layer once, then the role's layer on top.
+        tree = tmp_path / role
+        for layer in ("common", role):
+            write_layer(render_layer(layer, ROOT / "overlays" / layer, {"recipe": recipe, "role": role}), tree)
+        config = beacon.load_config(tree / "etc/imagebuilder/monitoring.json")
+        if role == "worker":
+            assert config == {**CONFIG, "group": "239.1.2.3", "interval": 2}
+        else:
+            assert config["role"] == "master" and config["local_copy"] is True
+            assert config["k3s_unit"] == "k3s.service"
 
 
 def test_beacon_sends_to_a_unicast_sink(tmp_path: Path) -> None:

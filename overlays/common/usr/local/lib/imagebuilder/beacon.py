@@ -243,7 +243,18 @@ def run(config: dict[str, Any], count: int | None = None) -> None:
 
 
 def load_config(path: Path) -> dict[str, Any]:
+    """The recipe's settings, plus what follows from this node's role.
+
+    The role is a file of its own (written by the master or worker overlay), because the common
+    stage that carries this config is shared by both roles.
+    """
     config: dict[str, Any] = json.loads(path.read_text())
+    role_file = path.parent / "role"
+    role = role_file.read_text().strip() if role_file.exists() else "worker"
+    config.setdefault("role", role)
+    config.setdefault("k3s_unit", "k3s.service" if role == "master" else "k3s-agent.service")
+    # The master's collector cannot hear its own multicast (loopback is off): it gets a copy.
+    config.setdefault("local_copy", role == "master")
     return config
 
 
