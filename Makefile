@@ -16,6 +16,7 @@ APT_PACKAGES := python3 python3-venv python3-pip \
 	mmdebstrap qemu-user-static binfmt-support arch-test \
 	xz-utils zstd unzip bmap-tools \
 	qemu-system-arm qemu-utils \
+	python3-guestfs libguestfs-tools linux-image-amd64 \
 	iproute2 chromium
 
 .PHONY: setup apt venv test test-fast images lint bench clean
@@ -46,6 +47,12 @@ test-fast: venv
 
 images: setup
 	$(BIN)/imagebuilder build recipes/cluster.yaml
+
+# Build speed (cold, warm, overlay edit, added package, xz), then flashing and the status collector.
+bench: setup
+	$(BIN)/python -m tests.bench_build
+	$(BIN)/python -m tests.bench_flash
+	$(BIN)/python -m tests.bench_collector
 
 lint: venv
 	$(BIN)/ruff check imagebuilder tests
