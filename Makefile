@@ -17,7 +17,8 @@ APT_PACKAGES := python3 python3-venv python3-pip \
 	xz-utils zstd unzip bmap-tools \
 	qemu-system-arm qemu-utils \
 	python3-guestfs libguestfs-tools linux-image-amd64 \
-	iproute2 chromium
+	iproute2 chromium \
+	nftables
 
 .PHONY: setup apt venv test test-fast images lint bench clean
 

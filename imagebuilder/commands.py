@@ -64,12 +64,17 @@ def fetch(ctx: Context, args: argparse.Namespace) -> int:
 
 def _build_arguments(parser: argparse.ArgumentParser) -> None:
     _recipe_argument(parser)
+    parser.add_argument("--per-node", action="store_true",
+                        help="also write <hostname>.img per known worker, each with its hostname seed")
+    parser.add_argument("--backend", choices=("loop", "guestfs"), default=None,
+                        help="loop: mount and chroot, as root; guestfs: libguestfs, no root, packages installed "
+                             "at first boot (default: loop as root, guestfs otherwise)")
 
 
 def build(ctx: Context, args: argparse.Namespace) -> int:
     from imagebuilder.build import build as build_images
 
-    build_images(ctx, load_recipe(args.recipe))
+    build_images(ctx, load_recipe(args.recipe), per_node=args.per_node, backend=args.backend)
     return 0
 
 
@@ -112,6 +117,36 @@ def imager_repo(ctx: Context, args: argparse.Namespace) -> int:
     return 0
 
 
+def _boot_test_arguments(parser: argparse.ArgumentParser) -> None:
+    _recipe_argument(parser)
+    parser.add_argument("--workers", type=int, metavar="N", help="boot the first N workers of the table (default: all)")
+    parser.add_argument("--unknown", type=int, default=0, metavar="N", help="add N workers whose MACs are not in it")
+    parser.add_argument("--kernel", type=Path, help="boot this kernel instead of the image's own vmlinuz-*")
+    parser.add_argument("--initrd", type=Path, help="with it, this initrd")
+    parser.add_argument("--timeout", type=float, default=900, metavar="SECONDS", help="for the whole test (900)")
+    parser.add_argument("--ssh-key", type=Path, metavar="FILE",
+                        help="private key of users[0] (default: the one in ~/.ssh that the recipe lists)")
+    parser.add_argument("--json", type=Path, metavar="FILE", help="also write the report as JSON")
+    parser.add_argument("--logs", type=Path, metavar="DIR", help="keep each guest's serial console log here")
+
+
+def boot_test(ctx: Context, args: argparse.Namespace) -> int:
+    from imagebuilder.bootplan import BootOptions
+    from imagebuilder.bootreport import format_report, write_json
+    from imagebuilder.boottest import BootTestFailed
+    from imagebuilder.boottest import boot_test as run_boot_test
+
+    options = BootOptions(workers=args.workers, unknown=args.unknown, kernel=args.kernel, initrd=args.initrd,
+                          timeout=args.timeout, ssh_key=args.ssh_key, logs=args.logs)
+    report = run_boot_test(ctx, load_recipe(args.recipe), options)
+    print(format_report(report))
+    if args.json is not None:
+        write_json(report, args.json)
+    if not report.ok:
+        raise BootTestFailed(report, args.logs)
+    return 0
+
+
 COMMANDS = [
     Command("validate", "check a recipe and print a one-line summary", _recipe_argument, validate),
     Command("images", "list the built-in catalogue of base images", lambda p: None, images),
@@ -123,5 +158,7 @@ COMMANDS = [
             _imager_repo_arguments, imager_repo),
     Command("fetch", "download, verify and cache a base image; print its path", _fetch_arguments, fetch),
     Command("build", "build the master and worker images of a recipe", _build_arguments, build,
-            needs_root=lambda args: True),
+            needs_root=lambda args: args.backend == "loop"),
+    Command("boot-test", "boot the built images under qemu on a private LAN and check the cluster comes alive",
+            _boot_test_arguments, boot_test, needs_root=lambda args: True),
 ]

@@ -1,27 +1,29 @@
 """Stages: a parent image plus packages plus overlay layers, cached under a hash of exactly that.
 
-The common stage (base + common packages + common overlay) is shared by the master and the worker; a
-rebuild redoes only the stages whose inputs changed.
+The common stage (base + common packages + common overlay) is shared by the master and the worker. Each
+role then has a packages stage and a files stage (its overlay layers), so a changed overlay file redoes
+only the files stage, never the package install. How a stage reaches the image's files is the backend's
+business (backend.py): the stage code only talks to an ImageTree.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from imagebuilder import __version__
 from imagebuilder.catalogue import Layout
-from imagebuilder.chroot import Chroot, chroot_session
+from imagebuilder.chroot import Chroot
 from imagebuilder.context import Context
-from imagebuilder.diskimage import grow_image
+from imagebuilder.diskimage import check_filesystems, grow_image, sha256_file
 from imagebuilder.errors import CommandFailed, ImageBuilderError
-from imagebuilder.imagemount import mounted_image
 from imagebuilder.log import log, step
-from imagebuilder.overlay import RenderedLayer, write_layer
+from imagebuilder.overlay import RenderedLayer
 from imagebuilder.resources import atomic_output, bind_mount, copy_sparse, file_lock, temporary_directory
-from imagebuilder.run import output, run
+from imagebuilder.run import output
+from imagebuilder.validate import Check
 
 FORMAT = 1
 GIB = 2**30
@@ -37,14 +39,21 @@ class Stage:
     arch: str
     layout: Layout
     size: int | None = None  # the image size asked for (output.image_size), else grown by need
+    # Role checks run with the image's own tools; they change nothing, so they are not in the key.
+    checks: tuple[Check, ...] = field(default=(), compare=False)
+    backend: str = "loop"  # backend.BACKENDS
 
     def key(self) -> str:
-        material = json.dumps({
+        material: dict[str, object] = {
             "parent": self.parent_key, "packages": sorted(self.packages),
             "layers": [layer.digest() for layer in self.layers], "size": self.size,
             "format": FORMAT, "builder": __version__,
-        }, sort_keys=True)
-        return hashlib.sha256(material.encode()).hexdigest()
+        }
+        if self.backend != "loop":
+            # Same inputs, another image (no package installed, nothing run): never share a cache
+            # entry. Loop keys stay as they were, so existing caches remain valid.
+            material["backend"] = self.backend
+        return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -54,6 +63,7 @@ class StageResult:
     packages: dict[str, str]
     files: list[str]
     units: list[str]
+    sha256: str | None = None  # of the stage image, taken when it was made and checked (None: older record)
 
 
 def realise(ctx: Context, stage: Stage, debs: Path) -> StageResult:
@@ -68,29 +78,41 @@ def realise(ctx: Context, stage: Stage, debs: Path) -> StageResult:
             with step(f"stage {stage.name}"):
                 _build(ctx, stage, image, record, debs)
     info = json.loads(record.read_text())
-    return StageResult(image, key, info["packages"], info["files"], info["units"])
+    return StageResult(image, key, info["packages"], info["files"], info["units"], info.get("sha256"))
 
 
 def _build(ctx: Context, stage: Stage, image: Path, record: Path, debs: Path) -> None:
+    from imagebuilder.backend import choose_backend
+
+    backend = choose_backend(stage.backend)
     with temporary_directory(f"stage-{stage.name}-", ctx.cache("tmp")) as work, atomic_output(image) as tmp:
         copy_sparse(stage.parent, tmp)
         grown = grow_image(tmp, stage.size or tmp.stat().st_size + (GIB if stage.packages else 0))
-        with mounted_image(tmp, stage.layout, work, grow_fs=grown) as root, \
-                chroot_session(root, stage.arch) as chroot:
+        with backend.open(tmp, stage.layout, stage.arch, work, grow_fs=grown) as tree:
             if stage.packages:
-                install_packages(chroot, stage.packages, debs)
+                tree.install(stage.packages, debs)
             files: list[str] = []
             units: list[str] = []
+            cmdline: list[str] = []
             for layer in stage.layers:
-                files += write_layer(layer, root)
+                files += tree.write_layer(layer)
                 units += layer.units
+                cmdline += layer.cmdline
+            if cmdline:
+                tree.append_cmdline(cmdline)
             if units:
-                chroot.run(["systemctl", "enable", *units])
-            packages = installed_packages(root)
-            _tidy(root)
-        # Free blocks read as zeros, so the bmap and the compressed images carry only data.
+                tree.enable_units(units)
+            if stage.checks:
+                tree.run_checks(list(stage.checks))
+            packages = tree.list_packages()
+            # Lists, host keys; then free blocks read as zeros, so bmaps and compressed copies carry only data.
+            tree.tidy()
+        # Checked and digested once, when the stage is made: emitting it again needs neither.
+        check_filesystems(tmp, work)
+        digest = sha256_file(tmp)
         with atomic_output(record) as rec:
-            rec.write_text(json.dumps({"packages": packages, "files": files, "units": units}, indent=1))
+            rec.write_text(json.dumps({"packages": packages, "files": files, "units": units, "sha256": digest},
+                                      indent=1))
 
 
 def install_packages(chroot: Chroot, packages: tuple[str, ...], debs: Path) -> None:
@@ -121,13 +143,3 @@ def _log_progress(line: str) -> None:
 def installed_packages(root: Path) -> dict[str, str]:
     text = output(["dpkg-query", f"--admindir={root}/var/lib/dpkg", "-W", "-f", "${Package}\t${Version}\n"])
     return dict(line.split("\t", 1) for line in text.splitlines() if line)
-
-
-def _tidy(root: Path) -> None:
-    """What a package install leaves that must not ship: lists, host keys, then trim free space."""
-    for lists in (root / "var/lib/apt/lists").glob("*"):
-        if lists.is_file():
-            lists.unlink()
-    for key in root.glob("etc/ssh/ssh_host_*"):
-        key.unlink()
-    run(["fstrim", root], check=False)

@@ -1,0 +1,65 @@
+"""The k3s release assets for an air-gapped install: the binary and the images tarball.
+
+Fetched with the base-image fetcher and verified against the release's own sha256sum file. Where they
+cannot be had (no route to the release, as on an offline build machine), the images are built without
+them and say so: the k3s units then wait for /usr/local/bin/k3s instead of failing.
+"""
+
+from __future__ import annotations
+
+import os
+import urllib.parse
+from dataclasses import dataclass
+from pathlib import Path
+
+from imagebuilder.context import Context
+from imagebuilder.download import Policy
+from imagebuilder.errors import ImageBuilderError
+from imagebuilder.fetch import fetch_url
+from imagebuilder.log import log
+from imagebuilder.overlay import OverlayFile, RenderedLayer
+
+RELEASES = "https://github.com/k3s-io/k3s/releases/download"
+ASSETS_ENV = "IMAGEBUILDER_K3S_ASSETS"
+# Release asset names per Debian architecture.
+NAMES = {
+    "arm64": ("k3s-arm64", "k3s-airgap-images-arm64.tar.zst", "sha256sum-arm64.txt"),
+    "armhf": ("k3s-armhf", "k3s-airgap-images-arm.tar.zst", "sha256sum-arm.txt"),
+}
+IMAGES_DIR = "var/lib/rancher/k3s/agent/images"
+
+
+@dataclass(frozen=True)
+class K3sAssets:
+    layer: RenderedLayer | None
+    missing: str | None  # why the binary is not in the images
+
+
+def asset_base(version: str) -> str:
+    """Where the assets are: $IMAGEBUILDER_K3S_ASSETS (a directory or URL), else the release page."""
+    local = os.environ.get(ASSETS_ENV)
+    if local:
+        return local if "://" in local else Path(local).resolve().as_uri()
+    return f"{RELEASES}/{urllib.parse.quote(version, safe='')}"
+
+
+def fetch_k3s(ctx: Context, version: str, arch: str) -> K3sAssets:
+    binary, images, sums = NAMES[arch]
+    base = asset_base(version).rstrip("/")
+    # Without the variable set, an unreachable release is expected (offline machines): give up quickly.
+    policy = Policy() if os.environ.get(ASSETS_ENV) else Policy(attempts=2, connect_timeout=10)
+    try:
+        paths = {name: fetch_url(ctx, f"{base}/{name}", checksum_url=f"{base}/{sums}", policy=policy)
+                 for name in (binary, images)}
+    except ImageBuilderError as e:
+        if os.environ.get(ASSETS_ENV):
+            raise
+        reason = f"the k3s {version} release assets could not be fetched ({e.message})"
+        log.warning("WARNING: %s; building without the k3s binary. Set %s=DIR (a folder with %s, %s and "
+                    "%s) to include them.", reason, ASSETS_ENV, binary, images, sums)
+        return K3sAssets(None, reason)
+    files = (
+        OverlayFile("usr/local/bin/k3s", paths[binary].read_bytes(), 0o755),
+        OverlayFile(f"{IMAGES_DIR}/{images}", paths[images].read_bytes(), 0o644),
+    )
+    return K3sAssets(RenderedLayer(f"k3s {version} {arch}", files), None)
