@@ -152,6 +152,11 @@ class GuestfsTree:
         instance, _, kind = rest.rpartition(".")
         # foo@bar.service comes from foo@bar.service if there is one, else from the template foo@.service.
         source = self._find_unit(unit, fallback=f"{prefix}@.{kind}" if at and instance else None)
+        if source is None:
+            # Its package is installed at first boot, so is its unit file: nothing to link to yet.
+            log.warning("unit %s is not in the image (its package comes at first boot): enable it there, "
+                        "e.g. cloud-init runcmd: systemctl enable --now %s", unit, unit)
+            return
         install = self._install_section(source)
         name = unit
         if at and not instance:
@@ -169,7 +174,7 @@ class GuestfsTree:
         if not any(install.get(k) for k in ("wantedby", "requiredby", "alias", "also")):
             log.warning("unit %s has no [Install] section: enabling it does nothing", unit)
 
-    def _find_unit(self, unit: str, fallback: str | None = None) -> str:
+    def _find_unit(self, unit: str, fallback: str | None = None) -> str | None:
         for name in (unit, fallback) if fallback else (unit,):
             for directory in UNIT_DIRS:
                 path = f"{directory}/{name}"
@@ -178,8 +183,7 @@ class GuestfsTree:
                                             f"remove the mask from the overlays or drop {unit} from enable-units")
                 if self.g.is_file(path, followsymlinks=True):
                     return path
-        raise ImageBuilderError(f"unit {unit} to enable is not in the image",
-                                "check etc/imagebuilder/enable-units in the overlays against the unit files")
+        return None
 
     def _install_section(self, path: str) -> dict[str, str]:
         text = self.g.read_file(path).decode(errors="replace")

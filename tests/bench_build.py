@@ -89,7 +89,11 @@ def snapshot_source(source: Path, work: Path) -> Path:
 
 
 def timed_build(name: str, cache: Path, recipe: Path, log: Path, src: Path) -> Run:
-    argv = [sys.executable, "-m", "imagebuilder", "--cache-dir", str(cache), "build", str(recipe)]
+    # Each build in a mount namespace of its own: a process that another job on the machine starts in a
+    # new namespace meanwhile (ip netns exec, a test's qemu) would otherwise hold a copy of the stage's
+    # mounts, keep its filesystem alive after our umount, and fail the stage's fsck.
+    argv = ["unshare", "--mount", "--propagation", "private",
+            sys.executable, "-m", "imagebuilder", "--cache-dir", str(cache), "build", str(recipe)]
     start = time.monotonic()
     proc = subprocess.run(argv, cwd=src, stdin=subprocess.DEVNULL, capture_output=True, text=True, check=False)
     seconds = time.monotonic() - start
