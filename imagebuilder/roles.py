@@ -42,8 +42,11 @@ def user_data(recipe: Recipe, role: str, first_boot_packages: tuple[str, ...] = 
         if user.ssh_authorized_keys:
             entry["ssh_authorized_keys"] = list(user.ssh_authorized_keys)
         users.append(entry)
+    if users:
+        # An empty list is not valid cloud-config; without the key the distribution's locked default
+        # user is made, which nobody can log in as.
+        data["users"] = users
     data.update(
-        users=users,
         disable_root=True,
         ssh_pwauth=any(u.password_hash for u in recipe.users),
         # Every card makes its own host keys: the image carries none.

@@ -52,3 +52,13 @@ def loop_devices() -> str:
 
 def mounts() -> str:
     return Path("/proc/self/mountinfo").read_text()
+
+
+def leftovers(*markers: str) -> list[str]:
+    """Loop devices and mounts that involve any of `markers` (paths a test owns).
+
+    Filtering by what the test owns keeps an unrelated build running beside the tests (a benchmark,
+    a user's build) from being counted as ours.
+    """
+    lines = loop_devices().splitlines() + mounts().splitlines()
+    return [line for line in lines if any(m in line for m in markers)]

@@ -13,9 +13,10 @@ import pytest
 
 from imagebuilder import resources
 from imagebuilder.build import build
-from imagebuilder.diskimage import boot_and_root, check_filesystems, sha256_file
+from imagebuilder.cardseed import read_hostname_seed
+from imagebuilder.diskimage import boot_and_root, check_filesystems, fat_read, sha256_file
 from imagebuilder.recipe import load_recipe
-from tests.conftest import ROOT, loop_devices, mounts, require_programs
+from tests.conftest import ROOT, leftovers, mounts, require_programs
 from tests.images import arm64_base, make_context
 
 RECIPE = """\
@@ -54,15 +55,16 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
     recipe = load_recipe(make_recipe(tmp))
     ctx = make_context()
     with ctx.stack:
-        build(ctx, recipe)
+        build(ctx, recipe, per_node=True)
     return recipe.output_dir
 
 
 @pytest.mark.integration
 def test_outputs_exist_and_sums_match(built: Path) -> None:
-    names = sorted(p.name for p in built.iterdir())
+    names = sorted(p.name for p in built.iterdir() if not p.name.startswith("."))
     assert names == sorted(["master.img", "master.img.bmap", "master.img.zst", "worker.img", "worker.img.bmap",
-                            "worker.img.zst", "SHA256SUMS", "manifest.json", "os_list.json"])
+                            "worker.img.zst", "SHA256SUMS", "manifest.json", "os_list.json",
+                            "node1.img", "node1.img.bmap"])
     subprocess.run(["sha256sum", "--check", "--quiet", "SHA256SUMS"], cwd=built, check=True)
 
 
@@ -129,7 +131,8 @@ def _fail_at(n: int):
 
 @pytest.mark.integration
 def test_failure_after_each_acquisition_leaves_nothing(built: Path, tmp_path: Path) -> None:
-    before = (loop_devices(), mounts())
+    ours = (str(make_context().cache_dir), str(tmp_path))
+    assert leftovers(*ours) == []
     n = 1
     while True:
         # A new marker each time, so the worker stage is built (not taken from the cache).
@@ -144,7 +147,7 @@ def test_failure_after_each_acquisition_leaves_nothing(built: Path, tmp_path: Pa
             assert "injected failure" in str(e)
         finally:
             resources.ACQUIRE_HOOKS.clear()
-        assert (loop_devices(), mounts()) == before, f"left behind after acquisition {n}"
+        assert leftovers(*ours) == [], f"left behind after acquisition {n}"
         assert not list((recipe.output_dir).glob(".*partial*")), f"partial output after acquisition {n}"
         assert not list(make_context().cache_dir.glob("stages/.*partial*"))
         n += 1
@@ -154,7 +157,8 @@ def test_failure_after_each_acquisition_leaves_nothing(built: Path, tmp_path: Pa
 @pytest.mark.integration
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_signal_during_build_unwinds(built: Path, tmp_path: Path, signum: int) -> None:
-    before = (loop_devices(), mounts())
+    ours = (str(make_context().cache_dir), str(tmp_path))
+    assert leftovers(*ours) == []
     recipe = make_recipe(tmp_path, marker=f"signal-{signum}-{time.time()}")
     proc = subprocess.Popen([sys.executable, "-m", "imagebuilder", "build", recipe], cwd=ROOT,
                             stderr=subprocess.PIPE, text=True)
@@ -171,4 +175,53 @@ def test_signal_during_build_unwinds(built: Path, tmp_path: Path, signum: int) -
     rest = proc.stderr.read()
     assert proc.wait(timeout=120) == 128 + signum, rest
     assert "interrupted" in rest and "Traceback" not in rest
-    assert (loop_devices(), mounts()) == before
+    assert leftovers(*ours) == []
+
+
+@pytest.mark.integration
+def test_per_node_image_differs_only_in_boot_partition(built: Path) -> None:
+    worker, node = built / "worker.img", built / "node1.img"
+    assert worker.stat().st_size == node.stat().st_size
+    boot, _ = boot_and_root(worker)
+    differing = []
+    with open(worker, "rb") as a, open(node, "rb") as b:
+        offset = 0
+        while chunk := a.read(2**20):
+            if chunk != b.read(len(chunk)):
+                differing.append(offset)
+            offset += len(chunk)
+    assert differing, "the seed is missing"
+    assert all(boot.start <= o < boot.end for o in differing), differing
+    assert read_hostname_seed(node) == "node1" and read_hostname_seed(worker) is None
+
+
+@pytest.mark.integration
+def test_roles_enabled_and_boot_configured(built: Path) -> None:
+    boot, _ = boot_and_root(built / "master.img")
+    assert "cgroup_memory=1 cgroup_enable=memory" in fat_read(built / "master.img", boot, "cmdline.txt")
+    for role, units in (("master", ["nftables.service", "k3s.service", "imagebuilder-beacon.service",
+                                    "imagebuilder-dashboard.service", "dnsmasq.service"]),
+                        ("worker", ["imagebuilder-hostname.service", "imagebuilder-jobs-ready.service",
+                                    "srv-jobs.automount", "k3s-agent.service"])):
+        image = built / f"{role}.img"
+        wants = "".join(
+            subprocess.run(["debugfs", "-R", f"ls /etc/systemd/system/{target}.wants",
+                            f"{image}?offset={boot_and_root(image)[1].start}"],
+                           capture_output=True, text=True, check=True).stdout
+            for target in ("multi-user.target", "sysinit.target", "remote-fs.target", "cloud-init.target"))
+        for unit in units:
+            assert unit in wants, (role, unit, wants)
+    assert "seed" not in fat_read(built / "worker.img", boot, "user-data")
+    manifest = json.loads((built / "manifest.json").read_text())
+    assert manifest["k3s_binary"] == "included" or manifest["k3s_binary"].startswith("missing: ")
+
+
+@pytest.mark.integration
+def test_token_never_printed(built: Path) -> None:
+    token = (make_context().state_dir("buildtest") / "k3s-token").read_text().strip()
+    recipe = load_recipe(make_recipe(built.parent.parent))
+    result = subprocess.run([sys.executable, "-m", "imagebuilder", "build", recipe.source], cwd=ROOT,
+                            capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert token not in result.stdout + result.stderr
+    assert token in read_root_file(built / "master.img", "/etc/rancher/k3s/config.yaml")

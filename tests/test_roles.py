@@ -1,0 +1,193 @@
+"""The role configuration rendered from recipes: several workers, an unknown-MAC pattern, no uplink,
+Wi-Fi; checked for content and, where the tool is installed, with the real tool."""
+
+from __future__ import annotations
+
+import json
+import stat
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from imagebuilder.build import render_layers
+from imagebuilder.context import Context
+from imagebuilder.errors import ImageBuilderError
+from imagebuilder.overlay import RenderedLayer, write_layer
+from imagebuilder.recipe import load_recipe
+from imagebuilder.roles import template_variables
+from imagebuilder.secrets import k3s_token
+from imagebuilder.validate import check_exports
+from tests.conftest import require_programs
+
+CLUSTER = """\
+cluster: {name: lab, domain: lab.example}
+base: {bootstrap: {}}
+network:
+  lan_interface: eth0
+  subnet: 192.168.77.0/24
+  dhcp_range: [192.168.77.150, 192.168.77.200]
+  upstream_dns: [192.168.1.53]
+users:
+  - {name: ops, ssh_authorized_keys: ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOps ops@desk"]}
+timezone: Europe/Berlin
+k3s: {extra_config: {disable: [traefik], node-label: [site=lab]}}
+workers:
+  - {hostname: w1, mac: "DC-A6-32-00-00-01"}
+  - {hostname: w2, mac: "dc:a6:32:00:00:02", ip: 192.168.77.20}
+  - {hostname: w3, mac: "dc:a6:32:00:00:03"}
+unknown_workers: {hostname: "spare-{mac6}"}
+"""
+TOKEN = "0" * 64
+
+
+def rendered(recipe_text: str, role: str, tmp_path: Path, recipe_file: Any) -> dict[str, RenderedLayer]:
+    recipe = load_recipe(recipe_file(recipe_text))
+    variables = template_variables(recipe, role, token=TOKEN, boot_mount="/boot/firmware")
+    return {layer.name: layer for layer in render_layers(recipe, role, variables)}
+
+
+def files_of(layers: dict[str, RenderedLayer]) -> dict[str, str]:
+    return {f.path: f.data.decode() for layer in layers.values() for f in layer.files if not f.symlink}
+
+
+@pytest.fixture
+def master(tmp_path: Path, recipe_file: Any) -> dict[str, str]:
+    return files_of(rendered(CLUSTER, "master", tmp_path, recipe_file))
+
+
+@pytest.fixture
+def worker(tmp_path: Path, recipe_file: Any) -> dict[str, str]:
+    return files_of(rendered(CLUSTER, "worker", tmp_path, recipe_file))
+
+
+def test_dnsmasq_reserves_every_worker_on_the_lan_only(master: dict[str, str]) -> None:
+    conf = master["etc/dnsmasq.d/cluster.conf"].splitlines()
+    assert "interface=eth0" in conf and "bind-dynamic" in conf
+    assert not [line for line in conf if line.startswith("interface=") and line not in ("interface=eth0",
+                                                                                       "interface=lo")]
+    assert "dhcp-range=192.168.77.150,192.168.77.200,255.255.255.0,12h" in conf
+    assert [line for line in conf if line.startswith("dhcp-host=")] == [
+        "dhcp-host=dc:a6:32:00:00:01,w1,192.168.77.10,infinite",
+        "dhcp-host=dc:a6:32:00:00:02,w2,192.168.77.20,infinite",
+        "dhcp-host=dc:a6:32:00:00:03,w3,192.168.77.11,infinite",
+    ]
+    assert "host-record=master.lab.example,master,192.168.77.1" in conf
+    assert "server=192.168.1.53" in conf and "local=/lab.example/" in conf
+    assert "dhcp-option=option:router,192.168.77.1" in conf
+
+
+def test_dnsmasq_accepts_the_config(master: dict[str, str], tmp_path: Path) -> None:
+    require_programs("dnsmasq")
+    conf = tmp_path / "cluster.conf"
+    conf.write_text(master["etc/dnsmasq.d/cluster.conf"])
+    out = subprocess.run(["dnsmasq", "--test", f"--conf-file={conf}"], capture_output=True, text=True, check=False)
+    assert out.returncode == 0, out.stderr
+    conf.write_text(master["etc/dnsmasq.d/cluster.conf"] + "dhcp-range=nonsense\n")
+    assert subprocess.run(["dnsmasq", "--test", f"--conf-file={conf}"], capture_output=True,
+                          check=False).returncode != 0
+
+
+def test_isolated_cluster_has_no_nat_and_a_default_route(master: dict[str, str], tmp_path: Path) -> None:
+    rules = master["etc/nftables.conf"]
+    assert "masquerade" not in rules and "drop" not in rules
+    route = master["etc/systemd/system/imagebuilder-default-route.service"]
+    assert "ip route add default dev eth0" in route and "ConditionPathExists" not in route
+    network = yaml.safe_load(master["@boot/network-config"])
+    assert network == {"version": 2, "ethernets": {"eth0": {
+        "dhcp4": False, "addresses": ["192.168.77.1/24"],
+        "nameservers": {"addresses": ["127.0.0.1"], "search": ["lab.example"]}}}}
+
+
+def test_uplink_masquerades_out_and_drops_in(tmp_path: Path, recipe_file: Any) -> None:
+    text = CLUSTER.replace("  lan_interface: eth0\n", "  lan_interface: eth0\n  uplink_interface: eth1\n")
+    files = files_of(rendered(text, "master", tmp_path, recipe_file))
+    rules = files["etc/nftables.conf"]
+    assert 'oifname "eth1" ip saddr 192.168.77.0/24 masquerade' in rules
+    assert 'iifname "eth1" ct state established,related accept' in rules and 'iifname "eth1" drop' in rules
+    assert "ConditionPathExists" in files["etc/systemd/system/imagebuilder-default-route.service"]
+    assert yaml.safe_load(files["@boot/network-config"])["ethernets"]["eth1"] == {"dhcp4": True}
+    require_programs("nft", "unshare")
+    path = tmp_path / "nftables.conf"
+    path.write_text(rules)
+    # In a network namespace of its own: the check can never touch this machine's ruleset.
+    out = subprocess.run(["unshare", "--net", "nft", "-c", "-f", path], capture_output=True, text=True, check=False)
+    assert out.returncode == 0, out.stderr
+
+
+def test_wifi_uplink(tmp_path: Path, recipe_file: Any) -> None:
+    text = CLUSTER.replace("  lan_interface: eth0\n", "  lan_interface: eth0\n  uplink_interface: wlan0\n"
+                           "  wifi: {ssid: 'lab: \"5G\"', psk: 'p#ss: word', country: DE}\n")
+    network = yaml.safe_load(files_of(rendered(text, "master", tmp_path, recipe_file))["@boot/network-config"])
+    assert network["wifis"] == {"wlan0": {"dhcp4": True, "regulatory-domain": "DE",
+                                          "access-points": {'lab: "5G"': {"password": "p#ss: word"}}}}
+
+
+def test_user_data(master: dict[str, str], worker: dict[str, str]) -> None:
+    for files, role in ((master, "master"), (worker, "worker")):
+        assert files["@boot/user-data"].startswith("#cloud-config\n")
+        data = yaml.safe_load(files["@boot/user-data"])
+        assert data["users"][0]["ssh_authorized_keys"] == ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOps ops@desk"]
+        assert data["users"][0]["lock_passwd"] is True and data["ssh_pwauth"] is False
+        assert data["timezone"] == "Europe/Berlin" and data["ssh_deletekeys"] is True
+        if role == "master":
+            assert data["hostname"] == "master" and data["fqdn"] == "master.lab.example"
+        else:
+            # A worker's name is its own: cloud-init must never set it or rewrite /etc/hosts.
+            assert "hostname" not in data and data["preserve_hostname"] is True
+            assert data["manage_etc_hosts"] is False
+    assert yaml.safe_load(master["@boot/meta-data"])["instance-id"].startswith("lab-master-")
+
+
+def test_worker_table_and_units(worker: dict[str, str]) -> None:
+    table = json.loads(worker["etc/imagebuilder/cluster-table.json"])
+    assert table["unknown_pattern"] == "spare-{mac6}" and table["lan_interface"] == "eth0"
+    assert [(w["mac"], w["hostname"]) for w in table["workers"]] == [
+        ("dc:a6:32:00:00:01", "w1"), ("dc:a6:32:00:00:02", "w2"), ("dc:a6:32:00:00:03", "w3")]
+    unit = worker["etc/systemd/system/imagebuilder-hostname.service"]
+    assert "Before=cloud-init-local.service" in unit and "sys-subsystem-net-devices-eth0.device" in unit
+    assert "After=boot-firmware.mount" in unit
+    assert "What=192.168.77.1:/srv/jobs" in worker["etc/systemd/system/srv-jobs.mount"]
+
+
+def test_k3s_configs(master: dict[str, str], worker: dict[str, str]) -> None:
+    server = yaml.safe_load(master["etc/rancher/k3s/config.yaml"])
+    assert server == {"token": TOKEN, "node-ip": "192.168.77.1", "flannel-iface": "eth0",
+                      "tls-san": ["master", "master.lab.example", "192.168.77.1"],
+                      "write-kubeconfig-mode": "0600", "disable": ["traefik"], "node-label": ["site=lab"]}
+    agent = yaml.safe_load(worker["etc/rancher/k3s/config.yaml"])
+    assert agent == {"server": "https://192.168.77.1:6443", "token": TOKEN, "flannel-iface": "eth0"}
+
+
+def test_k3s_config_is_private_in_the_tree(tmp_path: Path, recipe_file: Any) -> None:
+    layers = rendered(CLUSTER, "worker", tmp_path, recipe_file)
+    tree = tmp_path / "tree"
+    written = [p for layer in layers.values() for p in write_layer(layer, tree)]
+    assert "/boot/firmware/user-data" in written
+    assert stat.S_IMODE((tree / "etc/rancher/k3s/config.yaml").stat().st_mode) == 0o600
+    assert stat.S_IMODE((tree / "usr/local/lib/imagebuilder/k3s-node-ip").stat().st_mode) == 0o755
+
+
+def test_common_layer_asks_for_cgroups(tmp_path: Path, recipe_file: Any) -> None:
+    layers = rendered(CLUSTER, "common", tmp_path, recipe_file)
+    assert "cgroup_enable=memory" in layers["common"].cmdline
+    assert "imagebuilder-beacon.service" in layers["common"].units
+
+
+def test_exports_for_the_subnet_only(master: dict[str, str]) -> None:
+    line = master["etc/exports"].splitlines()[-1]
+    assert line == "/srv/jobs 192.168.77.0/24(rw,sync,no_subtree_check,root_squash)"
+    check_exports(master["etc/exports"])
+    with pytest.raises(ImageBuilderError, match="not a valid export line"):
+        check_exports("/srv/jobs *(rw,no_such_option)\n")
+
+
+def test_token_made_once_private_and_reused(tmp_path: Path) -> None:
+    ctx = Context(state_root=tmp_path / "state")
+    first = k3s_token(ctx, "lab")
+    path = tmp_path / "state" / "lab" / "k3s-token"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    assert len(first) == 64 and k3s_token(ctx, "lab") == first
