@@ -163,6 +163,17 @@ def spawned(argv: Sequence[str | os.PathLike[str]], *, stdout: int | None = None
         terminate(proc)
 
 
+@contextlib.contextmanager
+def network_namespace(name: str) -> Iterator[str]:
+    """A network namespace of our own; what is made inside it (bridge, taps, forwards) goes with it."""
+    run(["ip", "netns", "add", name])
+    try:
+        acquired(f"network namespace {name}")
+        yield name
+    finally:
+        run(["ip", "netns", "delete", name], check=False)
+
+
 def copy_sparse(source: Path, target: Path) -> None:
     """Copy keeping holes, with a reflink where the filesystem offers one."""
     run(["cp", "--reflink=auto", "--sparse=always", source, target])

@@ -1,0 +1,222 @@
+"""The boot test: a cluster built from the bootstrap base comes alive under qemu (master, one known worker,
+one unknown), on a LAN inside a network namespace made here; and its parts, fast, without qemu."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from imagebuilder.bootplan import BootOptions, BootReport, plan_nodes
+from imagebuilder.bootreport import format_report, report_data, write_json
+from imagebuilder.qemu import GuestSpec, Uplink, qemu_argv, user_netdev
+from imagebuilder.recipe import load_recipe
+from tests.conftest import ROOT, VALID, require_programs
+from tests.images import arm64_base, make_context
+
+RECIPE = """\
+cluster: {{name: boottest, domain: cluster.lan}}
+base: {{bootstrap: {{suite: bookworm}}}}
+network:
+  uplink_interface: eth1
+  subnet: 10.0.0.0/24
+  master_ip: 10.0.0.1
+  dhcp_range: [10.0.0.100, 10.0.0.199]
+  upstream_dns: [10.0.2.3]  # qemu's user-net resolver: an address of the test's own network
+users:
+  - {{name: ibtest, ssh_authorized_keys: ["{key}"]}}
+workers:
+  - {{hostname: node1, mac: "b8:27:eb:00:00:01", ip: 10.0.0.11}}
+  - {{hostname: node2, mac: "b8:27:eb:00:00:02", ip: 10.0.0.12}}
+unknown_workers: {{hostname: "node-{{mac6}}"}}
+output: {{dir: {out}, compress: none, bmap: false}}
+"""
+
+
+# ---------------------------------------------------------------------------------------------------
+# Fast: the parts, without qemu.
+
+
+def test_plan_first_known_workers_then_unknown(recipe_file) -> None:
+    recipe = load_recipe(recipe_file(VALID))
+    nodes = plan_nodes(recipe, BootOptions(workers=1, unknown=2))
+    assert [(n.name, n.role, n.known, n.ip) for n in nodes] == [
+        ("master", "master", True, "10.0.0.1"), ("node1", "worker", True, "10.0.0.11"),
+        ("node-b00701", "worker", False, None), ("node-b00702", "worker", False, None)]
+    assert len({n.mac for n in nodes}) == len({n.tap for n in nodes}) == 4
+    # Unknown MACs are locally administered: no real card has them.
+    assert all(int(n.mac.split(":")[0], 16) & 2 for n in nodes if not n.known)
+
+
+def test_plan_refuses_more_workers_than_the_table(recipe_file) -> None:
+    from imagebuilder.errors import ImageBuilderError
+
+    with pytest.raises(ImageBuilderError, match="--workers 3: the recipe's table has 2"):
+        plan_nodes(load_recipe(recipe_file(VALID)), BootOptions(workers=3))
+
+
+def test_uplink_is_restricted_and_forwards_only_to_loopback() -> None:
+    netdev = user_netdev(Uplink(hostfwd={22: 2222}, guestfwd=("10.0.2.100", 80, ["/usr/bin/socat", "-", "a,b"])))
+    assert "restrict=on" in netdev.split(",")
+    assert "hostfwd=tcp:127.0.0.1:2222-:22" in netdev
+    # qemu reads ',,' as a literal comma inside an option value.
+    assert netdev.endswith("guestfwd=tcp:10.0.2.100:80-cmd:/usr/bin/socat - a,,b")
+
+
+def test_first_nic_is_the_lan_and_the_disk_an_overlay(tmp_path: Path) -> None:
+    spec = GuestSpec("w", "armhf", tmp_path / "w.qcow2", tmp_path / "k", None, "root=LABEL=rootfs", "tap1",
+                     "b8:27:eb:00:00:01")
+    argv = qemu_argv(spec)
+    assert argv[:5] == ["qemu-system-arm", "-M", "virt,highmem=off", "-cpu", "cortex-a15"]
+    devices = [argv[i + 1] for i, a in enumerate(argv) if a == "-device"]
+    assert devices == ["virtio-blk-device,drive=disk", "virtio-net-device,netdev=lan,mac=b8:27:eb:00:00:01"]
+    assert f"if=none,id=disk,format=qcow2,file={tmp_path / 'w.qcow2'}" in argv
+    assert "-initrd" not in argv and not any(a.startswith("user,") for a in argv)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Boot: the whole cluster under qemu.
+
+
+def namespaces() -> set[str]:
+    return set(subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=False).stdout.split())
+
+
+def boot_workdirs() -> list[Path]:
+    return sorted(make_context().cache("tmp").glob("imagebuilder-boot-*"))
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Path]]:
+    """The test recipe (with a key made here) and its built images; yields (recipe, private key)."""
+    arm64_base()
+    require_programs("qemu-system-aarch64", "qemu-img", "socat", "ssh", "ssh-keygen", "ip", "mcopy")
+    tmp = tmp_path_factory.mktemp("boot")
+    key = tmp / "id_ed25519"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "imagebuilder-boot-test", "-f", key],
+                   check=True)
+    recipe_path = tmp / "recipe.yaml"
+    recipe_path.write_text(RECIPE.format(key=Path(f"{key}.pub").read_text().strip(), out=tmp / "out"))
+    from imagebuilder.build import build
+
+    ctx = make_context()
+    with ctx.stack:
+        build(ctx, load_recipe(recipe_path))
+    yield recipe_path, key
+
+
+@pytest.fixture(scope="module")
+def booted(cluster: tuple[Path, Path]) -> Iterator[tuple[BootReport, Path]]:
+    """One boot of master, node1 and one unknown worker; every check ran; the guests are gone again."""
+    from imagebuilder.boottest import boot_test
+
+    recipe_path, key = cluster
+    logs = recipe_path.parent / "logs"
+    before = namespaces()
+    ctx = make_context()
+    with ctx.stack:
+        report = boot_test(ctx, load_recipe(recipe_path), BootOptions(workers=1, unknown=1, ssh_key=key, logs=logs))
+    print(format_report(report))  # shown with -s, and in the log of a failure
+    write_json(report, logs / "report.json")
+    assert namespaces() == before, "a namespace outlived the boot test"
+    assert not boot_workdirs(), "a temporary directory outlived the boot test"
+    assert all(r.guest.proc.poll() is not None for r in report.nodes), "a guest outlived the boot test"
+    yield report, logs
+
+
+def check(report: BootReport, name: str) -> None:
+    chosen = [c for c in report.checks if c.name == name]
+    assert chosen, f"no check {name!r} ran: {[c.name for c in report.checks]}"
+    failed = [f"{c.node}: {c.detail}" for c in chosen if not c.ok]
+    assert not failed, "\n".join(failed)
+
+
+@pytest.mark.boot
+def test_every_node_boots_and_reports_its_times(booted: tuple[BootReport, Path]) -> None:
+    report, logs = booted
+    check(report, "boots")
+    assert [r.node.name for r in report.nodes] == ["master", "node1", "node-b00701"]
+    data = json.loads((logs / "report.json").read_text())
+    assert data == report_data(report)
+    for node in data["nodes"]:
+        assert 0 < node["seconds"]["kernel up"] < node["seconds"]["cloud-init done"]
+        assert (logs / f"serial-{node['name']}.log").read_text().count("Booting Linux") == 1
+    assert re.search(r"^node1\s+worker\s+10\.0\.0\.11\s+\d+\.\d", format_report(report), re.M)
+
+
+@pytest.mark.boot
+def test_cloud_init_finished_once_without_errors(booted: tuple[BootReport, Path]) -> None:
+    check(booted[0], "cloud-init once, no errors (console)")
+    check(booted[0], "cloud-init once, no errors")
+
+
+@pytest.mark.boot
+def test_known_worker_takes_its_table_name_unknown_the_pattern(booted: tuple[BootReport, Path]) -> None:
+    check(booted[0], "hostname (console)")
+    check(booted[0], "hostname")
+
+
+@pytest.mark.boot
+def test_dnsmasq_leased_reserved_addresses_and_names_resolve(booted: tuple[BootReport, Path]) -> None:
+    check(booted[0], "dnsmasq lease")
+    check(booted[0], "DNS")
+
+
+@pytest.mark.boot
+def test_jobs_share_written_on_one_worker_is_read_on_others(booted: tuple[BootReport, Path]) -> None:
+    check(booted[0], "NFS write")
+    check(booted[0], "NFS read")
+
+
+@pytest.mark.boot
+def test_worker_reaches_the_uplink_through_the_masters_nat(booted: tuple[BootReport, Path]) -> None:
+    check(booted[0], "NAT")
+    server_log = (booted[1] / "uplink-server.log").read_text()
+    assert "GET /uplink-check" in server_log
+
+
+@pytest.mark.boot
+def test_k3s_units_enabled_with_config_and_token(booted: tuple[BootReport, Path]) -> None:
+    check(booted[0], "k3s server")
+    check(booted[0], "k3s agent")
+    if os.environ.get("IMAGEBUILDER_K3S_ASSETS"):
+        check(booted[0], "k3s nodes Ready")
+
+
+@pytest.mark.boot
+def test_ctrl_c_while_booting_removes_guests_namespace_and_files(cluster: tuple[Path, Path]) -> None:
+    recipe_path, key = cluster
+    before = namespaces()
+    proc = subprocess.Popen([sys.executable, "-m", "imagebuilder", "boot-test", recipe_path, "--workers", "1",
+                             "--ssh-key", key], cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    with contextlib.ExitStack() as undo:
+        undo.callback(lambda: proc.poll() is None and proc.kill())
+        for line in proc.stderr:
+            if "power on master" in line:
+                break
+        time.sleep(2)  # qemu is running in the namespace by now
+        qemus = qemu_children(proc.pid)
+        assert qemus, "no qemu was started"
+        proc.send_signal(signal.SIGINT)
+        rest = proc.stderr.read()
+        assert proc.wait(timeout=60) == 128 + signal.SIGINT, rest
+    assert "interrupted" in rest and "Traceback" not in rest
+    assert namespaces() == before
+    assert not boot_workdirs()
+    assert not [pid for pid in qemus if Path(f"/proc/{pid}").exists()]
+
+
+def qemu_children(parent: int) -> list[int]:
+    text = subprocess.run(["ps", "-o", "pid=,comm=", "--ppid", str(parent)], capture_output=True, text=True,
+                          check=False).stdout
+    return [int(pid) for pid, comm in (line.split(None, 1) for line in text.splitlines()) if "qemu" in comm]
