@@ -15,12 +15,12 @@ APT_PACKAGES := python3 python3-venv python3-pip \
 	util-linux mount fdisk e2fsprogs dosfstools mtools \
 	mmdebstrap qemu-user-static binfmt-support arch-test \
 	xz-utils zstd unzip bmap-tools \
-	qemu-system-arm qemu-utils \
+	qemu-system-arm qemu-utils socat openssh-client \
 	python3-guestfs libguestfs-tools linux-image-amd64 \
 	iproute2 chromium \
 	nftables
 
-.PHONY: setup apt venv test test-fast images lint bench clean
+.PHONY: setup apt venv test test-fast images boot-test lint bench clean
 
 setup: apt venv
 
@@ -48,6 +48,12 @@ test-fast: venv
 
 images: setup
 	$(BIN)/imagebuilder build recipes/cluster.yaml
+
+# Boot the images `make images` left in out/<cluster>/ under qemu and check the cluster comes alive.
+# It logs in as the recipe's users[0]: e.g. make boot-test BOOT_RECIPE=my.yaml BOOT_ARGS="--ssh-key KEY --unknown 1"
+BOOT_RECIPE ?= recipes/cluster.yaml
+boot-test: setup
+	$(BIN)/imagebuilder boot-test $(BOOT_RECIPE) $(BOOT_ARGS)
 
 # Build speed (cold, warm, overlay edit, added package, xz), then flashing and the status collector.
 bench: setup
