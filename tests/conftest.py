@@ -26,7 +26,10 @@ workers:
 
 
 @pytest.fixture
-def recipe_file(tmp_path: Path):
+def recipe_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    # output.dir is relative to the current directory: keep a test's outputs in its own folder.
+    monkeypatch.chdir(tmp_path)
+
     def write(text: str, name: str = "recipe.yaml") -> Path:
         path = tmp_path / name
         path.write_text(text)

@@ -14,6 +14,7 @@ import pytest
 
 from imagebuilder.overlay import render_layer, write_layer
 from imagebuilder.recipe import load_recipe
+from imagebuilder.roles import template_variables
 from tests.conftest import ROOT, VALID
 
 BEACON = ROOT / "overlays/common/usr/local/lib/imagebuilder/beacon.py"
@@ -167,13 +168,23 @@ def test_sender_waits_for_a_missing_interface(capsys: pytest.CaptureFixture[str]
     assert capsys.readouterr().err == "no interface nosuch0; waiting for it\n"  # said once, not every beacon
 
 
+def render_overlay(template: Path, recipe: Any, role: str) -> str:
+    """One file of a built-in layer, rendered by the build's own overlay code."""
+    layer_dir = next(p for p in template.parents if p.parent == ROOT / "overlays")
+    rel = template.relative_to(layer_dir).as_posix().removesuffix(".j2")
+    variables = template_variables(recipe, role, token="0" * 64, boot_mount="/boot/firmware")
+    layer = render_layer(layer_dir.name, layer_dir, variables)
+    return next(f.data.decode() for f in layer.files if f.path == rel)
+
+
 def test_config_rendered_from_recipe(recipe_file: Any, tmp_path: Path) -> None:
     recipe = load_recipe(recipe_file(VALID + "monitoring: {group: 239.1.2.3, interval: 2}\n"))
     for role in ("worker", "master"):
         # As the build does: the common layer once, then the role's layer on top.
         tree = tmp_path / role
         for layer in ("common", role):
-            write_layer(render_layer(layer, ROOT / "overlays" / layer, {"recipe": recipe, "role": role}), tree)
+            variables = template_variables(recipe, role, token="0" * 64, boot_mount="/boot/firmware")
+            write_layer(render_layer(layer, ROOT / "overlays" / layer, variables), tree)
         config = beacon.load_config(tree / "etc/imagebuilder/monitoring.json")
         if role == "worker":
             assert config == {**CONFIG, "group": "239.1.2.3", "interval": 2}
