@@ -21,6 +21,8 @@ ROLE_PACKAGES: dict[str, tuple[str, ...]] = {
 }
 ROLES = ("master", "worker")
 K3S_UNIT = {"master": "k3s.service", "worker": "k3s-agent.service"}
+# Services of role packages that their package does not enable by itself.
+UNITS_OF_PACKAGES = {"nftables": "nftables.service"}
 
 
 def user_data(recipe: Recipe, role: str, first_boot_packages: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -59,6 +61,10 @@ def user_data(recipe: Recipe, role: str, first_boot_packages: tuple[str, ...] = 
     )
     if first_boot_packages:
         data.update(package_update=True, packages=list(first_boot_packages))
+        # Units of packages that arrive only now could not be enabled in the image (rootless build).
+        units = [UNITS_OF_PACKAGES[p] for p in first_boot_packages if p in UNITS_OF_PACKAGES]
+        if units:
+            data["runcmd"] = [["systemctl", "enable", "--now", *units]]
     return data
 
 

@@ -191,3 +191,12 @@ def test_token_made_once_private_and_reused(tmp_path: Path) -> None:
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
     assert len(first) == 64 and k3s_token(ctx, "lab") == first
+
+
+def test_rootless_build_defers_packages_and_their_units(tmp_path: Path, recipe_file: Any) -> None:
+    recipe = load_recipe(recipe_file(CLUSTER))
+    variables = template_variables(recipe, "master", token=TOKEN, boot_mount="/boot/firmware",
+                                   first_boot_packages=("nfs-common", "dnsmasq", "nftables"))
+    data = variables["user_data"]
+    assert data["packages"] == ["nfs-common", "dnsmasq", "nftables"] and data["package_update"] is True
+    assert data["runcmd"] == [["systemctl", "enable", "--now", "nftables.service"]]
