@@ -23,7 +23,9 @@ from imagebuilder.recipe import Recipe
 LEASES = "/var/lib/misc/dnsmasq.leases"  # dnsmasq's default lease file
 JOBS = "/srv/jobs"
 _CLOUD_INIT_RUN = re.compile(r"Cloud-init v\. \S+ running 'init' ")
-_CLOUD_INIT_ERROR = re.compile(r"cloud-init\[\d+\]:.*(\[ERROR\]|\[CRITICAL\]|Traceback)")
+# A failed module is only a WARNING on the console ("Running module locale (...) failed"), but an error in
+# result.json: count both.
+_CLOUD_INIT_ERROR = re.compile(r"cloud-init\[\d+\]:.*(\[ERROR\]|\[CRITICAL\]|Traceback|Running module \S+ .* failed)")
 
 
 def run_checks(recipe: Recipe, results: list[NodeResult], ssh: Ssh, nonce: str,
@@ -74,7 +76,8 @@ def check_node(r: NodeResult, ssh: Ssh) -> Iterator[Check]:
     name, host = r.node.name, r.host
     got = ssh.text(host, "hostname")
     yield Check("hostname", name, got == r.node.name, f"hostname is {got!r}, want {r.node.name!r}")
-    status = ssh.text(host, "cloud-init status --long") or ""
+    # `status` exits non-zero when cloud-init failed; its output says why, so keep it either way.
+    status = ssh.run(host, "cloud-init status --long").stdout.decode(errors="replace").strip()
     result_json = ssh.text(host, "cat /run/cloud-init/result.json") or "{}"
     try:
         errors = json.loads(result_json).get("v1", {}).get("errors", ["no result.json"])
@@ -146,7 +149,7 @@ def check_nat(recipe: Recipe, workers: list[NodeResult], ssh: Ssh, nonce: str) -
     if not workers:
         return
     worker = workers[0]
-    route = ssh.text(worker.host, f"ip route get {UPLINK_SERVER}") or ""
+    route = " ".join((ssh.text(worker.host, f"ip route get {UPLINK_SERVER}") or "").split())
     via_master = f"via {recipe.network.master_ip} " in route + " "
     fetch = ("import urllib.request; print(urllib.request.urlopen("
              f"'http://{UPLINK_SERVER}/uplink-check', timeout=20).read().decode().strip())")
