@@ -66,7 +66,7 @@ def build(ctx: Context, recipe: Recipe, *, per_node: bool = False,
         token = k3s_token(ctx, recipe.cluster.name)
         boot_mount = base.layout.boot_mount
         with step("k3s release assets"):
-            k3s = fetch_k3s(ctx, recipe.k3s.version, recipe.arch)
+            k3s = fetch_k3s(ctx, recipe.k3s, recipe.arch)
         debs = ctx.cache("debs", f"{recipe.arch}-{base.sha256[:16]}")
         common_layers = render_layers(recipe, "common", template_variables(
             recipe, "common", token=token, boot_mount=boot_mount))

@@ -18,6 +18,7 @@ from imagebuilder.errors import ImageBuilderError
 from imagebuilder.fetch import fetch_url
 from imagebuilder.log import log
 from imagebuilder.overlay import OverlayFile, RenderedLayer
+from imagebuilder.recipe import K3s
 
 RELEASES = "https://github.com/k3s-io/k3s/releases/download"
 ASSETS_ENV = "IMAGEBUILDER_K3S_ASSETS"
@@ -35,31 +36,38 @@ class K3sAssets:
     missing: str | None  # why the binary is not in the images
 
 
-def asset_base(version: str) -> str:
-    """Where the assets are: $IMAGEBUILDER_K3S_ASSETS (a directory or URL), else the release page."""
-    local = os.environ.get(ASSETS_ENV)
-    if local:
-        return local if "://" in local else Path(local).resolve().as_uri()
-    return f"{RELEASES}/{urllib.parse.quote(version, safe='')}"
+def asset_base(setting: str, version: str) -> str | None:
+    """Where the assets are: $IMAGEBUILDER_K3S_ASSETS, else the recipe's k3s.assets; None for none."""
+    chosen = os.environ.get(ASSETS_ENV) or setting
+    if chosen == "none":
+        return None
+    if chosen == "release":
+        return f"{RELEASES}/{urllib.parse.quote(version, safe='')}"
+    return chosen if "://" in chosen else Path(chosen).expanduser().resolve().as_uri()
 
 
-def fetch_k3s(ctx: Context, version: str, arch: str) -> K3sAssets:
+def fetch_k3s(ctx: Context, k3s: K3s, arch: str) -> K3sAssets:
     binary, images, sums = NAMES[arch]
-    base = asset_base(version).rstrip("/")
-    # Without the variable set, an unreachable release is expected (offline machines): give up quickly.
-    policy = Policy() if os.environ.get(ASSETS_ENV) else Policy(attempts=2, connect_timeout=10)
+    base = asset_base(k3s.assets, k3s.version)
+    if base is None:
+        log.info("k3s.assets is none: the images get the k3s configuration and units, not the binary")
+        return K3sAssets(None, "k3s.assets is none")
+    base = base.rstrip("/")
+    # From the public release an unreachable host is expected (offline build machines): give up quickly.
+    explicit = os.environ.get(ASSETS_ENV) or k3s.assets != "release"
+    policy = Policy() if explicit else Policy(attempts=2, connect_timeout=10)
     try:
         paths = {name: fetch_url(ctx, f"{base}/{name}", checksum_url=f"{base}/{sums}", policy=policy)
                  for name in (binary, images)}
     except ImageBuilderError as e:
-        if os.environ.get(ASSETS_ENV):
+        if explicit:
             raise
-        reason = f"the k3s {version} release assets could not be fetched ({e.message})"
-        log.warning("WARNING: %s; building without the k3s binary. Set %s=DIR (a folder with %s, %s and "
-                    "%s) to include them.", reason, ASSETS_ENV, binary, images, sums)
+        reason = f"the k3s {k3s.version} release assets could not be fetched ({e.message})"
+        log.warning("WARNING: %s; building without the k3s binary. Set k3s.assets in the recipe (or %s) to "
+                    "a folder with %s, %s and %s to include them.", reason, ASSETS_ENV, binary, images, sums)
         return K3sAssets(None, reason)
     files = (
         OverlayFile("usr/local/bin/k3s", paths[binary].read_bytes(), 0o755),
         OverlayFile(f"{IMAGES_DIR}/{images}", paths[images].read_bytes(), 0o644),
     )
-    return K3sAssets(RenderedLayer(f"k3s {version} {arch}", files), None)
+    return K3sAssets(RenderedLayer(f"k3s {k3s.version} {arch}", files), None)

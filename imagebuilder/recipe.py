@@ -147,6 +147,12 @@ def check_k3s_version(value: str) -> str | None:
     return f"'{value}' is not a k3s release: write it as on the releases page, e.g. v1.31.4+k3s1"
 
 
+def check_k3s_assets(value: str) -> str | None:
+    if value in ("release", "none") or check_url(value) is None or value.startswith(("/", ".", "~")):
+        return None
+    return f"'{value}' is not release, none, a URL or a folder path (start a relative path with ./)"
+
+
 def check_psk(value: str) -> str | None:
     if 8 <= len(value) <= 63 or re.match(r"^[0-9a-fA-F]{64}$", value):
         return None
@@ -237,6 +243,10 @@ class User:
 class K3s:
     version: str = setting(default="v1.31.4+k3s1", help="k3s release", check=check_k3s_version)
     extra_config: dict[str, Any] = setting(default={}, help="merged into the master's k3s config.yaml")
+    assets: str = setting(default="release", check=check_k3s_assets,
+                          help="where the binary and air-gap images come from: `release` (the GitHub "
+                               "release), a folder or URL holding them, or `none` (images without the "
+                               "binary); IMAGEBUILDER_K3S_ASSETS overrides it")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -15,7 +15,8 @@ from imagebuilder.recipe import Recipe
 
 # Packages the built-in overlays need. The master is the gateway; every node mounts /srv/jobs over NFS.
 ROLE_PACKAGES: dict[str, tuple[str, ...]] = {
-    "common": ("nfs-common",),
+    # tzdata: cloud-init's timezone module needs /usr/share/zoneinfo, which a minimal base lacks.
+    "common": ("nfs-common", "tzdata"),
     "master": ("dnsmasq", "nfs-kernel-server", "nftables"),
     "worker": (),
 }
@@ -55,6 +56,8 @@ def user_data(recipe: Recipe, role: str, first_boot_packages: tuple[str, ...] = 
         ssh_deletekeys=True,
         ssh_genkeytypes=["ed25519", "ecdsa", "rsa"],
         timezone=recipe.timezone,
+        # Built into glibc, so it needs no generated locale (cloud-init's default, en_US.UTF-8, does).
+        locale="C.UTF-8",
         growpart={"mode": "auto", "devices": ["/"]},
         resize_rootfs=True,
         final_message="IMAGEBUILDER: cloud-init-done $UPTIME",

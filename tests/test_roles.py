@@ -200,3 +200,12 @@ def test_rootless_build_defers_packages_and_their_units(tmp_path: Path, recipe_f
     data = variables["user_data"]
     assert data["packages"] == ["nfs-common", "dnsmasq", "nftables"] and data["package_update"] is True
     assert data["runcmd"] == [["systemctl", "enable", "--now", "nftables.service"]]
+
+
+def test_first_boot_needs_no_generated_locale_and_has_zoneinfo(master: dict[str, str]) -> None:
+    # Found by the boot test: cloud-init's default locale is not generated on a minimal base, and
+    # its timezone module needs tzdata.
+    assert yaml.safe_load(master["@boot/user-data"])["locale"] == "C.UTF-8"
+    from imagebuilder.roles import ROLE_PACKAGES
+
+    assert "tzdata" in ROLE_PACKAGES["common"]
