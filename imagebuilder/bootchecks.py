@@ -46,6 +46,7 @@ def run_checks(recipe: Recipe, results: list[NodeResult], ssh: Ssh, nonce: str,
     checks += check_dns(recipe, workers, ssh)
     checks += check_jobs_share(master, workers, ssh, nonce)
     checks += check_nat(recipe, workers, ssh, nonce)
+    checks += check_dashboard(recipe, results, ssh, deadline)
     checks += check_k3s(recipe, master, workers, ssh, options, deadline)
     return checks
 
@@ -156,6 +157,29 @@ def check_nat(recipe: Recipe, workers: list[NodeResult], ssh: Ssh, nonce: str) -
     got = ssh.text(worker.host, f"python3 -c {shlex.quote(fetch)}")
     yield Check("NAT", worker.node.name, via_master and got == nonce,
                 f"route: {route or 'none'}; fetched {got!r} from {UPLINK_SERVER}")
+
+
+def check_dashboard(recipe: Recipe, results: list[NodeResult], ssh: Ssh, deadline: float) -> Iterator[Check]:
+    """What the master's collector says of every node (its beacons come every few seconds)."""
+    if not recipe.monitoring.enabled:
+        return
+    url = f"http://127.0.0.1:{recipe.monitoring.dashboard_port}/api/nodes"
+    fetch = f"import urllib.request; print(urllib.request.urlopen({url!r}, timeout=10).read().decode())"
+    states: dict[str, str] = {}
+    # Up to a minute for the last node's first beacon, which is sent once its unit starts.
+    until = min(deadline, time.monotonic() + 60)
+    while True:
+        try:
+            document = json.loads(ssh.text(MASTER_ALIAS, f"python3 -c {shlex.quote(fetch)}") or "{}")
+        except json.JSONDecodeError:
+            document = {}
+        states = {n["hostname"]: n["state"] for n in document.get("nodes", [])}
+        if all(states.get(r.node.name) == "up" for r in results) or time.monotonic() > until:
+            break
+        time.sleep(5)
+    for r in results:
+        state = states.get(r.node.name, "absent")
+        yield Check("dashboard", r.node.name, state == "up", f"/api/nodes says {state}")
 
 
 def read_k3s_config(ssh: Ssh, host: str) -> dict[str, object]:

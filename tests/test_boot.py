@@ -187,6 +187,11 @@ def test_worker_reaches_the_uplink_through_the_masters_nat(booted: tuple[BootRep
 
 
 @pytest.mark.boot
+def test_dashboard_lists_every_node_up(booted: tuple[BootReport, Path]) -> None:
+    check(booted[0], "dashboard")
+
+
+@pytest.mark.boot
 def test_k3s_units_enabled_with_config_and_token(booted: tuple[BootReport, Path]) -> None:
     check(booted[0], "k3s server")
     check(booted[0], "k3s agent")
