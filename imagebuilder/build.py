@@ -8,6 +8,7 @@ from typing import Any
 
 from imagebuilder.backend import choose_backend
 from imagebuilder.bootstrap import BaseImage, bootstrap_base
+from imagebuilder.cacheprune import prune_compressed, prune_stages
 from imagebuilder.context import Context
 from imagebuilder.emit import emit_outputs, emit_per_node
 from imagebuilder.k3s import fetch_k3s
@@ -50,11 +51,19 @@ def role_packages(recipe: Recipe, role: str) -> tuple[str, ...]:
     return (*ROLE_PACKAGES[role], *getattr(recipe.packages, role))
 
 
+def prune_cache(ctx: Context) -> None:
+    removed = prune_stages(ctx.cache("stages")) + prune_compressed(ctx.cache("compressed"))
+    if removed:
+        log.info("removed %d old entries from the cache", removed)
+
+
 def build(ctx: Context, recipe: Recipe, *, per_node: bool = False,
           backend: str | None = None) -> dict[str, StageResult]:
     """backend: "loop", "guestfs", or None for loop as root and guestfs otherwise."""
     chosen = choose_backend(backend)
     installs = chosen.installs_packages
+    # Whatever happens, the cache keeps only the newest few stages and compressed copies.
+    ctx.stack.callback(prune_cache, ctx)
     with step(f"build {recipe.cluster.name} ({chosen.name} backend)"):
         if not installs:
             wanted = sorted({p for r in ("common", *ROLES) for p in role_packages(recipe, r)})

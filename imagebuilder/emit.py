@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from imagebuilder import __version__
+from imagebuilder.cacheprune import touch
 from imagebuilder.cardseed import write_hostname_seed
 from imagebuilder.catalogue import Layout
 from imagebuilder.context import Context
@@ -146,6 +147,7 @@ def compress_cached(ctx: Context, raw: Path, digest: str, fmt: str) -> tuple[Pat
             with step(f"compress {raw.name} ({fmt}, all cores)"), atomic_output(cached) as tmp, \
                     open(tmp, "wb") as sink:
                 run([*COMPRESSORS[fmt], raw], stdout=sink)
+        touch(cached)
         if not cached_sum.exists():
             with atomic_output(cached_sum) as tmp:
                 tmp.write_text(sha256_file(cached) + "\n")

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from imagebuilder import __version__
+from imagebuilder.cacheprune import touch
 from imagebuilder.catalogue import Layout
 from imagebuilder.chroot import Chroot
 from imagebuilder.context import Context
@@ -74,6 +75,7 @@ def realise(ctx: Context, stage: Stage, debs: Path) -> StageResult:
     with file_lock(image.with_suffix(".lock"), f"the {stage.name} stage"):
         if image.exists() and record.exists():
             log.info("stage %s: cached (%s)", stage.name, key[:12])
+            touch(image)
         else:
             with step(f"stage {stage.name}"):
                 _build(ctx, stage, image, record, debs)

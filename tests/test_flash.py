@@ -229,7 +229,9 @@ def test_bmap_flash_on_blank_card_reads_back_the_image(images: dict[str, Path], 
 @pytest.mark.integration
 def test_flash_role_name_from_recipe(images: dict[str, Path], card: Path, tmp_path: Path) -> None:
     recipe = tmp_path / "recipe.yaml"
-    recipe.write_text(VALID.replace("cluster: {name: testcluster", "output: {dir: out}\ncluster: {name: tc"))
+    # output.dir is relative to the current directory: give it whole.
+    output = f"output: {{dir: {tmp_path / 'out'}}}\n"
+    recipe.write_text(VALID.replace("cluster: {name: testcluster", output + "cluster: {name: tc"))
     out = tmp_path / "out/tc"
     out.mkdir(parents=True)
     subprocess.run(["cp", "--sparse=always", str(images["img"]), str(out / "worker.img")], check=True)
