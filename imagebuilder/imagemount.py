@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from imagebuilder.catalogue import Layout
-from imagebuilder.diskimage import MTOOLS_ENV, Partition, boot_and_root, make_fat
+from imagebuilder.diskimage import MTOOLS_ENV, SECTOR, Partition, boot_and_root, make_fat
 from imagebuilder.log import log
 from imagebuilder.resources import bind_mount, loop_device, mounted, temporary_directory
 from imagebuilder.run import output, run
@@ -68,3 +68,26 @@ def _fat_serial(image: Path, part: Partition) -> str | None:
     found = re.search(r"serial number:\s*([0-9A-Fa-f]{4})-?([0-9A-Fa-f]{4})", info)
     return f"{found.group(1)}{found.group(2)}" if found else None
 
+
+
+def shrink_root(image: Path, headroom: int = 256 * 2**20) -> None:
+    """Shrink the root filesystem to what it holds plus `headroom`, and the partition and file with it.
+
+    A stage grows its image before installing packages, by more than they need; what is left over
+    would make every later copy, digest and flash of the raw image longer. The card's root partition
+    is grown to the whole card at first boot anyway.
+    """
+    _, root = boot_and_root(image)
+    with loop_device(image, offset=root.start, size=root.size) as device:
+        run(["e2fsck", "-f", "-p", device])
+        text = output(["resize2fs", "-P", device])
+        minimum = int(re.search(r"minimum size of the filesystem:\s*(\d+)", text).group(1))  # type: ignore[union-attr]
+        block = int(re.search(r"Block size:\s*(\d+)", output(["dumpe2fs", "-h", device])).group(1))  # type: ignore[union-attr]
+        target = (minimum * block + headroom + 2**20 - 1) // 2**20 * 2**20
+        if target >= root.size - 64 * 2**20:
+            return  # not worth it
+        run(["resize2fs", device, f"{target // 1024}K"])
+    run(["sfdisk", "--quiet", "--no-reread", "--no-tell-kernel", "-N", str(root.number), image],
+        input=f",{target // SECTOR}\n".encode())
+    with open(image, "r+b") as f:
+        f.truncate(root.start + target)

@@ -20,13 +20,14 @@ from imagebuilder.chroot import Chroot
 from imagebuilder.context import Context
 from imagebuilder.diskimage import check_filesystems, grow_image, sha256_file
 from imagebuilder.errors import CommandFailed, ImageBuilderError
+from imagebuilder.imagemount import shrink_root
 from imagebuilder.log import log, step
 from imagebuilder.overlay import RenderedLayer
 from imagebuilder.resources import atomic_output, bind_mount, copy_sparse, file_lock, temporary_directory
 from imagebuilder.run import output
 from imagebuilder.validate import Check
 
-FORMAT = 1
+FORMAT = 2  # 2: stages shrink to what they hold
 GIB = 2**30
 
 
@@ -109,6 +110,8 @@ def _build(ctx: Context, stage: Stage, image: Path, record: Path, debs: Path) ->
             packages = tree.list_packages()
             # Lists, host keys; then free blocks read as zeros, so bmaps and compressed copies carry only data.
             tree.tidy()
+        if grown and stage.size is None and backend.name == "loop":
+            shrink_root(tmp)
         # Checked and digested once, when the stage is made: emitting it again needs neither.
         check_filesystems(tmp, work)
         digest = sha256_file(tmp)
