@@ -24,6 +24,7 @@ from imagebuilder.diskimage import assemble, check_filesystems, sha256_file
 from imagebuilder.log import log, step
 from imagebuilder.recipe import Bootstrap
 from imagebuilder.resources import atomic_output, file_lock, temporary_directory
+from imagebuilder.roles import nocloud_datasource
 from imagebuilder.run import output, run
 from imagebuilder.stages import installed_packages
 
@@ -165,11 +166,7 @@ def finish_tree(root: Path, layout: Layout, spec: Bootstrap, mirrors: Mirrors) -
         "defaults,umask=0077,nofail,x-systemd.device-timeout=10s\t0 2\n"
     )
     cloud = root / "etc/cloud/cloud.cfg.d/90-imagebuilder-datasource.cfg"
-    cloud.write_text(
-        "# Written by imagebuilder: the NoCloud seed is on the boot partition.\n"
-        "datasource_list: [NoCloud, None]\n"
-        f"datasource:\n  NoCloud:\n    fs_label: {layout.boot_label}\n"
-    )
+    cloud.write_text(nocloud_datasource(layout.boot_label))
     (root / "etc/hostname").write_text("localhost\n")
     if spec.image_mirror:
         sources = root / "etc/apt/sources.list"

@@ -11,11 +11,12 @@ from imagebuilder.bootstrap import BaseImage, bootstrap_base
 from imagebuilder.cacheprune import prune_compressed, prune_stages
 from imagebuilder.context import Context
 from imagebuilder.emit import emit_outputs, emit_per_node
+from imagebuilder.errors import ImageBuilderError
 from imagebuilder.k3s import fetch_k3s
 from imagebuilder.log import log, step
 from imagebuilder.overlay import BUILTIN, RenderedLayer, render_layer
 from imagebuilder.recipe import Recipe
-from imagebuilder.roles import K3S_UNIT, ROLE_PACKAGES, ROLES, template_variables
+from imagebuilder.roles import K3S_UNIT, ROLE_PACKAGES, ROLES, cloud_init_for_base, template_variables
 from imagebuilder.secrets import k3s_token
 from imagebuilder.stages import Stage, StageResult, realise
 from imagebuilder.validate import check_exports, role_checks, unit_checks
@@ -81,9 +82,15 @@ def build(ctx: Context, recipe: Recipe, *, per_node: bool = False,
             recipe, "common", token=token, boot_mount=boot_mount))
         if k3s.layer is not None:
             common_layers += (k3s.layer,)
+        base_packages, cloud_init_layer = cloud_init_for_base(recipe, base.layout.boot_label)
+        if cloud_init_layer is not None:
+            if not installs:
+                raise ImageBuilderError(f"{recipe.base.image} has no cloud-init, and the {chosen.name} backend "
+                                        "cannot install it", "build as root (the loop backend)")
+            common_layers += (cloud_init_layer,)
         common = Stage(
             name="common", parent=base.path, parent_key=base.sha256,
-            packages=role_packages(recipe, "common") if installs else (),
+            packages=(*base_packages, *role_packages(recipe, "common")) if installs else (),
             layers=common_layers, arch=recipe.arch, layout=base.layout, backend=chosen.name,
             checks=tuple(unit_checks([u for layer in common_layers for u in layer.units])),
         )

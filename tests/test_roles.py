@@ -209,3 +209,22 @@ def test_first_boot_needs_no_generated_locale_and_has_zoneinfo(master: dict[str,
     from imagebuilder.roles import ROLE_PACKAGES
 
     assert "tzdata" in ROLE_PACKAGES["common"]
+
+
+def test_bookworm_base_gets_cloud_init(recipe_file: Any) -> None:
+    # Raspberry Pi OS Bookworm configures itself with its own firstboot script, not cloud-init: the build
+    # installs cloud-init and points it at the seed on the boot partition, so its workers self-join too.
+    from imagebuilder.roles import cloud_init_for_base
+
+    text = CLUSTER.replace("base: {bootstrap: {}}", "base: {image: raspios-lite-bookworm}")
+    bookworm = load_recipe(recipe_file(text))
+    packages, layer = cloud_init_for_base(bookworm, "bootfs")
+    assert packages == ("cloud-init", "cloud-guest-utils") and layer is not None
+    (config,) = layer.files
+    assert config.path == "etc/cloud/cloud.cfg.d/90-imagebuilder-datasource.cfg"
+    assert yaml.safe_load(config.data) == {"datasource_list": ["NoCloud", "None"],
+                                           "datasource": {"NoCloud": {"fs_label": "bootfs"}}}
+    for other in ("raspios-lite-trixie", "ubuntu-24.04-raspi"):
+        recipe = load_recipe(recipe_file(CLUSTER.replace("base: {bootstrap: {}}", f"base: {{image: {other}}}")))
+        assert cloud_init_for_base(recipe, "bootfs") == ((), None)
+    assert cloud_init_for_base(load_recipe(recipe_file(CLUSTER)), "bootfs") == ((), None)
