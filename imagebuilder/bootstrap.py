@@ -19,8 +19,9 @@ from imagebuilder import __version__
 from imagebuilder.aptsources import Mirrors, host_mirrors, source_lines
 from imagebuilder.binfmt import ensure_binfmt
 from imagebuilder.catalogue import LAYOUTS, Layout
+from imagebuilder.checksums import sha256_of
 from imagebuilder.context import Context
-from imagebuilder.diskimage import assemble, check_filesystems, sha256_file
+from imagebuilder.diskimage import assemble, check_filesystems
 from imagebuilder.log import log, step
 from imagebuilder.recipe import Bootstrap
 from imagebuilder.resources import atomic_output, file_lock, temporary_directory
@@ -99,7 +100,7 @@ def build_base(ctx: Context, spec: Bootstrap, arch: str, image: Path, meta: Path
         root_size = _round_up(max(int(used * 1.3), used + 300 * 2**20), 64 * 2**20)
         assemble(tmp, root, boot, layout, root_size, disk_id=cache_key(spec, arch)[:8])
         check_filesystems(tmp, work)
-        digest = sha256_file(tmp)
+        digest = sha256_of(tmp)
         with atomic_output(meta) as meta_tmp:
             meta_tmp.write_text(json.dumps({"sha256": digest, "packages": packages, "suite": spec.suite,
                                             "arch": arch, "layout": spec.layout}, indent=1, sort_keys=True))

@@ -9,18 +9,17 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from pathlib import Path
 
+from imagebuilder.diskimage import MTOOLS_ENV
 from imagebuilder.errors import ImageBuilderError
+from imagebuilder.recipe import check_hostname
 from imagebuilder.resources import temporary_directory
 from imagebuilder.run import output, run
 
 SEED_NAME = "imagebuilder-hostname"
-_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 # MBR types of FAT partitions, and the GPT "basic data" type.
 _FAT_TYPES = {"b", "c", "e", "6", "ebd0a0a2-b9e5-4433-87c0-68b6b72699c7"}
-_MTOOLS_ENV = {"MTOOLS_SKIP_CHECK": "1"}
 
 
 class SeedError(ImageBuilderError):
@@ -29,7 +28,7 @@ class SeedError(ImageBuilderError):
 
 def check_seed_hostname(name: str) -> str:
     """Return the name if it is an RFC 1123 label (lower case), else raise SeedError."""
-    if not _LABEL.match(name):
+    if check_hostname(name) is not None:
         raise SeedError(f"--hostname '{name}' is not a valid hostname",
                         "use 1-63 of a-z, 0-9 and '-', not starting or ending with '-'")
     return name
@@ -56,7 +55,7 @@ def write_hostname_seed(device: Path, hostname: str) -> None:
         seed = tmp / SEED_NAME
         seed.write_text(hostname + "\n")
         # -o: replace a seed from an earlier flash instead of asking.
-        run(["mcopy", "-o", "-i", target, seed, f"::/{SEED_NAME}"], env=_MTOOLS_ENV)
+        run(["mcopy", "-o", "-i", target, seed, f"::/{SEED_NAME}"], env=MTOOLS_ENV)
     fd = os.open(device, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -66,7 +65,7 @@ def write_hostname_seed(device: Path, hostname: str) -> None:
 
 def read_hostname_seed(device: Path) -> str | None:
     target = f"{device}@@{boot_partition_offset(device)}"
-    listing = run(["mdir", "-b", "-i", target, "::/"], capture=True, env=_MTOOLS_ENV).stdout.decode()
+    listing = run(["mdir", "-b", "-i", target, "::/"], capture=True, env=MTOOLS_ENV).stdout.decode()
     if SEED_NAME not in listing:
         return None
-    return output(["mtype", "-i", target, f"::/{SEED_NAME}"], env=_MTOOLS_ENV)
+    return output(["mtype", "-i", target, f"::/{SEED_NAME}"], env=MTOOLS_ENV)

@@ -18,7 +18,6 @@ _BSD = re.compile(r"^SHA256 ?\((.+)\) ?= ?([0-9a-fA-F]{64})$")
 _LONE = re.compile(r"^([0-9a-fA-F]{64})$")
 _ESCAPE = re.compile(r"\\(.)")
 _UNESCAPED = {"n": "\n", "r": "\r", "\\": "\\"}
-_CHUNK = 4 << 20
 
 
 def parse_listing(text: str) -> dict[str, str]:
@@ -73,8 +72,6 @@ def _version_key(name: str) -> tuple[list[tuple[int, ...]], str]:
 
 
 def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
+    """The sha256 of a whole file (images, downloads, outputs: every digest of a file on disk)."""
     with path.open("rb") as f:
-        while chunk := f.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()

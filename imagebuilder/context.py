@@ -23,7 +23,6 @@ class Context:
     cache_dir: Path = field(default_factory=default_cache_dir)
     state_root: Path = field(default_factory=default_state_dir)
     debug: bool = False
-    keep_workdir: bool = False
     # Every acquisition of the command goes on this stack, so an error or a signal unwinds it all.
     stack: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
 

@@ -92,10 +92,6 @@ def fat_read(image: Path, part: Partition, name: str) -> str:
     return output(["mtype", "-i", f"{image}@@{part.start}", f"::/{name}"], env=MTOOLS_ENV)
 
 
-def fat_write(image: Path, part: Partition, source: Path, name: str) -> None:
-    run(["mcopy", "-o", "-i", f"{image}@@{part.start}", source, f"::/{name}"], env=MTOOLS_ENV)
-
-
 def fat_list(image: Path, part: Partition) -> list[str]:
     text = output(["mdir", "-b", "-i", f"{image}@@{part.start}", "::/"], env=MTOOLS_ENV)
     return sorted(line.removeprefix("::/") for line in text.splitlines() if line)
@@ -142,15 +138,6 @@ def grow_image(image: Path, size: int) -> bool:
     run(["sfdisk", "--quiet", "--no-reread", "--no-tell-kernel", "-N", "2", image], input=b", +\n")
     return True
 
-
-def sha256_file(path: Path) -> str:
-    import hashlib
-
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(4 * MIB):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def detect_layout(image: Path) -> Layout:

@@ -19,8 +19,9 @@ from imagebuilder import __version__
 from imagebuilder.cacheprune import touch
 from imagebuilder.cardseed import write_hostname_seed
 from imagebuilder.catalogue import Layout
+from imagebuilder.checksums import sha256_of
 from imagebuilder.context import Context
-from imagebuilder.diskimage import check_filesystems, sha256_file
+from imagebuilder.diskimage import check_filesystems
 from imagebuilder.imagerepo import OS_LIST, write_os_list
 from imagebuilder.log import log, step
 from imagebuilder.recipe import Recipe
@@ -113,13 +114,13 @@ def emit_image(ctx: Context, recipe: Recipe, role: str, result: StageResult, out
         if result.sha256 is None:  # a stage made before stages were checked when they are built
             with temporary_directory("check-", ctx.cache("tmp")) as scratch:
                 check_filesystems(tmp, scratch)
-    digest = result.sha256 or sha256_file(raw)
+    digest = result.sha256 or sha256_of(raw)
     files: dict[str, dict[str, Any]] = {raw.name: {"sha256": digest, "signature": signature(raw)}}
     if recipe.output.bmap:
         bmap = raw.with_name(raw.name + ".bmap")
         with atomic_output(bmap) as tmp:
             run(["bmaptool", "create", "-o", tmp, raw])
-        files[bmap.name] = {"sha256": sha256_file(bmap), "signature": signature(bmap)}
+        files[bmap.name] = {"sha256": sha256_of(bmap), "signature": signature(bmap)}
     for fmt in COMPRESSORS:
         stale = raw.with_name(f"{raw.name}.{extension(fmt)}")
         if fmt != recipe.output.compress:
@@ -150,7 +151,7 @@ def compress_cached(ctx: Context, raw: Path, digest: str, fmt: str) -> tuple[Pat
         touch(cached)
         if not cached_sum.exists():
             with atomic_output(cached_sum) as tmp:
-                tmp.write_text(sha256_file(cached) + "\n")
+                tmp.write_text(sha256_of(cached) + "\n")
         compressed_digest = cached_sum.read_text().strip()
     target = raw.with_name(f"{raw.name}.{extension(fmt)}")
     with atomic_output(target) as tmp:
@@ -164,7 +165,7 @@ def compress_cached(ctx: Context, raw: Path, digest: str, fmt: str) -> tuple[Pat
 def write_checksums(out: Path, names: list[Path], known: dict[str, str] | None = None) -> None:
     """SHA256SUMS for `names` (relative to out); digests in `known` are not computed again."""
     known = known or {}
-    lines = [f"{known.get(str(name)) or sha256_file(out / name)}  {name}\n" for name in sorted(names)]
+    lines = [f"{known.get(str(name)) or sha256_of(out / name)}  {name}\n" for name in sorted(names)]
     with atomic_output(out / "SHA256SUMS") as tmp:
         tmp.write_text("".join(lines))
 

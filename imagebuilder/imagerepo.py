@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from imagebuilder.checksums import sha256_of
 from imagebuilder.errors import ImageBuilderError
 from imagebuilder.imagefile import open_image
 from imagebuilder.recipe import Recipe, summary
@@ -35,11 +36,6 @@ DESCRIPTIONS = {
 
 class ImagerRepoError(ImageBuilderError):
     """The images the repository should list are not there."""
-
-
-def _sha256_of_file(path: Path) -> str:
-    with path.open("rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _extracted(image: Path) -> tuple[int, str]:
@@ -75,7 +71,7 @@ def describe_image(out_dir: Path, role: str, recipe: Recipe, base_url: str | Non
         "extract_size": extract_size,
         "extract_sha256": extract_sha256,
         "image_download_size": download.stat().st_size,
-        "image_download_sha256": _sha256_of_file(download),
+        "image_download_sha256": sha256_of(download),
         "release_date": mtime.date().isoformat(),
         "devices": [tag for _, tag in DEVICES[recipe.arch]],
     }

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import subprocess
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
@@ -81,21 +80,6 @@ def loop_device(
         yield device
     finally:
         run(["losetup", "--detach", device])
-
-
-@contextlib.contextmanager
-def partition_nodes(device: Path) -> Iterator[list[Path]]:
-    """Make /dev/loopNpM nodes for a loop device's partitions.
-
-    Workstation kernels parse the table themselves when the device is attached with --partscan;
-    kernels without MBR parsing need `partx --add`. Either way the nodes are removed afterwards.
-    """
-    run(["partx", "--add", device], check=False)
-    try:
-        parts = sorted(Path("/dev").glob(f"{device.name}p[0-9]*"))
-        yield parts
-    finally:
-        run(["partx", "--delete", device], check=False)
 
 
 @contextlib.contextmanager
@@ -177,10 +161,6 @@ def network_namespace(name: str) -> Iterator[str]:
 def copy_sparse(source: Path, target: Path) -> None:
     """Copy keeping holes, with a reflink where the filesystem offers one."""
     run(["cp", "--reflink=auto", "--sparse=always", source, target])
-
-
-def disk_free(path: Path) -> int:
-    return shutil.disk_usage(path).free
 
 
 @contextlib.contextmanager

@@ -16,9 +16,10 @@ from pathlib import Path
 from imagebuilder import __version__
 from imagebuilder.cacheprune import touch
 from imagebuilder.catalogue import Layout
+from imagebuilder.checksums import sha256_of
 from imagebuilder.chroot import Chroot
 from imagebuilder.context import Context
-from imagebuilder.diskimage import check_filesystems, grow_image, sha256_file
+from imagebuilder.diskimage import check_filesystems, grow_image
 from imagebuilder.errors import CommandFailed, ImageBuilderError
 from imagebuilder.imagemount import shrink_root
 from imagebuilder.log import log, step
@@ -114,7 +115,7 @@ def _build(ctx: Context, stage: Stage, image: Path, record: Path, debs: Path) ->
             shrink_root(tmp)
         # Checked and digested once, when the stage is made: emitting it again needs neither.
         check_filesystems(tmp, work)
-        digest = sha256_file(tmp)
+        digest = sha256_of(tmp)
         with atomic_output(record) as rec:
             rec.write_text(json.dumps({"packages": packages, "files": files, "units": units, "sha256": digest},
                                       indent=1))

@@ -14,7 +14,8 @@ import pytest
 from imagebuilder import resources
 from imagebuilder.build import build
 from imagebuilder.cardseed import read_hostname_seed
-from imagebuilder.diskimage import boot_and_root, check_filesystems, fat_read, sha256_file
+from imagebuilder.checksums import sha256_of
+from imagebuilder.diskimage import boot_and_root, check_filesystems, fat_read
 from imagebuilder.recipe import load_recipe
 from tests.conftest import ROOT, leftovers, mounts, require_programs
 from tests.images import arm64_base, make_context
@@ -84,7 +85,7 @@ def test_manifest_records_packages_and_overlay_files(built: Path) -> None:
     assert "dnsmasq" in master["packages"] and "nfs-common" in worker["packages"]
     assert "/etc/cluster-note" in worker["overlay_files"]
     assert manifest["base"]["source"] == "bootstrap:bookworm:raspios"
-    assert worker["sha256"] == sha256_file(built / "worker.img")
+    assert worker["sha256"] == sha256_of(built / "worker.img")
 
 
 @pytest.mark.integration
@@ -110,14 +111,14 @@ def test_bmap_copy_reproduces_image(built: Path, tmp_path: Path) -> None:
         target = tmp_path / f"{role}.copy"
         subprocess.run(["bmaptool", "copy", "--bmap", built / f"{role}.img.bmap", built / f"{role}.img", target],
                        check=True, capture_output=True)
-        assert sha256_file(target) == sha256_file(built / f"{role}.img")
+        assert sha256_of(target) == sha256_of(built / f"{role}.img")
 
 
 @pytest.mark.integration
 def test_compressed_image_decompresses_to_same_digest(built: Path, tmp_path: Path) -> None:
     target = tmp_path / "worker.img"
     subprocess.run(["zstd", "-q", "-d", built / "worker.img.zst", "-o", target], check=True)
-    assert sha256_file(target) == sha256_file(built / "worker.img")
+    assert sha256_of(target) == sha256_of(built / "worker.img")
 
 
 def _fail_at(n: int):
