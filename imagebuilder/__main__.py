@@ -1,3 +1,3 @@
-from imagebuilder.cli import main
+from imagebuilder.cli.main import main
 
 raise SystemExit(main())

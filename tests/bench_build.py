@@ -23,8 +23,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from imagebuilder.context import default_cache_dir
-from imagebuilder.run import is_root
+from imagebuilder.core.context import default_cache_dir
+from imagebuilder.core.run import is_root
 
 ROOT = Path(__file__).resolve().parent.parent
 GOALS = {"warm": "< 2 s and >= 10x faster than cold", "overlay": "< 30 s"}

@@ -15,12 +15,12 @@ import sys
 import time
 from pathlib import Path
 
-from imagebuilder.context import Context
-from imagebuilder.flash import FlashOptions, flash
-from imagebuilder.imagefile import find_bmap
-from imagebuilder.log import setup_logging
-from imagebuilder.resources import loop_device, temporary_directory
-from imagebuilder.run import is_root, run
+from imagebuilder.core.context import Context
+from imagebuilder.core.log import setup_logging
+from imagebuilder.core.resources import loop_device, temporary_directory
+from imagebuilder.core.run import is_root, run
+from imagebuilder.disk.imagefile import find_bmap
+from imagebuilder.flash.card import FlashOptions, flash
 
 MiB = 1 << 20
 SIZE = 1024 * MiB

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from imagebuilder.bootstrap import BaseImage, bootstrap_base
-from imagebuilder.context import Context
-from imagebuilder.log import setup_logging
-from imagebuilder.recipe import Bootstrap
+from imagebuilder.core.context import Context
+from imagebuilder.core.log import setup_logging
+from imagebuilder.recipe.model import Bootstrap
+from imagebuilder.sources.bootstrap import BaseImage, bootstrap_base
 from tests.conftest import require_programs, require_root
 
 

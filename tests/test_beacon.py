@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from imagebuilder.overlay import render_layer, write_layer
-from imagebuilder.recipe import load_recipe
-from imagebuilder.roles import template_variables
+from imagebuilder.layers.render import render_layer, write_layer
+from imagebuilder.recipe.model import load_recipe
+from imagebuilder.roles.config import template_variables
 from tests.conftest import ROOT, VALID
 
 BEACON = ROOT / "overlays/common/usr/local/lib/imagebuilder/beacon.py"

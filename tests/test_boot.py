@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from imagebuilder.bootplan import BootOptions, BootReport, plan_nodes
-from imagebuilder.bootreport import format_report, report_data, write_json
-from imagebuilder.qemu import GuestSpec, Uplink, qemu_argv, user_netdev
-from imagebuilder.recipe import load_recipe
+from imagebuilder.boottest.plan import BootOptions, BootReport, plan_nodes
+from imagebuilder.boottest.qemu import GuestSpec, Uplink, qemu_argv, user_netdev
+from imagebuilder.boottest.report import format_report, report_data, write_json
+from imagebuilder.recipe.model import load_recipe
 from tests.conftest import ROOT, VALID, require_programs
 from tests.images import arm64_base, make_context
 
@@ -60,7 +60,7 @@ def test_plan_first_known_workers_then_unknown(recipe_file) -> None:
 
 
 def test_plan_refuses_more_workers_than_the_table(recipe_file) -> None:
-    from imagebuilder.errors import ImageBuilderError
+    from imagebuilder.core.errors import ImageBuilderError
 
     with pytest.raises(ImageBuilderError, match="--workers 3: the recipe's table has 2"):
         plan_nodes(load_recipe(recipe_file(VALID)), BootOptions(workers=3))
@@ -108,7 +108,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Pa
                    check=True)
     recipe_path = tmp / "recipe.yaml"
     recipe_path.write_text(RECIPE.format(key=Path(f"{key}.pub").read_text().strip(), out=tmp / "out"))
-    from imagebuilder.build import build
+    from imagebuilder.build.execute import build
 
     ctx = make_context()
     with ctx.stack:
@@ -119,7 +119,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Pa
 @pytest.fixture(scope="module")
 def booted(cluster: tuple[Path, Path]) -> Iterator[tuple[BootReport, Path]]:
     """One boot of master, node1 and one unknown worker; every check ran; the guests are gone again."""
-    from imagebuilder.boottest import boot_test
+    from imagebuilder.boottest.boot import boot_test
 
     recipe_path, key = cluster
     logs = recipe_path.parent / "logs"

@@ -7,10 +7,18 @@ from pathlib import Path
 
 import pytest
 
-from imagebuilder.aptsources import host_mirrors, source_lines
-from imagebuilder.binfmt import entry_ready
-from imagebuilder.bootstrap import BaseImage
-from imagebuilder.diskimage import MIB, boot_and_root, check_filesystems, fat_label, fat_list, fat_read, read_partitions
+from imagebuilder.core.binfmt import entry_ready
+from imagebuilder.disk.image import (
+    MIB,
+    boot_and_root,
+    check_filesystems,
+    fat_label,
+    fat_list,
+    fat_read,
+    read_partitions,
+)
+from imagebuilder.sources.aptsources import host_mirrors, source_lines
+from imagebuilder.sources.bootstrap import BaseImage
 from tests.images import arm64_base
 
 

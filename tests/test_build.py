@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from imagebuilder import resources
-from imagebuilder.build import build
-from imagebuilder.cardseed import read_hostname_seed
-from imagebuilder.checksums import sha256_of
-from imagebuilder.diskimage import boot_and_root, check_filesystems, fat_read
-from imagebuilder.recipe import load_recipe
+from imagebuilder.build.execute import build
+from imagebuilder.core import resources
+from imagebuilder.disk.image import boot_and_root, check_filesystems, fat_read
+from imagebuilder.disk.seed import read_hostname_seed
+from imagebuilder.recipe.model import load_recipe
+from imagebuilder.sources.checksums import sha256_of
 from tests.conftest import ROOT, leftovers, mounts, require_programs
 from tests.images import arm64_base, make_context
 

@@ -6,7 +6,7 @@ import fcntl
 import os
 from pathlib import Path
 
-from imagebuilder.cacheprune import prune_compressed, prune_stages, touch
+from imagebuilder.core.cache import prune_compressed, prune_stages, touch
 
 
 def make_stage(stages: Path, name: str, n: int, when: float) -> Path:

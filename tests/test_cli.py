@@ -56,8 +56,8 @@ def test_images_lists_catalogue() -> None:
 
 
 def test_readme_reference_matches_declarations() -> None:
-    from imagebuilder.recipe import Recipe
-    from imagebuilder.schema import describe
+    from imagebuilder.recipe.model import Recipe
+    from imagebuilder.recipe.schema import describe
 
     readme = (ROOT / "README.md").read_text()
     assert "\n".join(describe(Recipe)) in readme, "README recipe reference is stale: regenerate it"

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from imagebuilder.context import Context
-from imagebuilder.decompress import decompress_to_cache, detect_format
-from imagebuilder.errors import CommandFailed, ImageBuilderError
-from imagebuilder.run import run
+from imagebuilder.core.context import Context
+from imagebuilder.core.errors import CommandFailed, ImageBuilderError
+from imagebuilder.core.run import run
+from imagebuilder.sources.decompress import decompress_to_cache, detect_format
 from tests.conftest import require_programs
 
 SIZE = 24 << 20

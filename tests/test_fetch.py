@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from imagebuilder.checksums import digest_for, newest_matching, parse_listing
-from imagebuilder.context import Context
-from imagebuilder.download import Policy
-from imagebuilder.errors import ChecksumMismatch, DownloadError
-from imagebuilder.fetch import Spec, apply_mirror, fetch_spec, fetch_url
+from imagebuilder.core.context import Context
+from imagebuilder.core.errors import ChecksumMismatch, DownloadError
+from imagebuilder.sources.checksums import digest_for, newest_matching, parse_listing
+from imagebuilder.sources.download import Policy
+from imagebuilder.sources.fetch import Spec, apply_mirror, fetch_spec, fetch_url
 from tests.conftest import ROOT, VALID
 
 FAST = Policy(attempts=3, backoff=0.01, max_backoff=0.02, connect_timeout=5, read_timeout=5)

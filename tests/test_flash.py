@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from imagebuilder.bmap import load_bmap
-from imagebuilder.cardseed import read_hostname_seed
-from imagebuilder.cli import main
-from imagebuilder.devices import SystemView, TargetRefused, check_target, parse_mountinfo
-from imagebuilder.resources import loop_device, mounted
+from imagebuilder.cli.main import main
+from imagebuilder.core.resources import loop_device, mounted
+from imagebuilder.disk.bmap import load_bmap
+from imagebuilder.disk.seed import read_hostname_seed
+from imagebuilder.flash.devices import SystemView, TargetRefused, check_target, parse_mountinfo
 from tests.conftest import ROOT, VALID, require_programs, require_root
 
 MiB = 1 << 20

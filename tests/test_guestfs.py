@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from imagebuilder.build import build
-from imagebuilder.diskimage import MTOOLS_ENV, boot_and_root
-from imagebuilder.recipe import load_recipe
+from imagebuilder.build.execute import build
+from imagebuilder.disk.image import MTOOLS_ENV, boot_and_root
+from imagebuilder.recipe.model import load_recipe
 from tests.conftest import ROOT, require_programs
 from tests.images import arm64_base, make_context
 from tests.test_build import make_recipe
@@ -121,12 +121,12 @@ def test_guestfs_writes_the_same_overlay_files_as_loop(tmp_path: Path) -> None:
 
 def test_not_root_chooses_guestfs() -> None:
     if os.geteuid() != 0:
-        code = "from imagebuilder.backend import choose_backend; print(choose_backend(None).name)"
+        code = "from imagebuilder.engine.backends import choose_backend; print(choose_backend(None).name)"
         assert subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
                               check=True).stdout.strip() == "guestfs"
         return
     require_programs("setpriv")
-    code = "from imagebuilder.backend import choose_backend; print(choose_backend(None).name)"
+    code = "from imagebuilder.engine.backends import choose_backend; print(choose_backend(None).name)"
     result = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c",
                              code], cwd=ROOT, capture_output=True, text=True, check=True,
                             env={**os.environ, "PYTHONPATH": str(ROOT)})

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from imagebuilder.cli import main
-from imagebuilder.imagerepo import write_os_list
-from imagebuilder.recipe import Recipe, load_recipe
+from imagebuilder.cli.main import main
+from imagebuilder.outputs.imager import write_os_list
+from imagebuilder.recipe.model import Recipe, load_recipe
 from tests.conftest import VALID, require_programs
 
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from imagebuilder.errors import RecipeError
-from imagebuilder.recipe import load_recipe
+from imagebuilder.core.errors import RecipeError
+from imagebuilder.recipe.model import load_recipe
 from tests.conftest import ROOT, VALID
 
 

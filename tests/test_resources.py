@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from imagebuilder import resources
-from imagebuilder.resources import atomic_output, loop_device, mounted, temporary_directory
-from imagebuilder.run import run
+from imagebuilder.core import resources
+from imagebuilder.core.resources import atomic_output, loop_device, mounted, temporary_directory
+from imagebuilder.core.run import run
 from tests.conftest import ROOT, loop_devices, mounts, require_programs, require_root
 
 
@@ -73,10 +73,10 @@ def test_failure_after_each_acquisition_unwinds(tmp_path: Path) -> None:
 HOLDER = textwrap.dedent("""
     import sys, time
     from pathlib import Path
-    from imagebuilder.cli import _Signals
-    from imagebuilder.context import Context
-    from imagebuilder.errors import Interrupted
-    from imagebuilder.resources import loop_device, mounted, temporary_directory
+    from imagebuilder.cli.main import _Signals
+    from imagebuilder.core.context import Context
+    from imagebuilder.core.errors import Interrupted
+    from imagebuilder.core.resources import loop_device, mounted, temporary_directory
     _Signals().install()
     ctx = Context()
     try:

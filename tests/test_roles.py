@@ -12,14 +12,14 @@ from typing import Any
 import pytest
 import yaml
 
-from imagebuilder.build import render_layers
-from imagebuilder.context import Context
-from imagebuilder.errors import ImageBuilderError
-from imagebuilder.overlay import RenderedLayer, write_layer
-from imagebuilder.recipe import load_recipe
-from imagebuilder.roles import template_variables
-from imagebuilder.secrets import k3s_token
-from imagebuilder.validate import check_exports
+from imagebuilder.build.execute import render_layers
+from imagebuilder.core.context import Context
+from imagebuilder.core.errors import ImageBuilderError
+from imagebuilder.engine.checks import check_exports
+from imagebuilder.layers.render import RenderedLayer, write_layer
+from imagebuilder.recipe.model import load_recipe
+from imagebuilder.roles.config import template_variables
+from imagebuilder.roles.secrets import k3s_token
 from tests.conftest import require_programs
 
 CLUSTER = """\
@@ -206,7 +206,7 @@ def test_first_boot_needs_no_generated_locale_and_has_zoneinfo(master: dict[str,
     # Found by the boot test: cloud-init's default locale is not generated on a minimal base, and
     # its timezone module needs tzdata.
     assert yaml.safe_load(master["@boot/user-data"])["locale"] == "C.UTF-8"
-    from imagebuilder.roles import ROLE_PACKAGES
+    from imagebuilder.roles.config import ROLE_PACKAGES
 
     assert "tzdata" in ROLE_PACKAGES["common"]
 
@@ -214,7 +214,7 @@ def test_first_boot_needs_no_generated_locale_and_has_zoneinfo(master: dict[str,
 def test_bookworm_base_gets_cloud_init(recipe_file: Any) -> None:
     # Raspberry Pi OS Bookworm configures itself with its own firstboot script, not cloud-init: the build
     # installs cloud-init and points it at the seed on the boot partition, so its workers self-join too.
-    from imagebuilder.roles import cloud_init_for_base
+    from imagebuilder.roles.config import cloud_init_for_base
 
     text = CLUSTER.replace("base: {bootstrap: {}}", "base: {image: raspios-lite-bookworm}")
     bookworm = load_recipe(recipe_file(text))

@@ -6,8 +6,8 @@ import shlex
 
 import pytest
 
-from imagebuilder.errors import CommandFailed, ToolMissing
-from imagebuilder.run import PACKAGE_OF, output, run
+from imagebuilder.core.errors import CommandFailed, ToolMissing
+from imagebuilder.core.run import PACKAGE_OF, output, run
 
 
 def test_capture_and_argv_with_spaces(tmp_path) -> None:

@@ -80,6 +80,6 @@ def test_program_writes_hostname_and_hosts(tmp_path: Path, seed: str | None, mac
 
 def test_program_reads_the_seed_flash_writes(tmp_path: Path) -> None:
     # The seed name flash writes and the one the lookup reads must be the same file.
-    from imagebuilder.cardseed import SEED_NAME
+    from imagebuilder.disk.seed import SEED_NAME
 
     assert SEED_NAME == sh.SEED_NAME

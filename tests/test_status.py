@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from imagebuilder.resources import spawned
-from imagebuilder.status import format_table, nodes_url
+from imagebuilder.core.resources import spawned
+from imagebuilder.status.table import format_table, nodes_url
 from tests.conftest import ROOT
 from tests.test_beacon import COLLECTOR
 from tests.test_collector import EXPECTED, packet

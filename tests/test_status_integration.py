@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 
-from imagebuilder.resources import spawned
-from imagebuilder.run import output, run, terminate
+from imagebuilder.core.resources import spawned
+from imagebuilder.core.run import output, run, terminate
 from tests.conftest import ROOT, require_programs, require_root
 from tests.test_beacon import BEACON, COLLECTOR
 

@@ -1,0 +1,164 @@
+"""`imagebuilder boot-test`: power the cluster's images on under qemu, on a private LAN, and check it came alive.
+
+The master boots first; the workers are powered on once it has finished cloud-init, so its DHCP, DNS and
+NFS are there when they ask (each node's times are from its own power-on). Every guest, the namespace and
+the temporary files go on the command's ExitStack, so they are removed on success, failure and Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from imagebuilder.boottest.checks import run_checks
+from imagebuilder.boottest.lan import (
+    DASHBOARD_PORT,
+    SSH_PORT,
+    UPLINK_SERVER,
+    guestfwd_relay,
+    private_lan,
+    uplink_server,
+)
+from imagebuilder.boottest.plan import BootOptions, BootReport, Node, NodeResult, plan_nodes
+from imagebuilder.boottest.qemu import (
+    KERNEL_UP,
+    GuestSpec,
+    Uplink,
+    extract_kernel,
+    kernel_append,
+    make_overlay,
+    running_guest,
+    sentinel,
+)
+from imagebuilder.boottest.ssh import Ssh, find_login_key, write_ssh_config
+from imagebuilder.core.context import Context
+from imagebuilder.core.errors import ImageBuilderError
+from imagebuilder.core.log import log, step
+from imagebuilder.core.resources import temporary_directory
+from imagebuilder.core.run import find_program
+from imagebuilder.recipe.model import Recipe
+
+# cloud-init's own closing line, for images whose user-data does not print our sentinel.
+_CLOUD_INIT_FINISHED = re.compile(r"Cloud-init v\. \S+ finished at")
+# How long after cloud-init is done a node may take to print the events that follow it.
+GRACE = 90.0
+
+
+def image_of(recipe: Recipe, role: str) -> Path:
+    image = recipe.output_dir / f"{role}.img"
+    if not image.is_file():
+        raise ImageBuilderError(f"{image} does not exist: the boot test boots the built images",
+                                f"build them first: imagebuilder build {recipe.source}")
+    return image
+
+
+def boot_test(ctx: Context, recipe: Recipe, options: BootOptions) -> BootReport:
+    """Boot the cluster, wait for its events, run the checks. Guests stay up until ctx.stack unwinds."""
+    started = time.monotonic()
+    deadline = started + options.timeout
+    images = {role: image_of(recipe, role) for role in ("master", "worker")}
+    nodes = plan_nodes(recipe, options)
+    key = find_login_key(recipe, options.ssh_key)
+    for program in ("ip", "qemu-img", "ssh", "socat"):
+        find_program(program)
+    work = ctx.stack.enter_context(temporary_directory("imagebuilder-boot-", ctx.cache("tmp")))
+    logs = options.logs or work
+    logs.mkdir(parents=True, exist_ok=True)
+    with step("kernels"):
+        kernels = {role: boot_files(images[role], work / role, options) for role in images}
+    lan = ctx.stack.enter_context(private_lan(f"ib-boot-{os.getpid()}"))
+    nonce = secrets.token_hex(8)
+    served = work / "served"
+    served.mkdir()
+    (served / "uplink-check").write_text(nonce + "\n")
+    ctx.stack.enter_context(uplink_server(lan, served, logs / "uplink-server.log"))
+    ssh = Ssh(lan, write_ssh_config(work / "ssh_config", recipe.users[0].name, key))
+
+    def power_on(node: Node) -> NodeResult:
+        role_image = images[node.role]
+        kernel, initrd = kernels[node.role]
+        spec = GuestSpec(
+            name=node.name, arch=recipe.arch, disk=make_overlay(role_image, work / f"{node.tap}.qcow2"),
+            kernel=kernel, initrd=initrd, append=kernel_append(role_image), lan_tap=lan.add_tap(node.tap),
+            lan_mac=node.mac, uplink=master_uplink() if node.role == "master" else None,
+        )
+        log.info("power on %s (%s, %s)", node.name, node.role, node.mac)
+        guest = ctx.stack.enter_context(running_guest(spec, logs / f"serial-{node.name}.log", lan.exec_argv([])))
+        return NodeResult(node, guest, address=node.ip)
+
+    with step(f"boot {recipe.cluster.name}: master, {len(nodes) - 1} workers"):
+        master = power_on(nodes[0])
+        wait_for_boot(master, deadline)
+        results = [master, *(power_on(n) for n in nodes[1:])]
+        for result in results[1:]:
+            wait_for_boot(result, deadline)
+        for result in results:
+            wait_for_rest(result, options, deadline)
+    with step("checks"):
+        checks = run_checks(recipe, results, ssh, nonce, options, deadline)
+    return BootReport(recipe.cluster.name, results, checks, time.monotonic() - started)
+
+
+def boot_files(image: Path, dest: Path, options: BootOptions) -> tuple[Path, Path | None]:
+    if options.kernel is not None:
+        return options.kernel.resolve(), options.initrd.resolve() if options.initrd else None
+    kernel, initrd = extract_kernel(image, dest)
+    return kernel, options.initrd.resolve() if options.initrd else initrd
+
+
+def master_uplink() -> Uplink:
+    return Uplink(hostfwd={22: SSH_PORT, 8080: DASHBOARD_PORT}, guestfwd=(UPLINK_SERVER, 80, guestfwd_relay()))
+
+
+def cloud_init_done(line: str) -> bool:
+    return sentinel("cloud-init-done")(line) or _CLOUD_INIT_FINISHED.search(line) is not None
+
+
+def event_matchers(node: Node, options: BootOptions) -> dict[str, Callable[[str], bool]]:
+    """The console lines that mark the events after boot that this node must reach."""
+    events: dict[str, Callable[[str], bool]] = {"hostname set": sentinel("hostname")}
+    if node.role == "worker":
+        events["NFS mounted"] = sentinel("nfs-mounted")
+        if options.k3s_assets:
+            events["k3s joined"] = sentinel("k3s-joined")
+    elif options.k3s_assets:
+        events["k3s joined"] = sentinel("k3s-server-ready")
+    return events
+
+
+def wait_for_boot(result: NodeResult, deadline: float) -> None:
+    """Wait until the node's kernel is up and cloud-init is done (or the deadline)."""
+    for event, match in (("kernel up", lambda line: KERNEL_UP.search(line) is not None),
+                         ("cloud-init done", cloud_init_done)):
+        found = result.guest.serial.wait_for(match, deadline)
+        result.times[event] = found[0] if found else None
+
+
+def wait_for_rest(result: NodeResult, options: BootOptions, deadline: float) -> None:
+    """The events that come around cloud-init's end: each may trail it by GRACE seconds, not the whole
+    timeout; a k3s join (pulling images, starting pods) gets until the deadline."""
+    serial = result.guest.serial
+    done = result.times.get("cloud-init done")
+    after = serial.started + done + GRACE if done is not None else time.monotonic()
+    for event, match in event_matchers(result.node, options).items():
+        if event in result.times:
+            continue
+        found = serial.wait_for(match, deadline if event == "k3s joined" else min(after, deadline))
+        result.times[event] = found[0] if found else None
+    log.info("%s: %s", result.node.name, ", ".join(
+        f"{e} {t:.0f}s" if t is not None else f"{e} -" for e, t in result.times.items()))
+
+class BootTestFailed(ImageBuilderError):
+    """The cluster booted (or not) and some checks failed: the report above says which."""
+
+    def __init__(self, report: BootReport, logs: Path | None) -> None:
+        failed = [c for c in report.checks if not c.ok]
+        first = f"{failed[0].name} [{failed[0].node}]" if failed else "no checks ran"
+        super().__init__(
+            f"boot test of {report.cluster}: {len(failed)} of {len(report.checks)} checks failed (first: {first})",
+            f"read the serial logs in {logs}" if logs else "run again with --logs DIR to keep the serial logs",
+        )

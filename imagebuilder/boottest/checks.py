@@ -1,0 +1,229 @@
+"""What the boot test asserts about a running cluster: from the consoles, and by logging in over ssh.
+
+Each check yields Check(name, node, ok, detail); a failed check never raises, so one broken service
+does not hide the state of the others. The names are the issue's list.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import time
+from collections.abc import Iterator
+
+import yaml
+
+from imagebuilder.boottest.lan import UPLINK_SERVER
+from imagebuilder.boottest.plan import BootOptions, Check, NodeResult
+from imagebuilder.boottest.qemu import sentinel, sentinel_detail
+from imagebuilder.boottest.ssh import MASTER_ALIAS, Ssh
+from imagebuilder.recipe.model import Recipe
+
+LEASES = "/var/lib/misc/dnsmasq.leases"  # dnsmasq's default lease file
+JOBS = "/srv/jobs"
+_CLOUD_INIT_RUN = re.compile(r"Cloud-init v\. \S+ running 'init' ")
+# A failed module is only a WARNING on the console ("Running module locale (...) failed"), but an error in
+# result.json: count both.
+_CLOUD_INIT_ERROR = re.compile(r"cloud-init\[\d+\]:.*(\[ERROR\]|\[CRITICAL\]|Traceback|Running module \S+ .* failed)")
+
+
+def run_checks(recipe: Recipe, results: list[NodeResult], ssh: Ssh, nonce: str,
+               options: BootOptions, deadline: float) -> list[Check]:
+    checks = [*check_consoles(results)]
+    master, workers = results[0], results[1:]
+    if not ssh.wait_until_up(master.host, deadline):
+        checks.append(Check("ssh login", master.node.name, False,
+                            f"no ssh login to the master on its uplink forward (user {recipe.users[0].name})"))
+        return checks
+    checks += check_leases(results, ssh)
+    for result in results:
+        up = result.address is not None and ssh.wait_until_up(result.host, min(deadline, time.monotonic() + 60))
+        checks.append(Check("ssh login", result.node.name, up,
+                            f"logged in at {result.host}" if up else f"no ssh login at {result.address}"))
+    reachable = [r for r in results if any(c.ok for c in checks if c.name == "ssh login" and c.node == r.node.name)]
+    checks += [c for r in reachable for c in check_node(r, ssh)]
+    checks += check_dns(recipe, workers, ssh)
+    checks += check_jobs_share(master, workers, ssh, nonce)
+    checks += check_nat(recipe, workers, ssh, nonce)
+    checks += check_dashboard(recipe, results, ssh, deadline)
+    checks += check_k3s(recipe, master, workers, ssh, options, deadline)
+    return checks
+
+
+def check_consoles(results: list[NodeResult]) -> Iterator[Check]:
+    """Booted, cloud-init ran once and finished without errors, hostname as planned: from the serial logs."""
+    for r in results:
+        name, serial = r.node.name, r.guest.serial
+        up = r.times.get("kernel up")
+        running = r.guest.exited() is None
+        yield Check("boots", name, up is not None and running,
+                    f"kernel up at {up:.1f}s" + ("" if running else f"; qemu exited ({r.guest.exited()})")
+                    if up is not None else "no kernel banner on the console")
+        done = r.times.get("cloud-init done")
+        runs = serial.count(lambda line: _CLOUD_INIT_RUN.search(line) is not None)
+        errors = [line for _, line in serial.lines if _CLOUD_INIT_ERROR.search(line)]
+        yield Check("cloud-init once, no errors (console)", name, done is not None and runs == 1 and not errors,
+                    (f"done at {done:.1f}s" if done is not None else "not done")
+                    + f"; 'init' stage ran {runs} times; {len(errors)} error lines"
+                    + (f": {errors[0]}" if errors else ""))
+        seen = serial.first(sentinel("hostname"))
+        got = sentinel_detail(seen[1], "hostname") if seen else None
+        yield Check("hostname (console)", name, got == r.node.name,
+                    f"console says {got!r}, want {r.node.name!r}")
+
+
+def check_node(r: NodeResult, ssh: Ssh) -> Iterator[Check]:
+    name, host = r.node.name, r.host
+    got = ssh.text(host, "hostname")
+    yield Check("hostname", name, got == r.node.name, f"hostname is {got!r}, want {r.node.name!r}")
+    # `status` exits non-zero when cloud-init failed; its output says why, so keep it either way.
+    status = ssh.run(host, "cloud-init status --long").stdout.decode(errors="replace").strip()
+    result_json = ssh.text(host, "cat /run/cloud-init/result.json") or "{}"
+    try:
+        errors = json.loads(result_json).get("v1", {}).get("errors", ["no result.json"])
+    except json.JSONDecodeError:
+        errors = ["result.json is not JSON"]
+    runs = ssh.text(host, "sudo grep -c \"running 'init' \" /var/log/cloud-init.log")
+    ok = "status: done" in status and not errors and runs == "1"
+    yield Check("cloud-init once, no errors", name, ok,
+                f"{status.splitlines()[0] if status else 'no status'}; errors {errors}; 'init' ran {runs} times")
+
+
+def read_leases(ssh: Ssh) -> dict[str, str]:
+    """MAC -> address from the master's dnsmasq lease file."""
+    text = ssh.text(MASTER_ALIAS, f"sudo cat {LEASES}") or ""
+    return {f[1].lower(): f[2] for f in (line.split() for line in text.splitlines()) if len(f) >= 3}
+
+
+def check_leases(results: list[NodeResult], ssh: Ssh) -> Iterator[Check]:
+    """The master's dnsmasq leased each known worker its reserved address, and an unknown one some address."""
+    deadline = time.monotonic() + 30
+    wanted = [r for r in results if r.node.role == "worker"]
+    leases = read_leases(ssh)
+    # A lease is written when the worker's DHCP exchange ends, which may trail its console by a little.
+    while any(r.node.mac not in leases for r in wanted) and time.monotonic() < deadline:
+        time.sleep(2)
+        leases = read_leases(ssh)
+    for r in wanted:
+        got = leases.get(r.node.mac)
+        if r.node.known:
+            yield Check("dnsmasq lease", r.node.name, got == r.node.ip, f"{r.node.mac} leased {got}, want {r.node.ip}")
+        else:
+            r.address = got
+            yield Check("dnsmasq lease", r.node.name, got is not None, f"{r.node.mac} leased {got}")
+
+
+def check_dns(recipe: Recipe, workers: list[NodeResult], ssh: Ssh) -> Iterator[Check]:
+    """`<first known worker>.<domain>` resolves to its reserved address on another node (a worker if any)."""
+    known = [w for w in workers if w.node.known]
+    if not known:
+        return
+    target = known[0]
+    others = [w for w in workers if w is not target] or []
+    asker = others[0] if others else None
+    fqdn = f"{target.node.name}.{recipe.cluster.domain}"
+    host = asker.host if asker else MASTER_ALIAS
+    got = (ssh.text(host, f"getent hosts {shlex.quote(fqdn)}") or "").split()
+    yield Check("DNS", asker.node.name if asker else recipe.master.hostname, got[:1] == [target.node.ip],
+                f"{fqdn} resolves to {got[:1] or 'nothing'}, want {target.node.ip}")
+
+
+def check_jobs_share(master: NodeResult, workers: list[NodeResult], ssh: Ssh, nonce: str) -> Iterator[Check]:
+    """A file written into /srv/jobs on one worker is read on every other worker and on the master."""
+    if not workers:
+        return
+    writer = workers[0]
+    path = f"{JOBS}/boot-test-{nonce}"
+    wrote = ssh.run(writer.host, f"echo {nonce} > {path}").returncode == 0
+    yield Check("NFS write", writer.node.name, wrote, f"wrote {path}" if wrote else f"cannot write {path}")
+    if not wrote:
+        return
+    for reader in [*workers[1:], master]:
+        got = ssh.text(reader.host, f"cat {path}")
+        yield Check("NFS read", reader.node.name, got == nonce, f"{path} reads {got!r}, want the nonce")
+    ssh.run(writer.host, f"rm -f {path}")
+
+
+def check_nat(recipe: Recipe, workers: list[NodeResult], ssh: Ssh, nonce: str) -> Iterator[Check]:
+    """A worker fetches from the test's server behind the master's uplink, routed through the master."""
+    if not workers:
+        return
+    worker = workers[0]
+    route = " ".join((ssh.text(worker.host, f"ip route get {UPLINK_SERVER}") or "").split())
+    via_master = f"via {recipe.network.master_ip} " in route + " "
+    fetch = ("import urllib.request; print(urllib.request.urlopen("
+             f"'http://{UPLINK_SERVER}/uplink-check', timeout=20).read().decode().strip())")
+    got = ssh.text(worker.host, f"python3 -c {shlex.quote(fetch)}")
+    yield Check("NAT", worker.node.name, via_master and got == nonce,
+                f"route: {route or 'none'}; fetched {got!r} from {UPLINK_SERVER}")
+
+
+def check_dashboard(recipe: Recipe, results: list[NodeResult], ssh: Ssh, deadline: float) -> Iterator[Check]:
+    """What the master's collector says of every node (its beacons come every few seconds)."""
+    if not recipe.monitoring.enabled:
+        return
+    url = f"http://127.0.0.1:{recipe.monitoring.dashboard_port}/api/nodes"
+    fetch = f"import urllib.request; print(urllib.request.urlopen({url!r}, timeout=10).read().decode())"
+    states: dict[str, str] = {}
+    # Up to a minute for the last node's first beacon, which is sent once its unit starts.
+    until = min(deadline, time.monotonic() + 60)
+    while True:
+        try:
+            document = json.loads(ssh.text(MASTER_ALIAS, f"python3 -c {shlex.quote(fetch)}") or "{}")
+        except json.JSONDecodeError:
+            document = {}
+        states = {n["hostname"]: n["state"] for n in document.get("nodes", [])}
+        if all(states.get(r.node.name) == "up" for r in results) or time.monotonic() > until:
+            break
+        time.sleep(5)
+    for r in results:
+        state = states.get(r.node.name, "absent")
+        yield Check("dashboard", r.node.name, state == "up", f"/api/nodes says {state}")
+
+
+def read_k3s_config(ssh: Ssh, host: str) -> dict[str, object]:
+    text = ssh.text(host, "sudo cat /etc/rancher/k3s/config.yaml") or ""
+    try:
+        config = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return {}
+    return config if isinstance(config, dict) else {}
+
+
+def check_k3s(recipe: Recipe, master: NodeResult, workers: list[NodeResult], ssh: Ssh, options: BootOptions,
+              deadline: float) -> Iterator[Check]:
+    """Server and agent units enabled with the right config and token; with the assets, every node Ready."""
+    server = read_k3s_config(ssh, master.host)
+    token = server.get("token")
+    enabled = ssh.text(master.host, "systemctl is-enabled k3s.service")
+    yield Check("k3s server", master.node.name, enabled == "enabled" and bool(token),
+                f"k3s.service {enabled}; token {'set' if token else 'missing'}")
+    want_server = f"https://{recipe.network.master_ip}:6443"
+    for w in workers:
+        agent = read_k3s_config(ssh, w.host)
+        enabled = ssh.text(w.host, "systemctl is-enabled k3s-agent.service")
+        ok = enabled == "enabled" and agent.get("server") == want_server and bool(token) and agent.get("token") == token
+        yield Check("k3s agent", w.node.name, ok,
+                    f"k3s-agent.service {enabled}; server {agent.get('server')!r} (want {want_server!r}); "
+                    f"token {'matches the server' if token and agent.get('token') == token else 'differs'}")
+    if options.k3s_assets:
+        yield wait_nodes_ready(ssh, master, [master, *workers], deadline)
+
+
+def wait_nodes_ready(ssh: Ssh, master: NodeResult, nodes: list[NodeResult], deadline: float) -> Check:
+    wanted = {n.node.name for n in nodes}
+    ready: set[str] = set()
+    while True:
+        text = ssh.text(master.host, "sudo k3s kubectl get nodes -o json") or "{}"
+        try:
+            items = json.loads(text).get("items", [])
+        except json.JSONDecodeError:
+            items = []
+        ready = {i["metadata"]["name"] for i in items
+                 if any(c["type"] == "Ready" and c["status"] == "True" for c in i["status"].get("conditions", []))}
+        if wanted <= ready or time.monotonic() > deadline:
+            break
+        time.sleep(5)
+    return Check("k3s nodes Ready", "", wanted <= ready,
+                 f"Ready: {', '.join(sorted(ready)) or 'none'}; want {', '.join(sorted(wanted))}")

@@ -1,0 +1,94 @@
+"""The boot test's plan and results: which nodes to power on, what each reached, what was checked."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from imagebuilder.boottest.qemu import Guest
+from imagebuilder.boottest.ssh import MASTER_ALIAS
+from imagebuilder.core.errors import ImageBuilderError
+from imagebuilder.recipe.model import Recipe
+
+K3S_ASSETS_ENV = "IMAGEBUILDER_K3S_ASSETS"
+EVENTS = ("kernel up", "cloud-init done", "hostname set", "NFS mounted", "k3s joined")
+
+
+@dataclass(frozen=True)
+class BootOptions:
+    workers: int | None = None  # the first N of the table; None: all
+    unknown: int = 0
+    kernel: Path | None = None
+    initrd: Path | None = None
+    timeout: float = 900.0
+    ssh_key: Path | None = None
+    logs: Path | None = None  # keep each guest's console log here
+    k3s_assets: bool = field(default_factory=lambda: bool(os.environ.get(K3S_ASSETS_ENV)))
+
+
+@dataclass(frozen=True)
+class Node:
+    name: str  # the hostname it must get
+    role: str  # master or worker
+    mac: str
+    ip: str | None  # the reserved address; None for a worker not in the table
+    known: bool
+    tap: str
+
+
+@dataclass
+class NodeResult:
+    node: Node
+    guest: Guest
+    times: dict[str, float | None] = field(default_factory=dict)
+    address: str | None = None  # where it answers on the LAN (unknown workers: from the master's leases)
+
+    @property
+    def host(self) -> str:
+        """The ssh destination: the master's alias, or the worker's LAN address."""
+        return MASTER_ALIAS if self.node.role == "master" else (self.address or self.node.mac)
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    node: str  # "" for a check about the whole cluster
+    ok: bool
+    detail: str
+
+
+@dataclass
+class BootReport:
+    cluster: str
+    nodes: list[NodeResult]
+    checks: list[Check]
+    seconds: float
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.checks) and all(c.ok for c in self.checks)
+
+
+def unknown_mac(index: int) -> str:
+    # Locally administered (02:...), so it can be in no recipe's table of real Raspberry Pi MACs.
+    return f"02:00:00:b0:07:{index + 1:02x}"
+
+
+def unknown_name(recipe: Recipe, mac: str) -> str:
+    digits = mac.replace(":", "").lower()
+    return recipe.unknown_workers.hostname.format(mac6=digits[-6:], mac=digits)
+
+
+def plan_nodes(recipe: Recipe, options: BootOptions) -> list[Node]:
+    table = recipe.workers if options.workers is None else recipe.workers[: options.workers]
+    if options.workers is not None and options.workers > len(recipe.workers):
+        raise ImageBuilderError(f"--workers {options.workers}: the recipe's table has {len(recipe.workers)}",
+                                f"use --workers {len(recipe.workers)} or fewer, and --unknown for more")
+    nodes = [Node(recipe.master.hostname, "master", "02:00:00:b0:07:00", recipe.network.master_ip, True, "tap0")]
+    nodes += [Node(w.hostname, "worker", w.mac.lower().replace("-", ":"), w.ip, True, f"tap{i + 1}")
+              for i, w in enumerate(table)]
+    for i in range(options.unknown):
+        mac = unknown_mac(i)
+        nodes.append(Node(unknown_name(recipe, mac), "worker", mac, None, False, f"tap{len(nodes)}"))
+    return nodes

@@ -1,0 +1,107 @@
+"""The command line: parse, set up logging and signals, run one command, map errors to exit codes.
+
+Exit status: 0 done; 2 a user's mistake or the machine's state (one line and a hint); 130/143
+interrupted (everything acquired was undone); 1 a bug (with its traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+
+from imagebuilder import __version__
+from imagebuilder.core.context import Context, default_cache_dir, default_state_dir
+from imagebuilder.core.errors import ImageBuilderError, Interrupted, NeedsRoot
+from imagebuilder.core.log import log, setup_logging
+from imagebuilder.core.run import is_root
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[Context, argparse.Namespace], int]
+    needs_root: Callable[[argparse.Namespace], bool] = lambda args: False
+
+
+def _commands() -> list[Command]:
+    # Imported here so `imagebuilder --help` stays fast and each command lives in its own module.
+    from imagebuilder.cli.commands import COMMANDS
+
+    return COMMANDS
+
+
+def build_parser(commands: Sequence[Command]) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="imagebuilder",
+        description="Turn one YAML recipe describing a Raspberry Pi cluster into flashable SD-card images.",
+    )
+    parser.add_argument("--version", action="version", version=f"imagebuilder {__version__}")
+    parser.add_argument("--debug", action="store_true",
+                        help="log every command run and show tracebacks")
+    parser.add_argument("-v", "--verbose", action="store_true", help="more detail in the log")
+    parser.add_argument("--cache-dir", type=Path, default=None,
+                        help=f"downloads, bases and stages (default: {default_cache_dir()})")
+    parser.add_argument("--state-dir", type=Path, default=None,
+                        help=f"per-cluster secrets such as the k3s token (default: {default_state_dir()}/CLUSTER)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for command in commands:
+        p = sub.add_parser(command.name, help=command.help, description=command.help)
+        command.add_arguments(p)
+        p.set_defaults(_command=command)
+    return parser
+
+
+class _Signals:
+    """Turn SIGINT and SIGTERM into Interrupted, once: a second signal must not break the unwinding."""
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+
+    def __call__(self, signum: int, frame: FrameType | None) -> None:
+        if self.received is not None:
+            log.warning("still cleaning up after %s; please wait", signal.Signals(signum).name)
+            return
+        self.received = signum
+        raise Interrupted(signum)
+
+    def install(self) -> None:
+        signal.signal(signal.SIGINT, self)
+        signal.signal(signal.SIGTERM, self)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser(_commands())
+    args = parser.parse_args(argv)
+    setup_logging(verbose=args.verbose, debug=args.debug)
+    ctx = Context(debug=args.debug)
+    if args.cache_dir is not None:
+        ctx.cache_dir = args.cache_dir.resolve()
+    if args.state_dir is not None:
+        ctx.state_root = args.state_dir.resolve()
+    command: Command = args._command
+    signals = _Signals()
+    signals.install()
+    try:
+        if command.needs_root(args) and not is_root():
+            raise NeedsRoot(f"imagebuilder {command.name} needs root (loop devices, mounts, chroot)",
+                            f"run it as root: sudo imagebuilder {command.name} ...")
+        with ctx.stack:
+            return command.run(ctx, args)
+    except ImageBuilderError as e:
+        if args.debug:
+            log.exception("error")
+        for line in e.lines():
+            print(line, file=sys.stderr)
+        return 2
+    except (Interrupted, KeyboardInterrupt) as e:
+        signum = e.signum if isinstance(e, Interrupted) else signal.SIGINT
+        print(f"imagebuilder: interrupted by {signal.Signals(signum).name}; everything acquired was undone",
+              file=sys.stderr)
+        return 128 + signum

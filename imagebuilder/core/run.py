@@ -1,0 +1,163 @@
+"""The one way imagebuilder runs external programs.
+
+argv lists only, never a shell; stdin closed; output captured or streamed into the debug log; a
+failure raises CommandFailed whose message is a line the user can copy and re-run.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import shlex
+import shutil
+import subprocess
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import IO
+
+from imagebuilder.core.errors import CommandFailed, ToolMissing
+from imagebuilder.core.log import log
+
+# Which Debian package provides a program, for the "not found: install X" line.
+PACKAGE_OF = {
+    "losetup": "util-linux", "partx": "util-linux", "mount": "mount", "umount": "mount",
+    "findmnt": "util-linux", "sfdisk": "fdisk", "mkfs.ext4": "e2fsprogs", "e2fsck": "e2fsprogs",
+    "resize2fs": "e2fsprogs", "debugfs": "e2fsprogs", "tune2fs": "e2fsprogs", "fsck.ext4": "e2fsprogs",
+    "mkfs.vfat": "dosfstools", "fsck.vfat": "dosfstools", "mcopy": "mtools", "mdir": "mtools",
+    "mtype": "mtools", "mdel": "mtools", "mmd": "mtools", "mlabel": "mtools",
+    "mmdebstrap": "mmdebstrap", "qemu-aarch64-static": "qemu-user-static",
+    "qemu-arm-static": "qemu-user-static", "update-binfmts": "binfmt-support",
+    "xz": "xz-utils", "zstd": "zstd", "bmaptool": "bmap-tools", "chroot": "coreutils",
+    "qemu-system-aarch64": "qemu-system-arm", "qemu-system-arm": "qemu-system-arm",
+    "qemu-img": "qemu-utils", "dnsmasq": "dnsmasq-base", "nft": "nftables",
+    "cloud-init": "cloud-init", "systemd-analyze": "systemd", "exportfs": "nfs-kernel-server",
+    "unzip": "unzip", "unshare": "util-linux", "fstrim": "util-linux", "apt-config": "apt",
+}
+
+# Programs live in sbin too, which a user's PATH may lack.
+_EXTRA_PATH = ("/usr/local/sbin", "/usr/sbin", "/sbin")
+_TAIL_LINES = 15
+
+
+def find_program(name: str) -> str:
+    """Return the path of `name`, or raise ToolMissing naming the package that provides it."""
+    path = os.environ.get("PATH", "")
+    found = shutil.which(name, path=os.pathsep.join([path, *_EXTRA_PATH]))
+    if found is None:
+        package = PACKAGE_OF.get(name, name)
+        raise ToolMissing(f"{name} not found: install {package}", f"apt-get install {package}")
+    return found
+
+
+def _pump(stream: IO[bytes], sink: Callable[[str], None]) -> None:
+    for raw in iter(stream.readline, b""):
+        sink(raw.decode(errors="replace").rstrip("\n"))
+    stream.close()
+
+
+def run(
+    argv: Sequence[str | os.PathLike[str]],
+    *,
+    capture: bool = False,
+    input: bytes | None = None,
+    env: Mapping[str, str] | None = None,
+    cwd: str | os.PathLike[str] | None = None,
+    check: bool = True,
+    stdout: IO[bytes] | None = None,
+    on_line: Callable[[str], None] | None = None,
+) -> subprocess.CompletedProcess[bytes]:
+    """Run argv and wait for it.
+
+    capture: return stdout as bytes (otherwise stdout goes to the debug log, or to `stdout`).
+    env: extra variables, added to ours.
+    on_line: called with every stderr and (uncaptured) stdout line, for progress.
+    """
+    args = [os.fspath(a) for a in argv]
+    args[0] = find_program(args[0]) if "/" not in args[0] else args[0]
+    shown = shlex.join([os.path.basename(args[0]), *args[1:]])
+    log.debug("+ %s", shown)
+    full_env = dict(os.environ)
+    full_env.setdefault("LC_ALL", "C.UTF-8")
+    if env:
+        full_env.update(env)
+
+    tail: collections.deque[str] = collections.deque(maxlen=_TAIL_LINES)
+
+    def sink(line: str) -> None:
+        tail.append(line)
+        log.debug("  %s", line)
+        if on_line is not None:
+            on_line(line)
+
+    proc = subprocess.Popen(
+        args,
+        stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
+        stdout=subprocess.PIPE if capture or stdout is None else stdout,
+        stderr=subprocess.PIPE,
+        env=full_env,
+        cwd=cwd,
+    )
+    threads = []
+    assert proc.stderr is not None
+    threads.append(threading.Thread(target=_pump, args=(proc.stderr, sink), daemon=True))
+    out_chunks: list[bytes] = []
+    if capture:
+        assert proc.stdout is not None
+        out = proc.stdout
+        threads.append(threading.Thread(target=lambda: out_chunks.append(out.read()), daemon=True))
+    elif stdout is None:
+        assert proc.stdout is not None
+        threads.append(threading.Thread(target=_pump, args=(proc.stdout, sink), daemon=True))
+    for t in threads:
+        t.start()
+    try:
+        if input is not None:
+            assert proc.stdin is not None
+            proc.stdin.write(input)
+            proc.stdin.close()
+        returncode = proc.wait()
+    except BaseException:
+        # Ctrl-C or SIGTERM while waiting: the child must not outlive us.
+        terminate(proc)
+        raise
+    finally:
+        for t in threads:
+            t.join(timeout=5)
+    result = subprocess.CompletedProcess(args, returncode, b"".join(out_chunks), None)
+    if check and returncode != 0:
+        raise CommandFailed(
+            f"command failed (exit {returncode}): {shown}",
+            "\n    ".join(["last lines of its output:", *tail]) if tail else None,
+            returncode,
+            list(tail),
+        )
+    return result
+
+
+def output(argv: Sequence[str | os.PathLike[str]], **kwargs: object) -> str:
+    """Run argv and return its stdout as text, stripped."""
+    return run(argv, capture=True, **kwargs).stdout.decode().strip()  # type: ignore[arg-type]
+
+
+def terminate(proc: subprocess.Popen[bytes], grace: float = 5.0) -> None:
+    """Stop proc: SIGTERM, then SIGKILL after `grace` seconds."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def is_root() -> bool:
+    return os.geteuid() == 0
+
+
+def which(name: str) -> Path | None:
+    try:
+        return Path(find_program(name))
+    except ToolMissing:
+        return None

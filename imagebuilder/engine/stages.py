@@ -1,0 +1,151 @@
+"""Stages: a parent image plus packages plus overlay layers, cached under a hash of exactly that.
+
+The common stage (base + common packages + common overlay) is shared by the master and the worker. Each
+role then has a packages stage and a files stage (its overlay layers), so a changed overlay file redoes
+only the files stage, never the package install. How a stage reaches the image's files is the backend's
+business (backend.py): the stage code only talks to an ImageTree.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from imagebuilder import __version__
+from imagebuilder.core.cache import touch
+from imagebuilder.core.context import Context
+from imagebuilder.core.errors import CommandFailed, ImageBuilderError
+from imagebuilder.core.log import log, step
+from imagebuilder.core.resources import atomic_output, bind_mount, copy_sparse, file_lock, temporary_directory
+from imagebuilder.core.run import output
+from imagebuilder.disk.image import check_filesystems, grow_image
+from imagebuilder.disk.mount import shrink_root
+from imagebuilder.engine.backends.chroot import Chroot
+from imagebuilder.engine.checks import Check
+from imagebuilder.layers.render import RenderedLayer
+from imagebuilder.recipe.catalogue import Layout
+from imagebuilder.sources.checksums import sha256_of
+
+FORMAT = 2  # 2: stages shrink to what they hold
+GIB = 2**30
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    parent: Path  # the image this stage starts from
+    parent_key: str  # digest of the base, or the parent stage's key
+    packages: tuple[str, ...]
+    layers: tuple[RenderedLayer, ...]
+    arch: str
+    layout: Layout
+    size: int | None = None  # the image size asked for (output.image_size), else grown by need
+    # Role checks run with the image's own tools; they change nothing, so they are not in the key.
+    checks: tuple[Check, ...] = field(default=(), compare=False)
+    backend: str = "loop"  # backend.BACKENDS
+
+    def key(self) -> str:
+        material: dict[str, object] = {
+            "parent": self.parent_key, "packages": sorted(self.packages),
+            "layers": [layer.digest() for layer in self.layers], "size": self.size,
+            "format": FORMAT, "builder": __version__,
+        }
+        if self.backend != "loop":
+            # Same inputs, another image (no package installed, nothing run): never share a cache
+            # entry. Loop keys stay as they were, so existing caches remain valid.
+            material["backend"] = self.backend
+        return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class StageResult:
+    image: Path
+    key: str
+    packages: dict[str, str]
+    files: list[str]
+    units: list[str]
+    sha256: str | None = None  # of the stage image, taken when it was made and checked (None: older record)
+
+
+def realise(ctx: Context, stage: Stage, debs: Path) -> StageResult:
+    """Return the stage's image from the cache, building it when it is not there."""
+    key = stage.key()
+    image = ctx.cache("stages") / f"{stage.name}-{key[:24]}.img"
+    record = image.with_suffix(".json")
+    with file_lock(image.with_suffix(".lock"), f"the {stage.name} stage"):
+        if image.exists() and record.exists():
+            log.info("stage %s: cached (%s)", stage.name, key[:12])
+            touch(image)
+        else:
+            with step(f"stage {stage.name}"):
+                _build(ctx, stage, image, record, debs)
+    info = json.loads(record.read_text())
+    return StageResult(image, key, info["packages"], info["files"], info["units"], info.get("sha256"))
+
+
+def _build(ctx: Context, stage: Stage, image: Path, record: Path, debs: Path) -> None:
+    from imagebuilder.engine.backends import choose_backend
+
+    backend = choose_backend(stage.backend)
+    with temporary_directory(f"stage-{stage.name}-", ctx.cache("tmp")) as work, atomic_output(image) as tmp:
+        copy_sparse(stage.parent, tmp)
+        grown = grow_image(tmp, stage.size or tmp.stat().st_size + (GIB if stage.packages else 0))
+        with backend.open(tmp, stage.layout, stage.arch, work, grow_fs=grown) as tree:
+            if stage.packages:
+                tree.install(stage.packages, debs)
+            files: list[str] = []
+            units: list[str] = []
+            cmdline: list[str] = []
+            for layer in stage.layers:
+                files += tree.write_layer(layer)
+                units += layer.units
+                cmdline += layer.cmdline
+            if cmdline:
+                tree.append_cmdline(cmdline)
+            if units:
+                tree.enable_units(units)
+            if stage.checks:
+                tree.run_checks(list(stage.checks))
+            packages = tree.list_packages()
+            # Lists, host keys; then free blocks read as zeros, so bmaps and compressed copies carry only data.
+            tree.tidy()
+        if grown and stage.size is None and backend.name == "loop":
+            shrink_root(tmp)
+        # Checked and digested once, when the stage is made: emitting it again needs neither.
+        check_filesystems(tmp, work)
+        digest = sha256_of(tmp)
+        with atomic_output(record) as rec:
+            rec.write_text(json.dumps({"packages": packages, "files": files, "units": units, "sha256": digest},
+                                      indent=1))
+
+
+def install_packages(chroot: Chroot, packages: tuple[str, ...], debs: Path) -> None:
+    """apt-get install in the chroot, with the .deb files kept on the host between builds."""
+    archives = chroot.root / "var/cache/apt/archives"
+    with bind_mount(debs, archives), step(f"install {len(packages)} packages"):
+        chroot.run(["apt-get", "update", "-q"])
+        try:
+            chroot.run(["apt-get", "install", "-y", "-q", "--no-install-recommends",
+                        "-o", "Dpkg::Options::=--force-confold", *packages],
+                       env={"FK_MACHINE": "Raspberry Pi 4 Model B"}, on_line=_log_progress)
+        except CommandFailed as e:
+            missing = [line.split("Unable to locate package ", 1)[1] for line in e.stderr_tail
+                       if "Unable to locate package " in line]
+            if missing:
+                raise ImageBuilderError(
+                    f"package {', '.join(repr(m) for m in missing)} does not exist in the image's apt sources",
+                    "check the packages section of the recipe (apt-cache search NAME finds the right name)",
+                ) from None
+            raise
+
+
+def _log_progress(line: str) -> None:
+    if line.startswith(("Setting up ", "Unpacking ")):
+        log.info("  %s", line.split(" (", 1)[0])
+
+
+def installed_packages(root: Path) -> dict[str, str]:
+    text = output(["dpkg-query", f"--admindir={root}/var/lib/dpkg", "-W", "-f", "${Package}\t${Version}\n"])
+    return dict(line.split("\t", 1) for line in text.splitlines() if line)

@@ -1,0 +1,194 @@
+"""Write the build's outputs: raw images, compressed copies, bmaps, SHA256SUMS, manifest.json.
+
+Every file is written under a temporary name and renamed when complete. Compressed copies are cached
+by the raw image's digest: xz takes minutes, and an unchanged image should not pay it twice. What each
+output was made from is kept in out/.imagebuilder-emit.json: when a stage did not change and its outputs
+are still there as written (same size, mtime and inode), they are neither copied, digested nor
+compressed again, which makes a rebuild without changes take about a second.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from imagebuilder import __version__
+from imagebuilder.core.cache import touch
+from imagebuilder.core.context import Context
+from imagebuilder.core.log import log, step
+from imagebuilder.core.resources import atomic_output, copy_sparse, file_lock, temporary_directory
+from imagebuilder.core.run import run
+from imagebuilder.disk.image import check_filesystems
+from imagebuilder.disk.seed import write_hostname_seed
+from imagebuilder.outputs.imager import OS_LIST, write_os_list
+from imagebuilder.recipe.catalogue import Layout
+from imagebuilder.recipe.model import Recipe
+from imagebuilder.sources.checksums import sha256_of
+
+if TYPE_CHECKING:
+    from imagebuilder.engine.stages import StageResult
+    from imagebuilder.sources.bootstrap import BaseImage
+
+COMPRESSORS = {"xz": ["xz", "-T0", "-6", "-c"], "zstd": ["zstd", "-T0", "-3", "-q", "-c"]}
+STATE = ".imagebuilder-emit.json"
+
+
+def emit_outputs(ctx: Context, recipe: Recipe, base: BaseImage, results: dict[str, StageResult], *,
+                 k3s_missing: str | None = None) -> None:
+    out = recipe.output_dir
+    out.mkdir(parents=True, exist_ok=True)
+    previous = read_state(out)
+    state: dict[str, Any] = {"recipe": recipe.digest, "images": {}}
+    images: dict[str, dict[str, object]] = {}
+    digests: dict[str, str] = {}
+    with step(f"write outputs to {out}"):
+        for role, result in results.items():
+            record = emit_image(ctx, recipe, role, result, out, previous["images"].get(role))
+            state["images"][role] = record
+            digests.update({name: entry["sha256"] for name, entry in record["files"].items()})
+            raw = record["files"][f"{role}.img"]
+            images[role] = {"file": f"{role}.img", "sha256": raw["sha256"], "size": raw["size"],
+                            "files": list(record["files"]), "packages": result.packages,
+                            "overlay_files": result.files, "units": result.units}
+        write_checksums(out, [Path(name) for name in digests], digests)
+        manifest = {
+            "builder_version": __version__,
+            "built_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+            "recipe": {"path": str(recipe.source), "sha256": recipe.digest},
+            "cluster": recipe.cluster.name, "arch": recipe.arch, "k3s_version": recipe.k3s.version,
+            "k3s_binary": "missing: " + k3s_missing if k3s_missing else "included",
+            "base": {"sha256": base.sha256, "source": describe_base(recipe), "packages": len(base.packages)},
+            "images": images,
+        }
+        with atomic_output(out / "manifest.json") as tmp:
+            tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+        # os_list.json digests every image again: only when an image or the recipe changed.
+        if state != previous or not (out / OS_LIST).exists():
+            write_os_list(out, recipe)
+        with atomic_output(out / STATE) as tmp:
+            tmp.write_text(json.dumps(state, indent=1, sort_keys=True) + "\n")
+
+
+def describe_base(recipe: Recipe) -> str:
+    b = recipe.base
+    if b.bootstrap is not None:
+        return f"bootstrap:{b.bootstrap.suite}:{b.bootstrap.layout}"
+    return b.image or b.url or ""
+
+
+def read_state(out: Path) -> dict[str, Any]:
+    try:
+        state = json.loads((out / STATE).read_text())
+    except (OSError, ValueError):
+        return {"recipe": None, "images": {}}
+    return state if isinstance(state, dict) and isinstance(state.get("images"), dict) else \
+        {"recipe": None, "images": {}}
+
+
+def signature(path: Path) -> list[int]:
+    """Cheap evidence that a file is the one we wrote: anything that rewrites it changes one of these."""
+    st = path.stat()
+    return [st.st_size, st.st_mtime_ns, st.st_ino]
+
+
+def still_there(out: Path, record: dict[str, Any]) -> bool:
+    try:
+        return all(signature(out / name) == entry["signature"] for name, entry in record["files"].items())
+    except (OSError, KeyError, TypeError):
+        return False
+
+
+def emit_image(ctx: Context, recipe: Recipe, role: str, result: StageResult, out: Path,
+               previous: dict[str, Any] | None) -> dict[str, Any]:
+    """Write role.img and its bmap and compressed copy; return what they were made from and their digests."""
+    made_from = {"stage": result.key, "bmap": recipe.output.bmap, "compress": recipe.output.compress}
+    if previous is not None and previous.get("made_from") == made_from and still_there(out, previous):
+        log.info("%s.img: unchanged (stage %s), outputs kept", role, result.key[:12])
+        return previous
+    raw = out / f"{role}.img"
+    with atomic_output(raw) as tmp:
+        copy_sparse(result.image, tmp)
+        if result.sha256 is None:  # a stage made before stages were checked when they are built
+            with temporary_directory("check-", ctx.cache("tmp")) as scratch:
+                check_filesystems(tmp, scratch)
+    digest = result.sha256 or sha256_of(raw)
+    files: dict[str, dict[str, Any]] = {raw.name: {"sha256": digest, "signature": signature(raw)}}
+    if recipe.output.bmap:
+        bmap = raw.with_name(raw.name + ".bmap")
+        with atomic_output(bmap) as tmp:
+            run(["bmaptool", "create", "-o", tmp, raw])
+        files[bmap.name] = {"sha256": sha256_of(bmap), "signature": signature(bmap)}
+    for fmt in COMPRESSORS:
+        stale = raw.with_name(f"{raw.name}.{extension(fmt)}")
+        if fmt != recipe.output.compress:
+            stale.unlink(missing_ok=True)
+    if recipe.output.compress != "none":
+        compressed, compressed_digest = compress_cached(ctx, raw, digest, recipe.output.compress)
+        files[compressed.name] = {"sha256": compressed_digest, "signature": signature(compressed)}
+    log.info("%s: %d MiB raw, sha256 %s", raw.name, raw.stat().st_size // 2**20, digest[:16])
+    for entry in files.values():
+        entry["size"] = entry["signature"][0]
+    return {"made_from": made_from, "files": files}
+
+
+def extension(fmt: str) -> str:
+    return "zst" if fmt == "zstd" else fmt
+
+
+def compress_cached(ctx: Context, raw: Path, digest: str, fmt: str) -> tuple[Path, str]:
+    """The compressed copy of raw (all cores), from the cache when this digest was compressed before."""
+    cached = ctx.cache("compressed") / f"{digest}.img.{extension(fmt)}"
+    # The copy's own digest beside it, so SHA256SUMS does not read hundreds of MB again.
+    cached_sum = cached.with_name(cached.name + ".sha256")
+    with file_lock(cached.with_suffix(".lock"), f"the {fmt} copy of {raw.name}"):
+        if not cached.exists():
+            with step(f"compress {raw.name} ({fmt}, all cores)"), atomic_output(cached) as tmp, \
+                    open(tmp, "wb") as sink:
+                run([*COMPRESSORS[fmt], raw], stdout=sink)
+        touch(cached)
+        if not cached_sum.exists():
+            with atomic_output(cached_sum) as tmp:
+                tmp.write_text(sha256_of(cached) + "\n")
+        compressed_digest = cached_sum.read_text().strip()
+    target = raw.with_name(f"{raw.name}.{extension(fmt)}")
+    with atomic_output(target) as tmp:
+        try:
+            os.link(cached, tmp)
+        except OSError:  # another filesystem
+            copy_sparse(cached, tmp)
+    return target, compressed_digest
+
+
+def write_checksums(out: Path, names: list[Path], known: dict[str, str] | None = None) -> None:
+    """SHA256SUMS for `names` (relative to out); digests in `known` are not computed again."""
+    known = known or {}
+    lines = [f"{known.get(str(name)) or sha256_of(out / name)}  {name}\n" for name in sorted(names)]
+    with atomic_output(out / "SHA256SUMS") as tmp:
+        tmp.write_text("".join(lines))
+
+
+def emit_per_node(ctx: Context, recipe: Recipe, layout: Layout) -> list[Path]:
+    """node1.img ...: the worker image with a hostname seed on the boot partition, for labelled cards.
+
+    They differ from worker.img only inside the boot partition, where the seed file is.
+    """
+    out = recipe.output_dir
+    written = []
+    with step(f"write {len(recipe.workers)} per-node images"):
+        for worker in recipe.workers:
+            image = out / f"{worker.hostname}.img"
+            with atomic_output(image) as tmp:
+                copy_sparse(out / "worker.img", tmp)
+                write_hostname_seed(tmp, worker.hostname)
+            if recipe.output.bmap:
+                with atomic_output(image.with_name(image.name + ".bmap")) as tmp:
+                    run(["bmaptool", "create", "-o", tmp, image])
+            written.append(image)
+    names = [Path(line.split("  ", 1)[1]) for line in (out / "SHA256SUMS").read_text().splitlines()]
+    names += [p.relative_to(out) for image in written for p in (image, image.with_name(image.name + ".bmap"))
+              if p.exists()]
+    write_checksums(out, sorted(set(names)))
+    return written

@@ -1,0 +1,161 @@
+"""What each role adds: packages, and the values its overlay templates render.
+
+Structured files (cloud-init user-data and network-config, the k3s configs, the cluster table) are
+built here as data and dumped as YAML/JSON, so nothing a user writes in the recipe (an SSH key, a
+Wi-Fi passphrase) can break their syntax. Text formats (dnsmasq, nftables, units) are templates.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from imagebuilder.layers.render import OverlayFile, RenderedLayer
+from imagebuilder.recipe.catalogue import load_catalogue
+from imagebuilder.recipe.model import Recipe
+
+# Packages the built-in overlays need. The master is the gateway; every node mounts /srv/jobs over NFS.
+ROLE_PACKAGES: dict[str, tuple[str, ...]] = {
+    # tzdata: cloud-init's timezone module needs /usr/share/zoneinfo, which a minimal base lacks.
+    "common": ("nfs-common", "tzdata"),
+    "master": ("dnsmasq", "nfs-kernel-server", "nftables"),
+    "worker": (),
+}
+ROLES = ("master", "worker")
+K3S_UNIT = {"master": "k3s.service", "worker": "k3s-agent.service"}
+# Services of role packages that their package does not enable by itself.
+UNITS_OF_PACKAGES = {"nftables": "nftables.service"}
+
+
+def nocloud_datasource(boot_label: str) -> str:
+    """cloud-init reads its NoCloud seed from the boot partition, found by its label."""
+    return ("# Written by imagebuilder: the NoCloud seed is on the boot partition.\n"
+            "datasource_list: [NoCloud, None]\n"
+            f"datasource:\n  NoCloud:\n    fs_label: {boot_label}\n")
+
+
+def cloud_init_for_base(recipe: Recipe, boot_label: str) -> tuple[tuple[str, ...], RenderedLayer | None]:
+    """What a base without cloud-init (Raspberry Pi OS Bookworm) needs so that its nodes configure themselves.
+
+    Returns the packages to install into the common stage and a layer pointing cloud-init at the seed.
+    """
+    if recipe.base.image is None or load_catalogue()[recipe.base.image].firstboot != "raspios-firstboot":
+        return (), None
+    layer = RenderedLayer("cloud-init for " + recipe.base.image, (OverlayFile(
+        "etc/cloud/cloud.cfg.d/90-imagebuilder-datasource.cfg", nocloud_datasource(boot_label).encode(), 0o644),))
+    return ("cloud-init", "cloud-guest-utils"), layer
+
+
+def user_data(recipe: Recipe, role: str, first_boot_packages: tuple[str, ...] = ()) -> dict[str, Any]:
+    """cloud-init user-data: users, keys, time zone; the master's hostname (a worker sets its own)."""
+    data: dict[str, Any] = {}
+    if role == "master":
+        data.update(hostname=recipe.master.hostname, fqdn=f"{recipe.master.hostname}.{recipe.cluster.domain}",
+                    prefer_fqdn_over_hostname=False, preserve_hostname=False, manage_etc_hosts=True)
+    else:
+        # The name comes from imagebuilder-hostname.service, before cloud-init starts; cloud-init must
+        # neither set it nor rewrite /etc/hosts, on the first boot or any later one.
+        data.update(preserve_hostname=True, manage_etc_hosts=False)
+    users: list[dict[str, Any]] = []
+    for user in recipe.users:
+        entry: dict[str, Any] = {"name": user.name, "shell": "/bin/bash", "groups": ["sudo"],
+                                 "sudo": "ALL=(ALL) NOPASSWD:ALL", "lock_passwd": user.password_hash is None}
+        if user.password_hash:
+            entry["hashed_passwd"] = user.password_hash
+        if user.ssh_authorized_keys:
+            entry["ssh_authorized_keys"] = list(user.ssh_authorized_keys)
+        users.append(entry)
+    if users:
+        # An empty list is not valid cloud-config; without the key the distribution's locked default
+        # user is made, which nobody can log in as.
+        data["users"] = users
+    data.update(
+        disable_root=True,
+        ssh_pwauth=any(u.password_hash for u in recipe.users),
+        # Every card makes its own host keys: the image carries none.
+        ssh_deletekeys=True,
+        ssh_genkeytypes=["ed25519", "ecdsa", "rsa"],
+        timezone=recipe.timezone,
+        # Built into glibc, so it needs no generated locale (cloud-init's default, en_US.UTF-8, does).
+        locale="C.UTF-8",
+        growpart={"mode": "auto", "devices": ["/"]},
+        resize_rootfs=True,
+        final_message="IMAGEBUILDER: cloud-init-done $UPTIME",
+    )
+    if first_boot_packages:
+        data.update(package_update=True, packages=list(first_boot_packages))
+        # Units of packages that arrive only now could not be enabled in the image (rootless build).
+        units = [UNITS_OF_PACKAGES[p] for p in first_boot_packages if p in UNITS_OF_PACKAGES]
+        if units:
+            data["runcmd"] = [["systemctl", "enable", "--now", *units]]
+    return data
+
+
+def network_config(recipe: Recipe, role: str) -> dict[str, Any]:
+    """cloud-init network-config version 2."""
+    net = recipe.network
+    lan = net.lan_interface
+    if role != "master":
+        return {"version": 2, "ethernets": {lan: {"dhcp4": True}}}
+    prefix = recipe.lan().prefixlen
+    ethernets: dict[str, Any] = {lan: {
+        "dhcp4": False, "addresses": [f"{net.master_ip}/{prefix}"],
+        "nameservers": {"addresses": ["127.0.0.1"], "search": [recipe.cluster.domain]},
+    }}
+    config: dict[str, Any] = {"version": 2, "ethernets": ethernets}
+    if net.uplink_interface and net.wifi:
+        config["wifis"] = {net.uplink_interface: {
+            "dhcp4": True, "regulatory-domain": net.wifi.country,
+            "access-points": {net.wifi.ssid: {"password": net.wifi.psk}},
+        }}
+    elif net.uplink_interface:
+        ethernets[net.uplink_interface] = {"dhcp4": True}
+    return config
+
+
+def meta_data(recipe: Recipe, role: str, seed: dict[str, Any]) -> dict[str, Any]:
+    """The instance-id changes with the configuration, so a changed seed runs again on a used card."""
+    digest = hashlib.sha256(json.dumps(seed, sort_keys=True).encode()).hexdigest()[:12]
+    return {"instance-id": f"{recipe.cluster.name}-{role}-{digest}"}
+
+
+def k3s_config(recipe: Recipe, role: str, token: str) -> dict[str, Any]:
+    net = recipe.network
+    if role == "master":
+        name = recipe.master.hostname
+        config: dict[str, Any] = {
+            "token": token, "node-ip": net.master_ip, "flannel-iface": net.lan_interface,
+            "tls-san": [name, f"{name}.{recipe.cluster.domain}", net.master_ip],
+            "write-kubeconfig-mode": "0600",
+        }
+        config.update(recipe.k3s.extra_config)
+        return config
+    # node-ip comes from the lease at boot (a drop-in written before the agent starts).
+    return {"server": f"https://{net.master_ip}:6443", "token": token, "flannel-iface": net.lan_interface}
+
+
+def cluster_table(recipe: Recipe, boot_mount: str) -> dict[str, Any]:
+    """What a worker's first boot needs to name itself (read by set_hostname.py)."""
+    return {
+        "lan_interface": recipe.network.lan_interface,
+        "boot_mount": boot_mount,
+        "domain": recipe.cluster.domain,
+        "unknown_pattern": recipe.unknown_workers.hostname,
+        "workers": [{"mac": w.mac, "hostname": w.hostname, "ip": w.ip} for w in recipe.workers],
+    }
+
+
+def template_variables(recipe: Recipe, role: str, *, token: str, boot_mount: str,
+                       first_boot_packages: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Everything the overlay templates of `role` may use."""
+    variables: dict[str, Any] = {"recipe": recipe, "role": role, "boot_mount": boot_mount,
+                                 "boot_mount_unit": boot_mount.strip("/").replace("/", "-") + ".mount"}
+    if role in ROLES:
+        ud = user_data(recipe, role, first_boot_packages)
+        nc = network_config(recipe, role)
+        variables.update(
+            user_data=ud, network_config=nc, meta_data=meta_data(recipe, role, {"u": ud, "n": nc}),
+            k3s_config=k3s_config(recipe, role, token), cluster_table=cluster_table(recipe, boot_mount),
+        )
+    return variables

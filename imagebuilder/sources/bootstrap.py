@@ -1,0 +1,199 @@
+"""Build a Debian base image from packages, in the Raspberry Pi OS (or Ubuntu) SD-card layout.
+
+mmdebstrap installs an arm64/armhf system under qemu-user-static into a directory; the tree is then
+finished with host tools and assembled into an image without mounting anything. The result is cached
+like a downloaded base, keyed by everything that decides its content.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from imagebuilder import __version__
+from imagebuilder.core.binfmt import ensure_binfmt
+from imagebuilder.core.context import Context
+from imagebuilder.core.log import log, step
+from imagebuilder.core.resources import atomic_output, file_lock, temporary_directory
+from imagebuilder.core.run import output, run
+from imagebuilder.disk.image import assemble, check_filesystems
+from imagebuilder.engine.stages import installed_packages
+from imagebuilder.recipe.catalogue import LAYOUTS, Layout
+from imagebuilder.recipe.model import Bootstrap
+from imagebuilder.roles.config import nocloud_datasource
+from imagebuilder.sources.aptsources import Mirrors, host_mirrors, source_lines
+from imagebuilder.sources.checksums import sha256_of
+
+# Bump when the way a base is made changes, so cached bases are rebuilt.
+FORMAT = 1
+
+COMPONENTS = "main non-free-firmware"  # raspi-firmware lives in non-free-firmware
+KERNEL = {"arm64": "linux-image-arm64", "armhf": "linux-image-armmp"}
+# As small as boots a Pi with cloud-init and ssh; variant "apt" installs no Recommends.
+PACKAGES = (
+    "systemd-sysv", "udev", "dbus", "kmod", "initramfs-tools", "raspi-firmware", "e2fsprogs", "dosfstools",
+    "openssh-server", "cloud-init", "cloud-guest-utils", "ifupdown", "isc-dhcp-client", "iproute2",
+    "netbase", "sudo",
+)
+# The initramfs only needs to find the root filesystem: an SD card on a Pi, or a virtio disk under qemu.
+# A short list makes each mkinitramfs under emulation take seconds instead of minutes.
+INITRD_MODULES = ("ext4", "mmc_block", "sdhci_iproc", "bcm2835", "virtio_blk", "virtio_mmio", "virtio_pci")
+
+
+@dataclass(frozen=True)
+class BaseImage:
+    path: Path
+    sha256: str
+    layout: Layout
+    packages: dict[str, str]  # name -> version
+
+
+def packages_for(arch: str) -> tuple[str, ...]:
+    return (*PACKAGES, KERNEL[arch])
+
+
+def cache_key(spec: Bootstrap, arch: str) -> str:
+    material = json.dumps({
+        "suite": spec.suite, "arch": arch, "layout": spec.layout, "packages": packages_for(arch),
+        "modules": INITRD_MODULES, "image_mirror": spec.image_mirror, "format": FORMAT,
+        "builder": __version__,
+    }, sort_keys=True)
+    return hashlib.sha256(material.encode()).hexdigest()[:24]
+
+
+def bootstrap_base(ctx: Context, spec: Bootstrap, arch: str) -> BaseImage:
+    """Return the cached base image for spec/arch, building it first if needed."""
+    key = cache_key(spec, arch)
+    bases = ctx.cache("bases")
+    image = bases / f"bootstrap-{spec.suite}-{arch}-{spec.layout}-{key}.img"
+    meta = image.with_suffix(".json")
+    with file_lock(image.with_suffix(".lock"), f"the {spec.suite} {arch} base"):
+        if image.exists() and meta.exists():
+            log.info("using cached base %s", image)
+        else:
+            with step(f"bootstrap Debian {spec.suite} {arch} ({spec.layout} layout)"):
+                build_base(ctx, spec, arch, image, meta)
+    info = json.loads(meta.read_text())
+    return BaseImage(image, info["sha256"], LAYOUTS[spec.layout], info["packages"])
+
+
+def build_base(ctx: Context, spec: Bootstrap, arch: str, image: Path, meta: Path) -> None:
+    layout = LAYOUTS[spec.layout]
+    ensure_binfmt(arch)
+    mirrors = Mirrors(spec.mirror, None) if spec.mirror else host_mirrors()
+    work = ctx.stack.enter_context(temporary_directory("imagebuilder-bootstrap-", ctx.cache("tmp")))
+    root, boot, stage = work / "root", work / "boot", work / "stage"
+    write_early_config(stage, layout)
+    with step("mmdebstrap (packages installed under emulation)"):
+        run_mmdebstrap(spec.suite, arch, mirrors, stage, root, work)
+    with step("finish the tree"):
+        packages = finish_tree(root, layout, spec, mirrors)
+        shutil.move(root / layout.boot_mount.lstrip("/"), boot)
+        (root / layout.boot_mount.lstrip("/")).mkdir(mode=0o755)
+    with step("assemble the image"), atomic_output(image) as tmp:
+        used = int(output(["du", "-sxb", root]).split()[0])
+        root_size = _round_up(max(int(used * 1.3), used + 300 * 2**20), 64 * 2**20)
+        assemble(tmp, root, boot, layout, root_size, disk_id=cache_key(spec, arch)[:8])
+        check_filesystems(tmp, work)
+        digest = sha256_of(tmp)
+        with atomic_output(meta) as meta_tmp:
+            meta_tmp.write_text(json.dumps({"sha256": digest, "packages": packages, "suite": spec.suite,
+                                            "arch": arch, "layout": spec.layout}, indent=1, sort_keys=True))
+    log.info("base image %s (%d MiB, root tree %d MiB)", image.name, image.stat().st_size // 2**20, used // 2**20)
+
+
+def write_early_config(stage: Path, layout: Layout) -> None:
+    """Files that must be in place before the kernel is installed (its postinst builds the initramfs)."""
+    conf = stage / "etc/initramfs-tools/conf.d/imagebuilder.conf"
+    conf.parent.mkdir(parents=True)
+    conf.write_text("# Written by imagebuilder: only the modules listed by the hook below.\nMODULES=list\n")
+    hook = stage / "etc/initramfs-tools/hooks/imagebuilder-modules"
+    hook.parent.mkdir(parents=True)
+    hook.write_text(
+        "#!/bin/sh\n# Written by imagebuilder: what finding the root filesystem needs.\n"
+        'PREREQ=""\nprereqs() { echo "$PREREQ"; }\ncase "$1" in prereqs) prereqs; exit 0;; esac\n'
+        ". /usr/share/initramfs-tools/hook-functions\n"
+        f"for m in {' '.join(INITRD_MODULES)}; do manual_add_modules \"$m\"; done\n"
+    )
+    hook.chmod(0o755)
+
+
+def run_mmdebstrap(suite: str, arch: str, mirrors: Mirrors, stage: Path, root: Path, work: Path) -> None:
+    argv: list[str | os.PathLike[str]] = [
+        "mmdebstrap", "--mode=root", "--variant=apt", f"--architectures={arch}", "--verbose",
+        f"--include={','.join(packages_for(arch))}",
+        '--aptopt=Acquire::Languages "none"',
+        f"--essential-hook=sync-in {stage} /",
+    ]
+    # mmdebstrap does not read the host's apt.conf.d; follow it where it accepts expired Release files
+    # (snapshot mirrors).
+    if re.search(r'^Acquire::Check-Valid-Until "(false|0)";', output(["apt-config", "dump"]), re.M | re.I):
+        argv.append('--aptopt=Acquire::Check-Valid-Until "false"')
+    installed = 0
+
+    def count(line: str) -> None:
+        nonlocal installed
+        if line.startswith("Setting up "):
+            installed += 1
+            if installed % 25 == 0:
+                log.info("  %d packages set up", installed)
+
+    run([*argv, suite, root, *source_lines(mirrors, suite, COMPONENTS)], env={"TMPDIR": str(work)},
+        on_line=count)
+
+
+def finish_tree(root: Path, layout: Layout, spec: Bootstrap, mirrors: Mirrors) -> dict[str, str]:
+    """Host-side edits: boot config, fstab, cloud-init datasource, and nothing that identifies a machine."""
+    boot = root / layout.boot_mount.lstrip("/")
+    default = root / "etc/default/raspi-firmware"
+    text = default.read_text()
+    text = re.sub(r"^#?ROOTPART=.*$", f"ROOTPART=LABEL={layout.root_label}", text, flags=re.M)
+    text = re.sub(r"^#?CONSOLES=.*$", 'CONSOLES="serial0,115200 tty1"', text, flags=re.M)
+    default.write_text(text)
+    # The kernel hook wrote the build host's root device and consoles: write what a Pi needs.
+    (boot / "cmdline.txt").write_text(
+        f"console=serial0,115200 console=tty1 root=LABEL={layout.root_label} rootfstype=ext4 rw "
+        "fsck.repair=yes rootwait net.ifnames=0\n"
+    )
+    (root / "etc/fstab").write_text(
+        f"LABEL={layout.root_label}\t/\text4\tdefaults,noatime\t0 1\n"
+        # nofail + timeout: a qemu boot without the boot partition must not drop to emergency mode.
+        f"LABEL={layout.boot_label}\t{layout.boot_mount}\tvfat\t"
+        "defaults,umask=0077,nofail,x-systemd.device-timeout=10s\t0 2\n"
+    )
+    cloud = root / "etc/cloud/cloud.cfg.d/90-imagebuilder-datasource.cfg"
+    cloud.write_text(nocloud_datasource(layout.boot_label))
+    (root / "etc/hostname").write_text("localhost\n")
+    if spec.image_mirror:
+        sources = root / "etc/apt/sources.list"
+        sources.write_text(sources.read_text().replace(mirrors.archive, spec.image_mirror.rstrip("/")))
+    forget_machine_identity(root)
+    return installed_packages(root)
+
+
+def forget_machine_identity(root: Path) -> None:
+    """Everything that must be made on each card at first boot, never shared through the image."""
+    for path in root.glob("etc/ssh/ssh_host_*"):
+        path.unlink()
+    (root / "etc/machine-id").write_text("")
+    for name in ("var/lib/dbus/machine-id", "etc/resolv.conf", "var/lib/systemd/random-seed"):
+        (root / name).unlink(missing_ok=True)
+    for name in ("var/lib/cloud", "var/log/cloud-init.log"):
+        target = root / name
+        if target.is_dir():
+            shutil.rmtree(target)
+        else:
+            target.unlink(missing_ok=True)
+    for lists in (root / "var/lib/apt/lists").glob("*"):
+        if lists.is_file():
+            lists.unlink()
+
+
+def _round_up(value: int, step_: int) -> int:
+    return (value + step_ - 1) // step_ * step_
+

@@ -1,0 +1,178 @@
+"""`imagebuilder status`: the cluster table in the terminal.
+
+From a master's dashboard (`/api/nodes`), or, on the cluster LAN, straight from the beacons
+(`--listen IFACE`). The packet checks and node states are the collector's own code
+(overlays/master/.../collector.py, loaded from the overlay), so the table and the dashboard agree;
+only the text table lives here, since the collector on the Pi has no use for it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import select
+import sys
+import time
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import requests
+
+from imagebuilder.core.context import Context
+from imagebuilder.core.errors import ImageBuilderError
+from imagebuilder.recipe.model import Monitoring
+
+COLLECTOR = (Path(__file__).resolve().parents[2] / "overlays/master/usr/local/lib/imagebuilder/collector.py")
+
+
+class StatusError(ImageBuilderError):
+    """The master or the beacons could not be read."""
+
+
+def load_collector() -> ModuleType:
+    """The image-side collector as a module: it is a standalone program, not part of this package."""
+    if not COLLECTOR.is_file():
+        raise StatusError(f"{COLLECTOR} is missing", "reinstall imagebuilder from its repository")
+    spec = importlib.util.spec_from_file_location("imagebuilder_collector", COLLECTOR)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def nodes_url(url: str) -> str:
+    if "://" not in url:
+        url = "http://" + url
+    return url if url.rstrip("/").endswith("/api/nodes") else url.rstrip("/") + "/api/nodes"
+
+
+def fetch_nodes(url: str, timeout: float = 5.0) -> dict[str, Any]:
+    """The master's /api/nodes document."""
+    target = nodes_url(url)
+    hint = "is the master up, and this machine on its LAN? the dashboard listens on the master's LAN address"
+    try:
+        response = requests.get(target, timeout=timeout)
+        response.raise_for_status()
+        document: dict[str, Any] = response.json()
+    except requests.ConnectionError as e:
+        raise StatusError(f"cannot reach {target}: {_reason(e)}", hint) from None
+    except requests.Timeout:
+        raise StatusError(f"{target} did not answer within {timeout:.0f} s", hint) from None
+    except requests.HTTPError as e:
+        raise StatusError(f"{target}: HTTP {e.response.status_code}",
+                          "give the dashboard's address, e.g. http://10.0.0.1:8080") from None
+    except ValueError:
+        raise StatusError(f"{target} did not return JSON", "is that an imagebuilder dashboard?") from None
+    if not isinstance(document, dict) or not isinstance(document.get("nodes"), list):
+        raise StatusError(f"{target} did not return a node list", "is that an imagebuilder dashboard?")
+    return document
+
+
+def _reason(error: Exception) -> str:
+    text = str(error)
+    for known in ("Connection refused", "No route to host", "Name or service not known", "timed out"):
+        if known in text:
+            return known.lower()
+    return text.splitlines()[0][:120]
+
+
+class Listener:
+    """Beacons heard directly on a LAN interface, kept with the collector's own checks and states."""
+
+    def __init__(self, ctx: Context, interface: str, group: str, port: int) -> None:
+        self.collector = load_collector()
+        try:
+            self.sock = ctx.stack.enter_context(self.collector.multicast_socket(group, port, interface))
+        except OSError as e:
+            raise StatusError(f"cannot listen for beacons on {interface}: {e.strerror}",
+                              "name the interface on the cluster LAN (see 'ip -br link')") from None
+        self.nodes = self.collector.Nodes()
+        self.interface = interface
+
+    def collect(self, seconds: float) -> dict[str, Any]:
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            ready, _, _ = select.select([self.sock], [], [], left)
+            if ready:
+                data, (source, _) = self.sock.recvfrom(self.collector.MAX_PACKET + 1)
+                self.nodes.receive(data, source, None)
+        return {"cluster": f"beacons on {self.interface}", "now": time.time(), "nodes": self.nodes.snapshot()}
+
+
+COLUMNS = ("NODE", "ROLE", "STATE", "SEEN", "IP", "CPU", "MEM", "LOAD", "TEMP", "DISK", "K3S", "JOBS", "CLOUD-INIT")
+
+
+def _age(seconds: float | None) -> str:
+    if seconds is None:
+        return "never"
+    return f"{seconds:.0f}s" if seconds < 90 else f"{seconds / 60:.0f}m" if seconds < 5400 else f"{seconds / 3600:.0f}h"
+
+
+def _row(node: dict[str, Any]) -> tuple[str, ...]:
+    p = node.get("last")
+    head = (str(node.get("hostname")), str(node.get("role")), str(node.get("state")), _age(node.get("age")),
+            str(node.get("ip") or "-"))
+    if not p:
+        return head + ("-",) * (len(COLUMNS) - len(head))
+    mem = 100 * (1 - p["mem_available"] / p["mem_total"]) if p["mem_total"] else 0
+    disk = 100 * p["disk_used"] / p["disk_total"] if p["disk_total"] else 0
+    return head + (
+        "-" if p["cpu"] is None else f"{p['cpu']:.0f}%", f"{mem:.0f}%", f"{p['load'][0]:.2f}",
+        "-" if p["temp"] is None else f"{p['temp']:.0f}C", f"{disk:.0f}%",
+        "?" if p["k3s"] is None else "up" if p["k3s"] else "down", "yes" if p["jobs"] else "no",
+        p["cloud_init"] or "?",
+    )
+
+
+def format_table(document: dict[str, Any]) -> str:
+    """The node list as aligned text columns, one line per node, and a line of totals."""
+    rows = [COLUMNS, *(_row(n) for n in document["nodes"])]
+    # Control characters in a hostile hostname must not drive the terminal.
+    rows = [tuple(c.encode("unicode_escape").decode() if not c.isprintable() else c for c in r) for r in rows]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(COLUMNS))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    counts: dict[str, int] = {}
+    for n in document["nodes"]:
+        counts[n.get("state")] = counts.get(n.get("state"), 0) + 1
+    summary = ", ".join(f"{v} {k}" for k, v in counts.items()) or "no nodes"
+    return "\n".join([*lines, f"{document.get('cluster') or 'cluster'}: {summary}"])
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    defaults = Monitoring()
+    parser.add_argument("url", nargs="?", metavar="URL",
+                        help="the master's dashboard, e.g. http://10.0.0.1:8080")
+    parser.add_argument("--listen", metavar="IFACE",
+                        help="read the beacons on this interface instead (this machine on the cluster LAN)")
+    parser.add_argument("--group", default=defaults.group, help="with --listen: the recipe's monitoring.group")
+    parser.add_argument("--port", type=int, default=defaults.port, help="with --listen: monitoring.port")
+    parser.add_argument("--seconds", type=float, default=float(2 * defaults.interval + 1),
+                        help="with --listen: how long to listen for beacons (default: %(default)s)")
+    parser.add_argument("--watch", nargs="?", type=float, const=float(defaults.interval), default=None,
+                        metavar="SECONDS", help="refresh every SECONDS (default %(const)s) until Ctrl-C")
+
+
+def show_status(ctx: Context, args: argparse.Namespace) -> int:
+    if (args.url is None) == (args.listen is None):
+        raise StatusError("give the dashboard URL or --listen IFACE (one of them)",
+                          "imagebuilder status http://10.0.0.1:8080, or imagebuilder status --listen eth0")
+    listener = Listener(ctx, args.listen, args.group, args.port) if args.listen else None
+    first = True
+    while True:
+        if listener is not None:
+            document = listener.collect(args.seconds if first else (args.watch or args.seconds))
+        else:
+            document = fetch_nodes(args.url)
+        table = format_table(document)
+        if args.watch is not None and sys.stdout.isatty():
+            table = "\x1b[H\x1b[2J" + table  # redraw in place
+        elif not first:
+            table = "\n" + table
+        print(table, flush=True)
+        if args.watch is None:
+            return 0
+        first = False
+        if listener is None:
+            time.sleep(args.watch)
