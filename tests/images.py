@@ -10,7 +10,8 @@ import pytest
 from imagebuilder.core.context import Context
 from imagebuilder.core.log import setup_logging
 from imagebuilder.recipe.model import Bootstrap
-from imagebuilder.sources.bootstrap import BaseImage, bootstrap_base
+from imagebuilder.sources.base import BaseImage
+from imagebuilder.sources.bootstrap import bootstrap_base
 from tests.conftest import require_programs, require_root
 
 

@@ -18,7 +18,7 @@ from imagebuilder.disk.image import (
     read_partitions,
 )
 from imagebuilder.sources.aptsources import host_mirrors, source_lines
-from imagebuilder.sources.bootstrap import BaseImage
+from imagebuilder.sources.base import BaseImage
 from tests.images import arm64_base
 
 

@@ -17,6 +17,7 @@ from imagebuilder.core.context import Context
 from imagebuilder.core.errors import ImageBuilderError
 from imagebuilder.engine.checks import check_exports
 from imagebuilder.layers.render import RenderedLayer, write_layer
+from imagebuilder.recipe.catalogue import LAYOUTS
 from imagebuilder.recipe.model import load_recipe
 from imagebuilder.roles.config import template_variables
 from imagebuilder.roles.secrets import k3s_token
@@ -218,7 +219,7 @@ def test_bookworm_base_gets_cloud_init(recipe_file: Any) -> None:
 
     text = CLUSTER.replace("base: {bootstrap: {}}", "base: {image: raspios-lite-bookworm}")
     bookworm = load_recipe(recipe_file(text))
-    packages, layer = cloud_init_for_base(bookworm, "bootfs")
+    packages, layer = cloud_init_for_base(bookworm, LAYOUTS["raspios"])
     assert packages == ("cloud-init", "cloud-guest-utils") and layer is not None
     (config,) = layer.files
     assert config.path == "etc/cloud/cloud.cfg.d/90-imagebuilder-datasource.cfg"
@@ -226,5 +227,5 @@ def test_bookworm_base_gets_cloud_init(recipe_file: Any) -> None:
                                            "datasource": {"NoCloud": {"fs_label": "bootfs"}}}
     for other in ("raspios-lite-trixie", "ubuntu-24.04-raspi"):
         recipe = load_recipe(recipe_file(CLUSTER.replace("base: {bootstrap: {}}", f"base: {{image: {other}}}")))
-        assert cloud_init_for_base(recipe, "bootfs") == ((), None)
-    assert cloud_init_for_base(load_recipe(recipe_file(CLUSTER)), "bootfs") == ((), None)
+        assert cloud_init_for_base(recipe, LAYOUTS["raspios"]) == ((), None)
+    assert cloud_init_for_base(load_recipe(recipe_file(CLUSTER)), LAYOUTS["raspios"]) == ((), None)

@@ -18,7 +18,8 @@ from imagebuilder.outputs.emit import emit_outputs, emit_per_node
 from imagebuilder.recipe.model import Recipe
 from imagebuilder.roles.config import K3S_UNIT, ROLE_PACKAGES, ROLES, cloud_init_for_base, template_variables
 from imagebuilder.roles.secrets import k3s_token
-from imagebuilder.sources.bootstrap import BaseImage, bootstrap_base
+from imagebuilder.sources.base import BaseImage
+from imagebuilder.sources.bootstrap import bootstrap_base
 from imagebuilder.sources.k3s import fetch_k3s
 
 
@@ -82,7 +83,7 @@ def build(ctx: Context, recipe: Recipe, *, per_node: bool = False,
             recipe, "common", token=token, boot_mount=boot_mount))
         if k3s.layer is not None:
             common_layers += (k3s.layer,)
-        base_packages, cloud_init_layer = cloud_init_for_base(recipe, base.layout.boot_label)
+        base_packages, cloud_init_layer = cloud_init_for_base(recipe, base.layout)
         if cloud_init_layer is not None:
             if not installs:
                 raise ImageBuilderError(f"{recipe.base.image} has no cloud-init, and the {chosen.name} backend "

@@ -9,32 +9,21 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
 from imagebuilder import __version__
+from imagebuilder.cli import boottest, build, flash, recipes, status
+from imagebuilder.cli.command import Command
 from imagebuilder.core.context import Context, default_cache_dir, default_state_dir
 from imagebuilder.core.errors import ImageBuilderError, Interrupted, NeedsRoot
 from imagebuilder.core.log import log, setup_logging
 from imagebuilder.core.run import is_root
 
-
-@dataclass(frozen=True)
-class Command:
-    name: str
-    help: str
-    add_arguments: Callable[[argparse.ArgumentParser], None]
-    run: Callable[[Context, argparse.Namespace], int]
-    needs_root: Callable[[argparse.Namespace], bool] = lambda args: False
-
-
-def _commands() -> list[Command]:
-    # Imported here so `imagebuilder --help` stays fast and each command lives in its own module.
-    from imagebuilder.cli.commands import COMMANDS
-
-    return COMMANDS
+# In the order `--help` lists them.
+COMMANDS: list[Command] = [*recipes.COMMANDS, *status.COMMANDS, *flash.COMMANDS, *build.COMMANDS,
+                           *boottest.COMMANDS]
 
 
 def build_parser(commands: Sequence[Command]) -> argparse.ArgumentParser:
@@ -77,7 +66,7 @@ class _Signals:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser(_commands())
+    parser = build_parser(COMMANDS)
     args = parser.parse_args(argv)
     setup_logging(verbose=args.verbose, debug=args.debug)
     ctx = Context(debug=args.debug)

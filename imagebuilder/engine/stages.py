@@ -16,13 +16,11 @@ from pathlib import Path
 from imagebuilder import __version__
 from imagebuilder.core.cache import touch
 from imagebuilder.core.context import Context
-from imagebuilder.core.errors import CommandFailed, ImageBuilderError
 from imagebuilder.core.log import log, step
-from imagebuilder.core.resources import atomic_output, bind_mount, copy_sparse, file_lock, temporary_directory
-from imagebuilder.core.run import output
+from imagebuilder.core.resources import atomic_output, copy_sparse, file_lock, temporary_directory
 from imagebuilder.disk.image import check_filesystems, grow_image
 from imagebuilder.disk.mount import shrink_root
-from imagebuilder.engine.backends.chroot import Chroot
+from imagebuilder.engine.backends import choose_backend
 from imagebuilder.engine.checks import Check
 from imagebuilder.layers.render import RenderedLayer
 from imagebuilder.recipe.catalogue import Layout
@@ -86,8 +84,6 @@ def realise(ctx: Context, stage: Stage, debs: Path) -> StageResult:
 
 
 def _build(ctx: Context, stage: Stage, image: Path, record: Path, debs: Path) -> None:
-    from imagebuilder.engine.backends import choose_backend
-
     backend = choose_backend(stage.backend)
     with temporary_directory(f"stage-{stage.name}-", ctx.cache("tmp")) as work, atomic_output(image) as tmp:
         copy_sparse(stage.parent, tmp)
@@ -119,33 +115,3 @@ def _build(ctx: Context, stage: Stage, image: Path, record: Path, debs: Path) ->
         with atomic_output(record) as rec:
             rec.write_text(json.dumps({"packages": packages, "files": files, "units": units, "sha256": digest},
                                       indent=1))
-
-
-def install_packages(chroot: Chroot, packages: tuple[str, ...], debs: Path) -> None:
-    """apt-get install in the chroot, with the .deb files kept on the host between builds."""
-    archives = chroot.root / "var/cache/apt/archives"
-    with bind_mount(debs, archives), step(f"install {len(packages)} packages"):
-        chroot.run(["apt-get", "update", "-q"])
-        try:
-            chroot.run(["apt-get", "install", "-y", "-q", "--no-install-recommends",
-                        "-o", "Dpkg::Options::=--force-confold", *packages],
-                       env={"FK_MACHINE": "Raspberry Pi 4 Model B"}, on_line=_log_progress)
-        except CommandFailed as e:
-            missing = [line.split("Unable to locate package ", 1)[1] for line in e.stderr_tail
-                       if "Unable to locate package " in line]
-            if missing:
-                raise ImageBuilderError(
-                    f"package {', '.join(repr(m) for m in missing)} does not exist in the image's apt sources",
-                    "check the packages section of the recipe (apt-cache search NAME finds the right name)",
-                ) from None
-            raise
-
-
-def _log_progress(line: str) -> None:
-    if line.startswith(("Setting up ", "Unpacking ")):
-        log.info("  %s", line.split(" (", 1)[0])
-
-
-def installed_packages(root: Path) -> dict[str, str]:
-    text = output(["dpkg-query", f"--admindir={root}/var/lib/dpkg", "-W", "-f", "${Package}\t${Version}\n"])
-    return dict(line.split("\t", 1) for line in text.splitlines() if line)

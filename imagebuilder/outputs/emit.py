@@ -13,7 +13,7 @@ import datetime
 import json
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from imagebuilder import __version__
 from imagebuilder.core.cache import touch
@@ -23,14 +23,12 @@ from imagebuilder.core.resources import atomic_output, copy_sparse, file_lock, t
 from imagebuilder.core.run import run
 from imagebuilder.disk.image import check_filesystems
 from imagebuilder.disk.seed import write_hostname_seed
+from imagebuilder.engine.stages import StageResult
 from imagebuilder.outputs.imager import OS_LIST, write_os_list
 from imagebuilder.recipe.catalogue import Layout
 from imagebuilder.recipe.model import Recipe
+from imagebuilder.sources.base import BaseImage
 from imagebuilder.sources.checksums import sha256_of
-
-if TYPE_CHECKING:
-    from imagebuilder.engine.stages import StageResult
-    from imagebuilder.sources.bootstrap import BaseImage
 
 COMPRESSORS = {"xz": ["xz", "-T0", "-6", "-c"], "zstd": ["zstd", "-T0", "-3", "-q", "-c"]}
 STATE = ".imagebuilder-emit.json"

@@ -16,6 +16,12 @@ class Layout:
     root_label: str
     boot_mount: str = "/boot/firmware"
 
+    def nocloud_datasource(self) -> str:
+        """cloud-init reads its NoCloud seed from the boot partition, found by its label."""
+        return ("# Written by imagebuilder: the NoCloud seed is on the boot partition.\n"
+                "datasource_list: [NoCloud, None]\n"
+                f"datasource:\n  NoCloud:\n    fs_label: {self.boot_label}\n")
+
 
 @dataclass(frozen=True)
 class Source:

@@ -12,7 +12,7 @@ import json
 from typing import Any
 
 from imagebuilder.layers.render import OverlayFile, RenderedLayer
-from imagebuilder.recipe.catalogue import load_catalogue
+from imagebuilder.recipe.catalogue import Layout, load_catalogue
 from imagebuilder.recipe.model import Recipe
 
 # Packages the built-in overlays need. The master is the gateway; every node mounts /srv/jobs over NFS.
@@ -28,14 +28,7 @@ K3S_UNIT = {"master": "k3s.service", "worker": "k3s-agent.service"}
 UNITS_OF_PACKAGES = {"nftables": "nftables.service"}
 
 
-def nocloud_datasource(boot_label: str) -> str:
-    """cloud-init reads its NoCloud seed from the boot partition, found by its label."""
-    return ("# Written by imagebuilder: the NoCloud seed is on the boot partition.\n"
-            "datasource_list: [NoCloud, None]\n"
-            f"datasource:\n  NoCloud:\n    fs_label: {boot_label}\n")
-
-
-def cloud_init_for_base(recipe: Recipe, boot_label: str) -> tuple[tuple[str, ...], RenderedLayer | None]:
+def cloud_init_for_base(recipe: Recipe, layout: Layout) -> tuple[tuple[str, ...], RenderedLayer | None]:
     """What a base without cloud-init (Raspberry Pi OS Bookworm) needs so that its nodes configure themselves.
 
     Returns the packages to install into the common stage and a layer pointing cloud-init at the seed.
@@ -43,7 +36,8 @@ def cloud_init_for_base(recipe: Recipe, boot_label: str) -> tuple[tuple[str, ...
     if recipe.base.image is None or load_catalogue()[recipe.base.image].firstboot != "raspios-firstboot":
         return (), None
     layer = RenderedLayer("cloud-init for " + recipe.base.image, (OverlayFile(
-        "etc/cloud/cloud.cfg.d/90-imagebuilder-datasource.cfg", nocloud_datasource(boot_label).encode(), 0o644),))
+        "etc/cloud/cloud.cfg.d/90-imagebuilder-datasource.cfg", layout.nocloud_datasource().encode(),
+        0o644),))
     return ("cloud-init", "cloud-guest-utils"), layer
 
 

@@ -12,7 +12,6 @@ import json
 import os
 import re
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 
 from imagebuilder import __version__
@@ -22,12 +21,12 @@ from imagebuilder.core.log import log, step
 from imagebuilder.core.resources import atomic_output, file_lock, temporary_directory
 from imagebuilder.core.run import output, run
 from imagebuilder.disk.image import assemble, check_filesystems
-from imagebuilder.engine.stages import installed_packages
 from imagebuilder.recipe.catalogue import LAYOUTS, Layout
 from imagebuilder.recipe.model import Bootstrap
-from imagebuilder.roles.config import nocloud_datasource
 from imagebuilder.sources.aptsources import Mirrors, host_mirrors, source_lines
+from imagebuilder.sources.base import BaseImage
 from imagebuilder.sources.checksums import sha256_of
+from imagebuilder.sources.dpkg import installed_packages
 
 # Bump when the way a base is made changes, so cached bases are rebuilt.
 FORMAT = 1
@@ -43,14 +42,6 @@ PACKAGES = (
 # The initramfs only needs to find the root filesystem: an SD card on a Pi, or a virtio disk under qemu.
 # A short list makes each mkinitramfs under emulation take seconds instead of minutes.
 INITRD_MODULES = ("ext4", "mmc_block", "sdhci_iproc", "bcm2835", "virtio_blk", "virtio_mmio", "virtio_pci")
-
-
-@dataclass(frozen=True)
-class BaseImage:
-    path: Path
-    sha256: str
-    layout: Layout
-    packages: dict[str, str]  # name -> version
 
 
 def packages_for(arch: str) -> tuple[str, ...]:
@@ -167,7 +158,7 @@ def finish_tree(root: Path, layout: Layout, spec: Bootstrap, mirrors: Mirrors) -
         "defaults,umask=0077,nofail,x-systemd.device-timeout=10s\t0 2\n"
     )
     cloud = root / "etc/cloud/cloud.cfg.d/90-imagebuilder-datasource.cfg"
-    cloud.write_text(nocloud_datasource(layout.boot_label))
+    cloud.write_text(layout.nocloud_datasource())
     (root / "etc/hostname").write_text("localhost\n")
     if spec.image_mirror:
         sources = root / "etc/apt/sources.list"

@@ -18,7 +18,6 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 from urllib.parse import urljoin, urlsplit, urlunsplit
 
 import requests
@@ -27,13 +26,13 @@ from imagebuilder.core.context import Context
 from imagebuilder.core.errors import ChecksumMismatch, DownloadError, ImageBuilderError
 from imagebuilder.core.log import log, step
 from imagebuilder.core.resources import atomic_output, file_lock
+from imagebuilder.disk.image import detect_layout
 from imagebuilder.recipe.catalogue import load_catalogue
 from imagebuilder.recipe.model import Recipe
+from imagebuilder.sources.base import BaseImage
 from imagebuilder.sources.checksums import digest_for, newest_matching, parse_listing
+from imagebuilder.sources.decompress import decompress_to_cache
 from imagebuilder.sources.download import DEFAULT_POLICY, Policy, download, file_name, final_url, read_text
-
-if TYPE_CHECKING:
-    from imagebuilder.sources.bootstrap import BaseImage
 
 MIRROR_ENV = "IMAGEBUILDER_MIRROR"
 _SUFFIXES = (".img.xz", ".img.gz", ".img.zst", ".img.zip", ".zip", ".img", ".xz", ".gz", ".zst", ".raw")
@@ -73,13 +72,8 @@ def fetch_base(ctx: Context, recipe: Recipe, *, offline: bool = False, refresh: 
 
 def prepare_base(ctx: Context, recipe: Recipe, *, offline: bool = False) -> BaseImage:
     """The recipe's published base as a raw image in the cache, for the build."""
-    # Imported here: bootstrap.py pulls in the chroot machinery, which fetching alone does not need.
-    from imagebuilder.sources.bootstrap import BaseImage
-    from imagebuilder.sources.decompress import decompress_to_cache
-
     raw = decompress_to_cache(ctx, fetch_base(ctx, recipe, offline=offline))
     # A base given by URL says nothing about its layout: its boot partition's label does.
-    from imagebuilder.disk.image import detect_layout
 
     if recipe.base.image:
         layout = load_catalogue()[recipe.base.image].layout

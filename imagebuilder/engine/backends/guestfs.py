@@ -12,16 +12,15 @@ import os
 import posixpath
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from imagebuilder.core.errors import ImageBuilderError
 from imagebuilder.core.log import log, step
 from imagebuilder.core.resources import acquired
+from imagebuilder.engine.checks import Check
 from imagebuilder.layers.render import BOOT_PREFIX, RenderedLayer
 from imagebuilder.recipe.catalogue import Layout
-
-if TYPE_CHECKING:
-    from imagebuilder.engine.checks import Check
+from imagebuilder.sources.dpkg import installed_packages
 
 # Where `systemctl enable` looks for unit files, in its order (Debian's split-usr build includes /lib).
 UNIT_DIRS = ("/etc/systemd/system", "/usr/local/lib/systemd/system", "/lib/systemd/system",
@@ -206,8 +205,6 @@ class GuestfsTree:
         self.g.ln_s(source, link)
 
     def list_packages(self) -> dict[str, str]:
-        from imagebuilder.engine.stages import installed_packages
-
         # The same dpkg-query the loop backend runs, on a copy of the image's dpkg status.
         admin = self.workdir / "dpkg-root" / "var/lib/dpkg"
         (admin / "updates").mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,68 @@
+"""The loop backend (root): the image's partitions mounted through loop devices, its programs run in a
+qemu-user chroot."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+
+from imagebuilder.core.log import log
+from imagebuilder.core.run import run
+from imagebuilder.disk.mount import mounted_image
+from imagebuilder.engine.apt import install_packages
+from imagebuilder.engine.backends.chroot import Chroot, chroot_session
+from imagebuilder.engine.checks import Check, run_checks
+from imagebuilder.layers.render import RenderedLayer, append_cmdline, write_layer
+from imagebuilder.recipe.catalogue import Layout
+from imagebuilder.sources.dpkg import installed_packages
+
+
+class LoopTree:
+    def __init__(self, root: Path, chroot: Chroot, layout: Layout) -> None:
+        self.root = root
+        self.chroot = chroot
+        self.layout = layout
+
+    def install(self, packages: tuple[str, ...], debs: Path) -> None:
+        install_packages(self.chroot, packages, debs)
+
+    def write_layer(self, layer: RenderedLayer) -> list[str]:
+        return write_layer(layer, self.root, self.layout.boot_mount)
+
+    def append_cmdline(self, arguments: list[str]) -> None:
+        append_cmdline(self.root / self.layout.boot_mount.lstrip("/") / "cmdline.txt", arguments)
+
+    def enable_units(self, units: list[str]) -> None:
+        self.chroot.run(["systemctl", "enable", *units])
+
+    def run_checks(self, checks: list[Check]) -> None:
+        run_checks(self.chroot, checks)
+
+    def list_packages(self) -> dict[str, str]:
+        return installed_packages(self.root)
+
+    def tidy(self) -> None:
+        """What a package install leaves that must not ship: lists, host keys; then trim free space."""
+        for lists in (self.root / "var/lib/apt/lists").glob("*"):
+            if lists.is_file():
+                lists.unlink()
+        for key in self.root.glob("etc/ssh/ssh_host_*"):
+            key.unlink()
+        # Free blocks read as zeros afterwards, so the bmap and the compressed images carry only data.
+        # A host filesystem without hole punching makes fstrim fail: the image is still right, only larger
+        # to compress and flash, so say so rather than stop.
+        if run(["fstrim", self.root], check=False).returncode != 0:
+            log.warning("fstrim %s failed: free blocks keep old data, so outputs compress less well", self.root)
+
+
+class LoopBackend:
+    name = "loop"
+    installs_packages = True
+
+    @contextlib.contextmanager
+    def open(self, image: Path, layout: Layout, arch: str, workdir: Path, *,
+             grow_fs: bool) -> Iterator[LoopTree]:
+        with mounted_image(image, layout, workdir, grow_fs=grow_fs) as root, \
+                chroot_session(root, arch) as chroot:
+            yield LoopTree(root, chroot, layout)

@@ -1,0 +1,98 @@
+"""The package's shape: each folder imports only from the folders beneath it, so there is no cycle.
+
+Every import counts, including those inside functions: a lazy import must not hide a cycle.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parent.parent / "imagebuilder"
+# Bottom first: a folder may import from itself and from those before it.
+LAYERS = ("core", "recipe", "disk", "boards", "layers", "sources", "roles", "engine", "outputs", "build",
+          "flash", "boottest", "status", "cli")
+
+
+def folder_of(module: str) -> str | None:
+    """The top-level folder of `imagebuilder.x.y`, or None for the package itself."""
+    parts = module.split(".")
+    return parts[1] if parts[0] == "imagebuilder" and len(parts) > 1 else None
+
+
+def module_name(path: Path) -> str:
+    rel = path.relative_to(PACKAGE.parent).with_suffix("")
+    parts = list(rel.parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def imports_of(path: Path) -> list[tuple[str, int]]:
+    """(imported module, line) for every import in the file, relative ones resolved."""
+    tree = ast.parse(path.read_text())
+    here = module_name(path).split(".")
+    if path.name != "__init__.py":
+        here = here[:-1]
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [(alias.name, node.lineno) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = here[: len(here) - node.level + 1] if node.level else []
+            module = ".".join([*base, *(node.module.split(".") if node.module else [])])
+            found.append((module, node.lineno))
+            # `from imagebuilder.disk import seed` imports the module imagebuilder.disk.seed
+            found += [(f"{module}.{alias.name}", node.lineno) for alias in node.names]
+    return found
+
+
+def modules() -> list[Path]:
+    return sorted(PACKAGE.rglob("*.py"))
+
+
+def test_every_folder_is_a_known_layer() -> None:
+    folders = {p.relative_to(PACKAGE).parts[0] for p in modules() if len(p.relative_to(PACKAGE).parts) > 1}
+    assert folders <= set(LAYERS), f"folders not in LAYERS: {folders - set(LAYERS)}"
+
+
+def test_folders_import_only_from_beneath() -> None:
+    wrong = []
+    for path in modules():
+        parts = path.relative_to(PACKAGE).parts
+        if len(parts) == 1:  # __init__ and __main__ of the package itself
+            continue
+        mine = parts[0]
+        for module, line in imports_of(path):
+            theirs = folder_of(module)
+            if theirs is None or theirs == mine or theirs not in LAYERS:
+                continue
+            if LAYERS.index(theirs) > LAYERS.index(mine):
+                wrong.append(f"{path.relative_to(PACKAGE)}:{line}: {mine} imports {module} (above it)")
+    assert not wrong, "\n".join(wrong)
+
+
+def test_no_import_cycle_between_modules() -> None:
+    """Within a folder too: module A importing B while B imports A (at any depth) is a cycle."""
+    names = {module_name(p): p for p in modules()}
+    graph = {name: {m for m, _ in imports_of(path) if m in names and m != name} for name, path in names.items()}
+    # Importing a package's module implies importing the package's __init__ first, not the reverse.
+    state: dict[str, int] = {}
+    stack: list[str] = []
+    cycles: list[str] = []
+
+    def visit(node: str) -> None:
+        state[node] = 1
+        stack.append(node)
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                cycles.append(" -> ".join([*stack[stack.index(nxt):], nxt]))
+            elif nxt not in state:
+                visit(nxt)
+        stack.pop()
+        state[node] = 2
+
+    for name in sorted(graph):
+        if name not in state:
+            visit(name)
+    assert not cycles, "\n".join(cycles)
