@@ -12,9 +12,10 @@ from typing import Any
 
 import pytest
 
-from imagebuilder.layers.render import render_layer, write_layer
-from imagebuilder.recipe.model import load_recipe
-from imagebuilder.roles.config import template_variables
+from imagebuilder.layers.render import render_layer
+from imagebuilder.layers.write import write_layer
+from imagebuilder.recipe.load import load_recipe
+from imagebuilder.roles.variables import template_variables
 from tests.conftest import ROOT, VALID
 
 BEACON = ROOT / "overlays/common/usr/local/lib/imagebuilder/beacon.py"

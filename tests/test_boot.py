@@ -19,7 +19,7 @@ import pytest
 from imagebuilder.boottest.plan import BootOptions, BootReport, plan_nodes
 from imagebuilder.boottest.qemu import GuestSpec, Uplink, qemu_argv, user_netdev
 from imagebuilder.boottest.report import format_report, report_data, write_json
-from imagebuilder.recipe.model import load_recipe
+from imagebuilder.recipe.load import load_recipe
 from tests.conftest import ROOT, VALID, require_programs
 from tests.images import arm64_base, make_context
 

@@ -13,9 +13,11 @@ import pytest
 
 from imagebuilder.build.execute import build
 from imagebuilder.core import resources
-from imagebuilder.disk.image import boot_and_root, check_filesystems, fat_read
+from imagebuilder.disk.fat import fat_read
+from imagebuilder.disk.image import check_filesystems
+from imagebuilder.disk.partitions import boot_and_root
 from imagebuilder.disk.seed import read_hostname_seed
-from imagebuilder.recipe.model import load_recipe
+from imagebuilder.recipe.load import load_recipe
 from imagebuilder.sources.checksums import sha256_of
 from tests.conftest import ROOT, leftovers, mounts, require_programs
 from tests.images import arm64_base, make_context

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from imagebuilder.recipe.model import load_recipe
+from imagebuilder.recipe.load import load_recipe
 from tests.conftest import ROOT, VALID
 from tests.test_beacon import CONFIG, beacon, collector, render_overlay, sampler
 

@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 
 from imagebuilder.build.execute import build
-from imagebuilder.disk.image import MTOOLS_ENV, boot_and_root
-from imagebuilder.recipe.model import load_recipe
+from imagebuilder.disk.fat import MTOOLS_ENV
+from imagebuilder.disk.partitions import boot_and_root
+from imagebuilder.recipe.load import load_recipe
 from tests.conftest import ROOT, require_programs
 from tests.images import arm64_base, make_context
 from tests.test_build import make_recipe

@@ -12,7 +12,8 @@ import pytest
 
 from imagebuilder.cli.main import main
 from imagebuilder.outputs.imager import write_os_list
-from imagebuilder.recipe.model import Recipe, load_recipe
+from imagebuilder.recipe.load import load_recipe
+from imagebuilder.recipe.model import Recipe
 from tests.conftest import VALID, require_programs
 
 

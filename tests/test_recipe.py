@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from imagebuilder.core.errors import RecipeError
-from imagebuilder.recipe.model import load_recipe
+from imagebuilder.recipe.load import load_recipe
 from tests.conftest import ROOT, VALID
 
 

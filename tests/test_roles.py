@@ -16,11 +16,12 @@ from imagebuilder.build.execute import render_layers
 from imagebuilder.core.context import Context
 from imagebuilder.core.errors import ImageBuilderError
 from imagebuilder.engine.checks import check_exports
-from imagebuilder.layers.render import RenderedLayer, write_layer
+from imagebuilder.layers.render import RenderedLayer
+from imagebuilder.layers.write import write_layer
 from imagebuilder.recipe.catalogue import LAYOUTS
-from imagebuilder.recipe.model import load_recipe
-from imagebuilder.roles.config import template_variables
+from imagebuilder.recipe.load import load_recipe
 from imagebuilder.roles.secrets import k3s_token
+from imagebuilder.roles.variables import template_variables
 from tests.conftest import require_programs
 
 CLUSTER = """\
@@ -207,7 +208,7 @@ def test_first_boot_needs_no_generated_locale_and_has_zoneinfo(master: dict[str,
     # Found by the boot test: cloud-init's default locale is not generated on a minimal base, and
     # its timezone module needs tzdata.
     assert yaml.safe_load(master["@boot/user-data"])["locale"] == "C.UTF-8"
-    from imagebuilder.roles.config import ROLE_PACKAGES
+    from imagebuilder.roles.table import ROLE_PACKAGES
 
     assert "tzdata" in ROLE_PACKAGES["common"]
 
@@ -215,7 +216,7 @@ def test_first_boot_needs_no_generated_locale_and_has_zoneinfo(master: dict[str,
 def test_bookworm_base_gets_cloud_init(recipe_file: Any) -> None:
     # Raspberry Pi OS Bookworm configures itself with its own firstboot script, not cloud-init: the build
     # installs cloud-init and points it at the seed on the boot partition, so its workers self-join too.
-    from imagebuilder.roles.config import cloud_init_for_base
+    from imagebuilder.roles.cloudinit import cloud_init_for_base
 
     text = CLUSTER.replace("base: {bootstrap: {}}", "base: {image: raspios-lite-bookworm}")
     bookworm = load_recipe(recipe_file(text))

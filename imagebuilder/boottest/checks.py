@@ -1,6 +1,6 @@
 """What the boot test asserts about a running cluster: from the consoles, and by logging in over ssh.
 
-Each check yields Check(name, node, ok, detail); a failed check never raises, so one broken service
+Each check yields CheckResult(name, node, ok, detail); a failed check never raises, so one broken service
 does not hide the state of the others. The names are the issue's list.
 """
 
@@ -15,7 +15,7 @@ from collections.abc import Iterator
 import yaml
 
 from imagebuilder.boottest.lan import UPLINK_SERVER
-from imagebuilder.boottest.plan import BootOptions, Check, NodeResult
+from imagebuilder.boottest.plan import BootOptions, CheckResult, NodeResult
 from imagebuilder.boottest.qemu import sentinel, sentinel_detail
 from imagebuilder.boottest.ssh import MASTER_ALIAS, Ssh
 from imagebuilder.recipe.model import Recipe
@@ -29,17 +29,17 @@ _CLOUD_INIT_ERROR = re.compile(r"cloud-init\[\d+\]:.*(\[ERROR\]|\[CRITICAL\]|Tra
 
 
 def run_checks(recipe: Recipe, results: list[NodeResult], ssh: Ssh, nonce: str,
-               options: BootOptions, deadline: float) -> list[Check]:
+               options: BootOptions, deadline: float) -> list[CheckResult]:
     checks = [*check_consoles(results)]
     master, workers = results[0], results[1:]
     if not ssh.wait_until_up(master.host, deadline):
-        checks.append(Check("ssh login", master.node.name, False,
+        checks.append(CheckResult("ssh login", master.node.name, False,
                             f"no ssh login to the master on its uplink forward (user {recipe.users[0].name})"))
         return checks
     checks += check_leases(results, ssh)
     for result in results:
         up = result.address is not None and ssh.wait_until_up(result.host, min(deadline, time.monotonic() + 60))
-        checks.append(Check("ssh login", result.node.name, up,
+        checks.append(CheckResult("ssh login", result.node.name, up,
                             f"logged in at {result.host}" if up else f"no ssh login at {result.address}"))
     reachable = [r for r in results if any(c.ok for c in checks if c.name == "ssh login" and c.node == r.node.name)]
     checks += [c for r in reachable for c in check_node(r, ssh)]
@@ -51,32 +51,32 @@ def run_checks(recipe: Recipe, results: list[NodeResult], ssh: Ssh, nonce: str,
     return checks
 
 
-def check_consoles(results: list[NodeResult]) -> Iterator[Check]:
+def check_consoles(results: list[NodeResult]) -> Iterator[CheckResult]:
     """Booted, cloud-init ran once and finished without errors, hostname as planned: from the serial logs."""
     for r in results:
         name, serial = r.node.name, r.guest.serial
         up = r.times.get("kernel up")
         running = r.guest.exited() is None
-        yield Check("boots", name, up is not None and running,
+        yield CheckResult("boots", name, up is not None and running,
                     f"kernel up at {up:.1f}s" + ("" if running else f"; qemu exited ({r.guest.exited()})")
                     if up is not None else "no kernel banner on the console")
         done = r.times.get("cloud-init done")
         runs = serial.count(lambda line: _CLOUD_INIT_RUN.search(line) is not None)
         errors = [line for _, line in serial.lines if _CLOUD_INIT_ERROR.search(line)]
-        yield Check("cloud-init once, no errors (console)", name, done is not None and runs == 1 and not errors,
+        yield CheckResult("cloud-init once, no errors (console)", name, done is not None and runs == 1 and not errors,
                     (f"done at {done:.1f}s" if done is not None else "not done")
                     + f"; 'init' stage ran {runs} times; {len(errors)} error lines"
                     + (f": {errors[0]}" if errors else ""))
         seen = serial.first(sentinel("hostname"))
         got = sentinel_detail(seen[1], "hostname") if seen else None
-        yield Check("hostname (console)", name, got == r.node.name,
+        yield CheckResult("hostname (console)", name, got == r.node.name,
                     f"console says {got!r}, want {r.node.name!r}")
 
 
-def check_node(r: NodeResult, ssh: Ssh) -> Iterator[Check]:
+def check_node(r: NodeResult, ssh: Ssh) -> Iterator[CheckResult]:
     name, host = r.node.name, r.host
     got = ssh.text(host, "hostname")
-    yield Check("hostname", name, got == r.node.name, f"hostname is {got!r}, want {r.node.name!r}")
+    yield CheckResult("hostname", name, got == r.node.name, f"hostname is {got!r}, want {r.node.name!r}")
     # `status` exits non-zero when cloud-init failed; its output says why, so keep it either way.
     status = ssh.run(host, "cloud-init status --long").stdout.decode(errors="replace").strip()
     result_json = ssh.text(host, "cat /run/cloud-init/result.json") or "{}"
@@ -86,7 +86,7 @@ def check_node(r: NodeResult, ssh: Ssh) -> Iterator[Check]:
         errors = ["result.json is not JSON"]
     runs = ssh.text(host, "sudo grep -c \"running 'init' \" /var/log/cloud-init.log")
     ok = "status: done" in status and not errors and runs == "1"
-    yield Check("cloud-init once, no errors", name, ok,
+    yield CheckResult("cloud-init once, no errors", name, ok,
                 f"{status.splitlines()[0] if status else 'no status'}; errors {errors}; 'init' ran {runs} times")
 
 
@@ -96,7 +96,7 @@ def read_leases(ssh: Ssh) -> dict[str, str]:
     return {f[1].lower(): f[2] for f in (line.split() for line in text.splitlines()) if len(f) >= 3}
 
 
-def check_leases(results: list[NodeResult], ssh: Ssh) -> Iterator[Check]:
+def check_leases(results: list[NodeResult], ssh: Ssh) -> Iterator[CheckResult]:
     """The master's dnsmasq leased each known worker its reserved address, and an unknown one some address."""
     deadline = time.monotonic() + 30
     wanted = [r for r in results if r.node.role == "worker"]
@@ -108,13 +108,14 @@ def check_leases(results: list[NodeResult], ssh: Ssh) -> Iterator[Check]:
     for r in wanted:
         got = leases.get(r.node.mac)
         if r.node.known:
-            yield Check("dnsmasq lease", r.node.name, got == r.node.ip, f"{r.node.mac} leased {got}, want {r.node.ip}")
+            yield CheckResult("dnsmasq lease", r.node.name, got == r.node.ip,
+                              f"{r.node.mac} leased {got}, want {r.node.ip}")
         else:
             r.address = got
-            yield Check("dnsmasq lease", r.node.name, got is not None, f"{r.node.mac} leased {got}")
+            yield CheckResult("dnsmasq lease", r.node.name, got is not None, f"{r.node.mac} leased {got}")
 
 
-def check_dns(recipe: Recipe, workers: list[NodeResult], ssh: Ssh) -> Iterator[Check]:
+def check_dns(recipe: Recipe, workers: list[NodeResult], ssh: Ssh) -> Iterator[CheckResult]:
     """`<first known worker>.<domain>` resolves to its reserved address on another node (a worker if any)."""
     known = [w for w in workers if w.node.known]
     if not known:
@@ -125,27 +126,27 @@ def check_dns(recipe: Recipe, workers: list[NodeResult], ssh: Ssh) -> Iterator[C
     fqdn = f"{target.node.name}.{recipe.cluster.domain}"
     host = asker.host if asker else MASTER_ALIAS
     got = (ssh.text(host, f"getent hosts {shlex.quote(fqdn)}") or "").split()
-    yield Check("DNS", asker.node.name if asker else recipe.master.hostname, got[:1] == [target.node.ip],
+    yield CheckResult("DNS", asker.node.name if asker else recipe.master.hostname, got[:1] == [target.node.ip],
                 f"{fqdn} resolves to {got[:1] or 'nothing'}, want {target.node.ip}")
 
 
-def check_jobs_share(master: NodeResult, workers: list[NodeResult], ssh: Ssh, nonce: str) -> Iterator[Check]:
+def check_jobs_share(master: NodeResult, workers: list[NodeResult], ssh: Ssh, nonce: str) -> Iterator[CheckResult]:
     """A file written into /srv/jobs on one worker is read on every other worker and on the master."""
     if not workers:
         return
     writer = workers[0]
     path = f"{JOBS}/boot-test-{nonce}"
     wrote = ssh.run(writer.host, f"echo {nonce} > {path}").returncode == 0
-    yield Check("NFS write", writer.node.name, wrote, f"wrote {path}" if wrote else f"cannot write {path}")
+    yield CheckResult("NFS write", writer.node.name, wrote, f"wrote {path}" if wrote else f"cannot write {path}")
     if not wrote:
         return
     for reader in [*workers[1:], master]:
         got = ssh.text(reader.host, f"cat {path}")
-        yield Check("NFS read", reader.node.name, got == nonce, f"{path} reads {got!r}, want the nonce")
+        yield CheckResult("NFS read", reader.node.name, got == nonce, f"{path} reads {got!r}, want the nonce")
     ssh.run(writer.host, f"rm -f {path}")
 
 
-def check_nat(recipe: Recipe, workers: list[NodeResult], ssh: Ssh, nonce: str) -> Iterator[Check]:
+def check_nat(recipe: Recipe, workers: list[NodeResult], ssh: Ssh, nonce: str) -> Iterator[CheckResult]:
     """A worker fetches from the test's server behind the master's uplink, routed through the master."""
     if not workers:
         return
@@ -155,11 +156,11 @@ def check_nat(recipe: Recipe, workers: list[NodeResult], ssh: Ssh, nonce: str) -
     fetch = ("import urllib.request; print(urllib.request.urlopen("
              f"'http://{UPLINK_SERVER}/uplink-check', timeout=20).read().decode().strip())")
     got = ssh.text(worker.host, f"python3 -c {shlex.quote(fetch)}")
-    yield Check("NAT", worker.node.name, via_master and got == nonce,
+    yield CheckResult("NAT", worker.node.name, via_master and got == nonce,
                 f"route: {route or 'none'}; fetched {got!r} from {UPLINK_SERVER}")
 
 
-def check_dashboard(recipe: Recipe, results: list[NodeResult], ssh: Ssh, deadline: float) -> Iterator[Check]:
+def check_dashboard(recipe: Recipe, results: list[NodeResult], ssh: Ssh, deadline: float) -> Iterator[CheckResult]:
     """What the master's collector says of every node (its beacons come every few seconds)."""
     if not recipe.monitoring.enabled:
         return
@@ -179,7 +180,7 @@ def check_dashboard(recipe: Recipe, results: list[NodeResult], ssh: Ssh, deadlin
         time.sleep(5)
     for r in results:
         state = states.get(r.node.name, "absent")
-        yield Check("dashboard", r.node.name, state == "up", f"/api/nodes says {state}")
+        yield CheckResult("dashboard", r.node.name, state == "up", f"/api/nodes says {state}")
 
 
 def read_k3s_config(ssh: Ssh, host: str) -> dict[str, object]:
@@ -192,26 +193,26 @@ def read_k3s_config(ssh: Ssh, host: str) -> dict[str, object]:
 
 
 def check_k3s(recipe: Recipe, master: NodeResult, workers: list[NodeResult], ssh: Ssh, options: BootOptions,
-              deadline: float) -> Iterator[Check]:
+              deadline: float) -> Iterator[CheckResult]:
     """Server and agent units enabled with the right config and token; with the assets, every node Ready."""
     server = read_k3s_config(ssh, master.host)
     token = server.get("token")
     enabled = ssh.text(master.host, "systemctl is-enabled k3s.service")
-    yield Check("k3s server", master.node.name, enabled == "enabled" and bool(token),
+    yield CheckResult("k3s server", master.node.name, enabled == "enabled" and bool(token),
                 f"k3s.service {enabled}; token {'set' if token else 'missing'}")
     want_server = f"https://{recipe.network.master_ip}:6443"
     for w in workers:
         agent = read_k3s_config(ssh, w.host)
         enabled = ssh.text(w.host, "systemctl is-enabled k3s-agent.service")
         ok = enabled == "enabled" and agent.get("server") == want_server and bool(token) and agent.get("token") == token
-        yield Check("k3s agent", w.node.name, ok,
+        yield CheckResult("k3s agent", w.node.name, ok,
                     f"k3s-agent.service {enabled}; server {agent.get('server')!r} (want {want_server!r}); "
                     f"token {'matches the server' if token and agent.get('token') == token else 'differs'}")
     if options.k3s_assets:
         yield wait_nodes_ready(ssh, master, [master, *workers], deadline)
 
 
-def wait_nodes_ready(ssh: Ssh, master: NodeResult, nodes: list[NodeResult], deadline: float) -> Check:
+def wait_nodes_ready(ssh: Ssh, master: NodeResult, nodes: list[NodeResult], deadline: float) -> CheckResult:
     wanted = {n.node.name for n in nodes}
     ready: set[str] = set()
     while True:
@@ -225,5 +226,5 @@ def wait_nodes_ready(ssh: Ssh, master: NodeResult, nodes: list[NodeResult], dead
         if wanted <= ready or time.monotonic() > deadline:
             break
         time.sleep(5)
-    return Check("k3s nodes Ready", "", wanted <= ready,
+    return CheckResult("k3s nodes Ready", "", wanted <= ready,
                  f"Ready: {', '.join(sorted(ready)) or 'none'}; want {', '.join(sorted(wanted))}")

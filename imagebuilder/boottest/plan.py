@@ -51,7 +51,7 @@ class NodeResult:
 
 
 @dataclass(frozen=True)
-class Check:
+class CheckResult:
     name: str
     node: str  # "" for a check about the whole cluster
     ok: bool
@@ -62,7 +62,7 @@ class Check:
 class BootReport:
     cluster: str
     nodes: list[NodeResult]
-    checks: list[Check]
+    checks: list[CheckResult]
     seconds: float
 
     @property

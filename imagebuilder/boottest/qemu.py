@@ -21,7 +21,9 @@ from imagebuilder.core.errors import ImageBuilderError
 from imagebuilder.core.log import log
 from imagebuilder.core.resources import spawned
 from imagebuilder.core.run import find_program, run
-from imagebuilder.disk.image import MTOOLS_ENV, boot_and_root, detect_layout, fat_list
+from imagebuilder.disk.fat import MTOOLS_ENV, fat_list
+from imagebuilder.disk.image import detect_layout
+from imagebuilder.disk.partitions import boot_and_root
 
 # The first line the kernel prints; its time is "kernel up".
 KERNEL_UP = re.compile(r"Booting Linux on physical CPU|Linux version \d")

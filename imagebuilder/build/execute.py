@@ -16,11 +16,13 @@ from imagebuilder.engine.stages import Stage, StageResult, realise
 from imagebuilder.layers.render import BUILTIN, RenderedLayer, render_layer
 from imagebuilder.outputs.emit import emit_outputs, emit_per_node
 from imagebuilder.recipe.model import Recipe
-from imagebuilder.roles.config import K3S_UNIT, ROLE_PACKAGES, ROLES, cloud_init_for_base, template_variables
+from imagebuilder.roles.cloudinit import cloud_init_for_base
 from imagebuilder.roles.secrets import k3s_token
+from imagebuilder.roles.table import K3S_UNIT, ROLE_PACKAGES, ROLES
+from imagebuilder.roles.variables import template_variables
 from imagebuilder.sources.base import BaseImage
 from imagebuilder.sources.bootstrap import bootstrap_base
-from imagebuilder.sources.k3s import fetch_k3s
+from imagebuilder.sources.k3s_assets import fetch_k3s
 
 
 def resolve_base(ctx: Context, recipe: Recipe) -> BaseImage:

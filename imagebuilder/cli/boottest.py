@@ -11,7 +11,7 @@ from imagebuilder.boottest.plan import BootOptions
 from imagebuilder.boottest.report import format_report, write_json
 from imagebuilder.cli.command import Command, add_recipe_argument
 from imagebuilder.core.context import Context
-from imagebuilder.recipe.model import load_recipe
+from imagebuilder.recipe.load import load_recipe
 
 
 def _boot_test_arguments(parser: argparse.ArgumentParser) -> None:

@@ -11,7 +11,7 @@ from imagebuilder.cli.command import Command, add_recipe_argument
 from imagebuilder.core.context import Context
 from imagebuilder.core.errors import ImageBuilderError
 from imagebuilder.outputs.imager import write_os_list
-from imagebuilder.recipe.model import load_recipe
+from imagebuilder.recipe.load import load_recipe
 from imagebuilder.sources.decompress import decompress_to_cache
 from imagebuilder.sources.fetch import fetch_base, fetch_url
 

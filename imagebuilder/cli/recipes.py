@@ -7,7 +7,7 @@ import argparse
 from imagebuilder.cli.command import Command, add_recipe_argument
 from imagebuilder.core.context import Context
 from imagebuilder.recipe.catalogue import load_catalogue
-from imagebuilder.recipe.model import load_recipe, summary
+from imagebuilder.recipe.load import load_recipe, summary
 
 
 def validate(ctx: Context, args: argparse.Namespace) -> int:

@@ -8,14 +8,14 @@ mtools, bound at the mount point, and written back into a fresh FAT when the blo
 from __future__ import annotations
 
 import contextlib
-import re
 from collections.abc import Iterator
 from pathlib import Path
 
 from imagebuilder.core.log import log
 from imagebuilder.core.resources import bind_mount, loop_device, mounted, temporary_directory
-from imagebuilder.core.run import output, run
-from imagebuilder.disk.image import MTOOLS_ENV, SECTOR, Partition, boot_and_root, make_fat
+from imagebuilder.core.run import run
+from imagebuilder.disk.fat import MTOOLS_ENV, fat_serial, make_fat
+from imagebuilder.disk.partitions import Partition, boot_and_root
 from imagebuilder.recipe.catalogue import Layout
 
 
@@ -56,38 +56,8 @@ def staged_fat(image: Path, part: Partition, target: Path, label: str, workdir: 
     log.debug("no vfat in this kernel: staging the boot partition with mtools")
     with temporary_directory("boot-", workdir) as staging:
         run(["mcopy", "-i", f"{image}@@{part.start}", "-s", "-p", "-m", "-Q", "::/*", staging], env=MTOOLS_ENV)
-        serial = _fat_serial(image, part)
+        serial = fat_serial(image, part)
         with bind_mount(staging, target):
             yield target
         # Rebuilt rather than patched, so files deleted in the chroot are gone from the FAT too.
         make_fat(image, part, label, staging, serial=serial)
-
-
-def _fat_serial(image: Path, part: Partition) -> str | None:
-    info = output(["minfo", "-i", f"{image}@@{part.start}", "::"], env=MTOOLS_ENV)
-    found = re.search(r"serial number:\s*([0-9A-Fa-f]{4})-?([0-9A-Fa-f]{4})", info)
-    return f"{found.group(1)}{found.group(2)}" if found else None
-
-
-
-def shrink_root(image: Path, headroom: int = 256 * 2**20) -> None:
-    """Shrink the root filesystem to what it holds plus `headroom`, and the partition and file with it.
-
-    A stage grows its image before installing packages, by more than they need; what is left over
-    would make every later copy, digest and flash of the raw image longer. The card's root partition
-    is grown to the whole card at first boot anyway.
-    """
-    _, root = boot_and_root(image)
-    with loop_device(image, offset=root.start, size=root.size) as device:
-        run(["e2fsck", "-f", "-p", device])
-        text = output(["resize2fs", "-P", device])
-        minimum = int(re.search(r"minimum size of the filesystem:\s*(\d+)", text).group(1))  # type: ignore[union-attr]
-        block = int(re.search(r"Block size:\s*(\d+)", output(["dumpe2fs", "-h", device])).group(1))  # type: ignore[union-attr]
-        target = (minimum * block + headroom + 2**20 - 1) // 2**20 * 2**20
-        if target >= root.size - 64 * 2**20:
-            return  # not worth it
-        run(["resize2fs", device, f"{target // 1024}K"])
-    run(["sfdisk", "--quiet", "--no-reread", "--no-tell-kernel", "-N", str(root.number), image],
-        input=f",{target // SECTOR}\n".encode())
-    with open(image, "r+b") as f:
-        f.truncate(root.start + target)

@@ -14,8 +14,8 @@ from pathlib import Path
 from imagebuilder.core.errors import ImageBuilderError
 from imagebuilder.core.resources import temporary_directory
 from imagebuilder.core.run import output, run
-from imagebuilder.disk.image import MTOOLS_ENV
-from imagebuilder.recipe.model import check_hostname
+from imagebuilder.disk.fat import MTOOLS_ENV
+from imagebuilder.recipe.fields import check_hostname
 
 SEED_NAME = "imagebuilder-hostname"
 # MBR types of FAT partitions, and the GPT "basic data" type.

@@ -1,4 +1,4 @@
-"""Check the generated configuration with the real tools, inside the image, at build time.
+"""ConfigCheck the generated configuration with the real tools, inside the image, at build time.
 
 The tools are the image's own (its cloud-init, dnsmasq, nft, systemd), run in the stage's chroot, so
 a configuration is checked by exactly the version that will read it on the card.
@@ -15,40 +15,41 @@ from imagebuilder.engine.backends.chroot import Chroot
 
 
 @dataclass(frozen=True)
-class Check:
+class ConfigCheck:
     path: str  # the file checked, as in the running system
     argv: tuple[str, ...]  # run in the chroot; on the host with "{root}" standing for the tree
     tool: str
     on_host: bool = False
 
 
-def unit_checks(units: list[str], missing: tuple[str, ...] = ()) -> list[Check]:
+def unit_checks(units: list[str], missing: tuple[str, ...] = ()) -> list[ConfigCheck]:
     """systemd-analyze verify on each unit we add (not on those the distribution ships).
 
     missing: units whose program is knowingly absent (k3s without its binary): verify would only
     report that.
     """
     ours = [u for u in units if not u.startswith(("nftables.", "dnsmasq.", "nfs-")) and u not in missing]
-    return [Check(f"/etc/systemd/system/{u}", ("systemd-analyze", "verify", "--man=no", f"/etc/systemd/system/{u}"),
-                  "systemd-analyze verify") for u in ours]
+    return [ConfigCheck(f"/etc/systemd/system/{u}",
+                        ("systemd-analyze", "verify", "--man=no", f"/etc/systemd/system/{u}"),
+                        "systemd-analyze verify") for u in ours]
 
 
-def role_checks(role: str, boot_mount: str, units: list[str], missing: tuple[str, ...] = ()) -> list[Check]:
-    checks = [Check(f"{boot_mount}/user-data", ("cloud-init", "schema", "--config-file", f"{boot_mount}/user-data"),
-                    "cloud-init schema")]
+def role_checks(role: str, boot_mount: str, units: list[str], missing: tuple[str, ...] = ()) -> list[ConfigCheck]:
+    checks = [ConfigCheck(f"{boot_mount}/user-data",
+                          ("cloud-init", "schema", "--config-file", f"{boot_mount}/user-data"), "cloud-init schema")]
     if role == "master":
         checks += [
-            Check("/etc/dnsmasq.d/cluster.conf", ("dnsmasq", "--test", "--conf-file=/etc/dnsmasq.d/cluster.conf"),
+            ConfigCheck("/etc/dnsmasq.d/cluster.conf", ("dnsmasq", "--test", "--conf-file=/etc/dnsmasq.d/cluster.conf"),
                   "dnsmasq --test"),
             # qemu-user cannot pass netlink through: the host's nft checks it, in a network namespace of
             # its own so that nothing could touch the host's ruleset.
-            Check("/etc/nftables.conf", ("unshare", "--net", "nft", "-c", "-f", "{root}/etc/nftables.conf"),
+            ConfigCheck("/etc/nftables.conf", ("unshare", "--net", "nft", "-c", "-f", "{root}/etc/nftables.conf"),
                   "nft -c", on_host=True),
         ]
     return checks + unit_checks(units, missing)
 
 
-def run_checks(chroot: Chroot, checks: list[Check]) -> None:
+def run_checks(chroot: Chroot, checks: list[ConfigCheck]) -> None:
     for check in checks:
         try:
             if check.on_host:

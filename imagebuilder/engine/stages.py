@@ -18,10 +18,11 @@ from imagebuilder.core.cache import touch
 from imagebuilder.core.context import Context
 from imagebuilder.core.log import log, step
 from imagebuilder.core.resources import atomic_output, copy_sparse, file_lock, temporary_directory
-from imagebuilder.disk.image import check_filesystems, grow_image
-from imagebuilder.disk.mount import shrink_root
+from imagebuilder.disk.ext4 import shrink_root
+from imagebuilder.disk.image import check_filesystems
+from imagebuilder.disk.partitions import grow_image
 from imagebuilder.engine.backends import choose_backend
-from imagebuilder.engine.checks import Check
+from imagebuilder.engine.checks import ConfigCheck
 from imagebuilder.layers.render import RenderedLayer
 from imagebuilder.recipe.catalogue import Layout
 from imagebuilder.sources.checksums import sha256_of
@@ -41,7 +42,7 @@ class Stage:
     layout: Layout
     size: int | None = None  # the image size asked for (output.image_size), else grown by need
     # Role checks run with the image's own tools; they change nothing, so they are not in the key.
-    checks: tuple[Check, ...] = field(default=(), compare=False)
+    checks: tuple[ConfigCheck, ...] = field(default=(), compare=False)
     backend: str = "loop"  # backend.BACKENDS
 
     def key(self) -> str:

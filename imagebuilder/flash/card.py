@@ -19,8 +19,8 @@ from imagebuilder.disk.bmap import Bmap, load_bmap
 from imagebuilder.disk.imagefile import FORMS, extract_size, find_bmap, open_image, raw_name
 from imagebuilder.flash import blockcopy
 from imagebuilder.flash.devices import Target, TargetRefused, check_target
-
-ROLES = ("master", "worker")
+from imagebuilder.recipe.load import load_recipe
+from imagebuilder.roles.table import ROLES
 
 
 class FlashError(ImageBuilderError):
@@ -45,8 +45,6 @@ def resolve_image(image: str, recipe: Path | None) -> Path:
         if recipe is None:
             raise FlashError(f"'{image}' names a role: say which cluster with --recipe RECIPE",
                              f"imagebuilder flash --recipe recipes/cluster.yaml {image} /dev/sdX")
-        from imagebuilder.recipe.model import load_recipe
-
         out_dir = load_recipe(recipe).output_dir
         # The raw image first: it is read by seeking over its holes, with nothing to decompress.
         for form in FORMS:

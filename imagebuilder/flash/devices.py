@@ -45,7 +45,7 @@ class SystemView:
 
 
 @dataclass(frozen=True)
-class Partition:
+class CardPartition:
     name: str
     size: int
 
@@ -58,7 +58,7 @@ class Target:
     is_file: bool
     size: int
     model: str = ""
-    partitions: list[Partition] = field(default_factory=list)
+    partitions: list[CardPartition] = field(default_factory=list)
 
     def describe(self) -> str:
         if self.is_file:
@@ -204,9 +204,9 @@ def _model(disk_dir: Path) -> str:
     return " ".join(w for w in words if w)
 
 
-def _partitions(disk_dir: Path) -> list[Partition]:
+def _partitions(disk_dir: Path) -> list[CardPartition]:
     parts = [p for p in disk_dir.iterdir() if (p / "partition").exists()]
-    return [Partition(p.name, int(_read(p / "size", "0")) * 512) for p in sorted(parts)]
+    return [CardPartition(p.name, int(_read(p / "size", "0")) * 512) for p in sorted(parts)]
 
 
 def check_target(

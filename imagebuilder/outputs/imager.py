@@ -16,11 +16,12 @@ from typing import Any
 from imagebuilder.core.errors import ImageBuilderError
 from imagebuilder.core.resources import atomic_output
 from imagebuilder.disk.imagefile import open_image
-from imagebuilder.recipe.model import Recipe, summary
+from imagebuilder.recipe.load import summary
+from imagebuilder.recipe.model import Recipe
+from imagebuilder.roles.table import ROLES
 from imagebuilder.sources.checksums import sha256_of
 
 OS_LIST = "os_list.json"
-ROLES = ("master", "worker")
 # Preferred download form first: Imager streams .xz and .zst itself; the raw image is the fallback.
 DOWNLOAD_FORMS = (".img.xz", ".img.zst", ".img")
 # Imager's device tags (the `devices` of its manifest) and the boards behind them.

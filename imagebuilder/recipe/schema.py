@@ -19,10 +19,10 @@ from imagebuilder.recipe.yamlfile import Document, join_path
 
 # A field check returns an error message (with its fix) or None; it may also normalise the value
 # by returning ("ok", new_value).
-Check = Callable[[Any], "str | None | tuple[str, Any]"]
+FieldCheck = Callable[[Any], "str | None | tuple[str, Any]"]
 
 
-def setting(*, help: str, default: Any = dataclasses.MISSING, check: Check | None = None,
+def setting(*, help: str, default: Any = dataclasses.MISSING, check: FieldCheck | None = None,
             example: str | None = None) -> Any:
     """Declare one recipe setting."""
     metadata = {"help": help, "check": check, "example": example}
@@ -80,7 +80,7 @@ class Loader:
                 complete = False
         return cls(**values) if complete else None
 
-    def apply_check(self, check: Check, value: Any, path: str) -> tuple[bool, Any]:
+    def apply_check(self, check: FieldCheck, value: Any, path: str) -> tuple[bool, Any]:
         verdict = check(value)
         if verdict is None:
             return True, value

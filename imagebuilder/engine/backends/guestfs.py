@@ -17,7 +17,7 @@ from typing import Any
 from imagebuilder.core.errors import ImageBuilderError
 from imagebuilder.core.log import log, step
 from imagebuilder.core.resources import acquired
-from imagebuilder.engine.checks import Check
+from imagebuilder.engine.checks import ConfigCheck
 from imagebuilder.layers.render import BOOT_PREFIX, RenderedLayer
 from imagebuilder.recipe.catalogue import Layout
 from imagebuilder.sources.dpkg import installed_packages
@@ -132,7 +132,7 @@ class GuestfsTree:
         words += [a for a in arguments if a not in words]
         self.g.write(path, (" ".join(words) + "\n").encode())
 
-    def run_checks(self, checks: list[Check]) -> None:
+    def run_checks(self, checks: list[ConfigCheck]) -> None:
         # The checks run the image's own tools (nft, exportfs...), which the appliance cannot run.
         log.warning("guestfs backend: %d check(s) of generated files skipped (%s); the loop backend runs them",
                     len(checks), ", ".join(sorted({c.tool for c in checks})))

@@ -12,8 +12,9 @@ from imagebuilder.core.run import run
 from imagebuilder.disk.mount import mounted_image
 from imagebuilder.engine.apt import install_packages
 from imagebuilder.engine.backends.chroot import Chroot, chroot_session
-from imagebuilder.engine.checks import Check, run_checks
-from imagebuilder.layers.render import RenderedLayer, append_cmdline, write_layer
+from imagebuilder.engine.checks import ConfigCheck, run_checks
+from imagebuilder.layers.render import RenderedLayer
+from imagebuilder.layers.write import append_cmdline, write_layer
 from imagebuilder.recipe.catalogue import Layout
 from imagebuilder.sources.dpkg import installed_packages
 
@@ -36,7 +37,7 @@ class LoopTree:
     def enable_units(self, units: list[str]) -> None:
         self.chroot.run(["systemctl", "enable", *units])
 
-    def run_checks(self, checks: list[Check]) -> None:
+    def run_checks(self, checks: list[ConfigCheck]) -> None:
         run_checks(self.chroot, checks)
 
     def list_packages(self) -> dict[str, str]:

@@ -1,9 +1,5 @@
-"""What each role adds: packages, and the values its overlay templates render.
-
-Structured files (cloud-init user-data and network-config, the k3s configs, the cluster table) are
-built here as data and dumped as YAML/JSON, so nothing a user writes in the recipe (an SSH key, a
-Wi-Fi passphrase) can break their syntax. Text formats (dnsmasq, nftables, units) are templates.
-"""
+"""cloud-init's seed per role (user-data, network-config, meta-data), built as data and dumped, so that
+nothing a user writes in the recipe (an SSH key, a Wi-Fi passphrase) can break the YAML."""
 
 from __future__ import annotations
 
@@ -14,18 +10,7 @@ from typing import Any
 from imagebuilder.layers.render import OverlayFile, RenderedLayer
 from imagebuilder.recipe.catalogue import Layout, load_catalogue
 from imagebuilder.recipe.model import Recipe
-
-# Packages the built-in overlays need. The master is the gateway; every node mounts /srv/jobs over NFS.
-ROLE_PACKAGES: dict[str, tuple[str, ...]] = {
-    # tzdata: cloud-init's timezone module needs /usr/share/zoneinfo, which a minimal base lacks.
-    "common": ("nfs-common", "tzdata"),
-    "master": ("dnsmasq", "nfs-kernel-server", "nftables"),
-    "worker": (),
-}
-ROLES = ("master", "worker")
-K3S_UNIT = {"master": "k3s.service", "worker": "k3s-agent.service"}
-# Services of role packages that their package does not enable by itself.
-UNITS_OF_PACKAGES = {"nftables": "nftables.service"}
+from imagebuilder.roles.table import UNITS_OF_PACKAGES
 
 
 def cloud_init_for_base(recipe: Recipe, layout: Layout) -> tuple[tuple[str, ...], RenderedLayer | None]:
@@ -112,44 +97,3 @@ def meta_data(recipe: Recipe, role: str, seed: dict[str, Any]) -> dict[str, Any]
     """The instance-id changes with the configuration, so a changed seed runs again on a used card."""
     digest = hashlib.sha256(json.dumps(seed, sort_keys=True).encode()).hexdigest()[:12]
     return {"instance-id": f"{recipe.cluster.name}-{role}-{digest}"}
-
-
-def k3s_config(recipe: Recipe, role: str, token: str) -> dict[str, Any]:
-    net = recipe.network
-    if role == "master":
-        name = recipe.master.hostname
-        config: dict[str, Any] = {
-            "token": token, "node-ip": net.master_ip, "flannel-iface": net.lan_interface,
-            "tls-san": [name, f"{name}.{recipe.cluster.domain}", net.master_ip],
-            "write-kubeconfig-mode": "0600",
-        }
-        config.update(recipe.k3s.extra_config)
-        return config
-    # node-ip comes from the lease at boot (a drop-in written before the agent starts).
-    return {"server": f"https://{net.master_ip}:6443", "token": token, "flannel-iface": net.lan_interface}
-
-
-def cluster_table(recipe: Recipe, boot_mount: str) -> dict[str, Any]:
-    """What a worker's first boot needs to name itself (read by set_hostname.py)."""
-    return {
-        "lan_interface": recipe.network.lan_interface,
-        "boot_mount": boot_mount,
-        "domain": recipe.cluster.domain,
-        "unknown_pattern": recipe.unknown_workers.hostname,
-        "workers": [{"mac": w.mac, "hostname": w.hostname, "ip": w.ip} for w in recipe.workers],
-    }
-
-
-def template_variables(recipe: Recipe, role: str, *, token: str, boot_mount: str,
-                       first_boot_packages: tuple[str, ...] = ()) -> dict[str, Any]:
-    """Everything the overlay templates of `role` may use."""
-    variables: dict[str, Any] = {"recipe": recipe, "role": role, "boot_mount": boot_mount,
-                                 "boot_mount_unit": boot_mount.strip("/").replace("/", "-") + ".mount"}
-    if role in ROLES:
-        ud = user_data(recipe, role, first_boot_packages)
-        nc = network_config(recipe, role)
-        variables.update(
-            user_data=ud, network_config=nc, meta_data=meta_data(recipe, role, {"u": ud, "n": nc}),
-            k3s_config=k3s_config(recipe, role, token), cluster_table=cluster_table(recipe, boot_mount),
-        )
-    return variables

@@ -1,0 +1,41 @@
+"""The FAT boot partition inside an image or on a card, through mtools at its byte offset: no mount, so
+no kernel vfat is needed."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from imagebuilder.core.run import output, run
+from imagebuilder.disk.partitions import SECTOR, Partition
+
+MTOOLS_ENV = {"MTOOLS_SKIP_CHECK": "1"}
+
+
+def make_fat(image: Path, part: Partition, label: str, content: Path, serial: str | None = None) -> None:
+    """Create the FAT32 boot filesystem inside the image and copy `content` into it."""
+    volume_id = ["-i", serial] if serial else []
+    run(["mkfs.vfat", "-F", "32", "-n", label, *volume_id, "-S", str(SECTOR), "-h", str(part.start // SECTOR),
+         "--offset", str(part.start // SECTOR), image, str(part.size // 1024)])
+    entries = sorted(content.iterdir())
+    if entries:
+        run(["mcopy", "-i", f"{image}@@{part.start}", "-s", "-p", "-m", "-Q", *entries, "::/"], env=MTOOLS_ENV)
+
+
+def fat_read(image: Path, part: Partition, name: str) -> str:
+    return output(["mtype", "-i", f"{image}@@{part.start}", f"::/{name}"], env=MTOOLS_ENV)
+
+
+def fat_list(image: Path, part: Partition) -> list[str]:
+    text = output(["mdir", "-b", "-i", f"{image}@@{part.start}", "::/"], env=MTOOLS_ENV)
+    return sorted(line.removeprefix("::/") for line in text.splitlines() if line)
+
+
+def fat_label(image: Path, part: Partition) -> str:
+    return output(["mlabel", "-s", "-i", f"{image}@@{part.start}", "::"], env=MTOOLS_ENV).split()[-1]
+
+
+def fat_serial(image: Path, part: Partition) -> str | None:
+    info = output(["minfo", "-i", f"{image}@@{part.start}", "::"], env=MTOOLS_ENV)
+    found = re.search(r"serial number:\s*([0-9A-Fa-f]{4})-?([0-9A-Fa-f]{4})", info)
+    return f"{found.group(1)}{found.group(2)}" if found else None

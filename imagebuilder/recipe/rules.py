@@ -1,0 +1,187 @@
+"""Rules across recipe settings: one base, unique names and MACs, addresses inside the subnet and apart.
+
+Also fills in the derived defaults (the master's address, the DHCP range, each worker's address).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import ipaddress
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from imagebuilder.recipe.catalogue import load_catalogue
+from imagebuilder.recipe.fields import check_ipv4, check_package, check_ssh_key
+from imagebuilder.recipe.model import Recipe, Worker
+from imagebuilder.recipe.schema import Loader
+
+Problem = Callable[[str, str], None]
+T = TypeVar("T")
+
+
+
+def _default_range(net: ipaddress.IPv4Network) -> tuple[str, str]:
+    hosts = list(net.hosts()) if net.num_addresses <= 4096 else None
+    if hosts is not None and len(hosts) >= 254:
+        return str(hosts[99]), str(hosts[198])
+    if hosts is None:
+        return str(net.network_address + 100), str(net.network_address + 199)
+    half = len(hosts) // 2
+    return str(hosts[half]), str(hosts[-1])
+
+
+def check_cluster(recipe: Recipe, loader: Loader) -> Recipe:
+    """Check what involves several settings; fill in derived defaults. Returns the completed recipe.
+
+    Settings that already failed their own check are not checked again against others.
+    """
+    _check_base(recipe, loader.problem)
+    _check_names(recipe, loader.problem)
+    if any(loader.failed(f"network.{k}") for k in ("subnet", "master_ip", "dhcp_range")):
+        return recipe
+    return _check_addresses(recipe, loader)
+
+
+def _partial(items: tuple[T, ...]) -> tuple[T | None, ...]:
+    """A table as the loader may hand it over while problems are pending: failed items are None."""
+    return items
+
+
+def _check_base(recipe: Recipe, problem: Problem) -> None:
+    base = recipe.base
+    given = [k for k in ("image", "url", "bootstrap") if getattr(base, k) is not None]
+    if len(given) != 1:
+        what = "none" if not given else " and ".join(given)
+        problem("base", f"give exactly one of image, url or bootstrap (got {what})")
+    if base.url is not None and base.sha256 is None and base.checksum_url is None:
+        problem("base.url", "needs sha256 or checksum_url, so the download can be verified")
+    if base.sha256 is not None and base.checksum_url is not None:
+        problem("base.sha256", "give sha256 or checksum_url, not both")
+    if base.bootstrap is not None and (base.sha256 or base.checksum_url):
+        problem("base.bootstrap", "a bootstrapped base has no published checksum: remove sha256/checksum_url")
+    if base.image is not None:
+        catalogue = load_catalogue()
+        if base.image not in catalogue:
+            near = difflib.get_close_matches(base.image, list(catalogue), n=1)
+            fix = f"did you mean '{near[0]}'?" if near else "see 'imagebuilder images'"
+            problem("base.image", f"'{base.image}' is not in the catalogue; {fix}")
+        elif recipe.arch not in catalogue[base.image].arches:
+            problem("arch", f"{base.image} is not published for {recipe.arch}; "
+                            f"it has {', '.join(catalogue[base.image].arches)}")
+
+
+def _check_names(recipe: Recipe, problem: Problem) -> None:
+    """Hostnames, MACs, users, packages and overlay directories."""
+    seen_names: dict[str, str] = {recipe.master.hostname: "master.hostname"}
+    seen_macs: dict[str, int] = {}
+    for i, w in enumerate(_partial(recipe.workers)):
+        if w is None:  # failed its own checks
+            continue
+        if w.hostname in seen_names:
+            problem(f"workers[{i}].hostname", f"'{w.hostname}' is already used by {seen_names[w.hostname]}")
+        else:
+            seen_names[w.hostname] = f"workers[{i}]"
+        if w.mac in seen_macs:
+            problem(f"workers[{i}].mac", f"{w.mac} is already given for workers[{seen_macs[w.mac]}]")
+        else:
+            seen_macs[w.mac] = i
+    users: list[str] = []
+    for i, user in enumerate(_partial(recipe.users)):
+        if user is None:
+            continue
+        if user.name in users:
+            problem(f"users[{i}].name", f"'{user.name}' is given twice")
+        users.append(user.name)
+        for j, line in enumerate(user.ssh_authorized_keys):
+            if (msg := check_ssh_key(line)) is not None:
+                problem(f"users[{i}].ssh_authorized_keys[{j}]", msg)
+    for role in ("common", "master", "worker"):
+        for i, pkg in enumerate(getattr(recipe.packages, role)):
+            if (msg := check_package(pkg)) is not None:
+                problem(f"packages.{role}[{i}]", msg)
+    for i, d in enumerate(recipe.overlays):
+        if not (recipe.source.parent / d).is_dir():
+            problem(f"overlays[{i}]", f"{recipe.source.parent / d} is not a directory")
+    network = recipe.network
+    for i, dns in enumerate(network.upstream_dns):
+        if (msg := check_ipv4(dns)) is not None:
+            problem(f"network.upstream_dns[{i}]", msg)
+    if network.wifi is not None and network.uplink_interface is None:
+        problem("network.wifi", "Wi-Fi credentials need network.uplink_interface (e.g. wlan0)")
+    if network.uplink_interface is not None and network.uplink_interface == network.lan_interface:
+        problem("network.uplink_interface", "must differ from lan_interface")
+
+
+def _check_addresses(recipe: Recipe, loader: Loader) -> Recipe:
+    """Master, DHCP range and worker addresses against the subnet and each other."""
+    problem = loader.problem
+    network = recipe.network
+    net = recipe.lan()
+
+    def in_subnet(path: str, value: str) -> bool:
+        address = ipaddress.IPv4Address(value)
+        if address not in net:
+            problem(path, f"{value} is outside the subnet {net}")
+            return False
+        if address in (net.network_address, net.broadcast_address):
+            problem(path, f"{value} is the network or broadcast address of {net}: use a host address")
+            return False
+        return True
+
+    master_ip = network.master_ip or str(next(net.hosts()))
+    in_subnet("network.master_ip", master_ip)
+    first, last = _default_range(net)
+    range_ok = True
+    if network.dhcp_range is not None:
+        if len(network.dhcp_range) != 2:
+            problem("network.dhcp_range", "give two addresses: [first, last]")
+        else:
+            first, last = network.dhcp_range
+            for i, v in enumerate((first, last)):
+                if (msg := check_ipv4(v)) is not None:
+                    problem(f"network.dhcp_range[{i}]", msg)
+                    range_ok = False
+                elif not in_subnet(f"network.dhcp_range[{i}]", v):
+                    range_ok = False
+            if range_ok and ipaddress.IPv4Address(first) > ipaddress.IPv4Address(last):
+                problem("network.dhcp_range", f"is reversed: {first} comes after {last}")
+
+    def in_range(value: str) -> bool:
+        return range_ok and (ipaddress.IPv4Address(first) <= ipaddress.IPv4Address(value)
+                             <= ipaddress.IPv4Address(last))
+
+    if in_range(master_ip):
+        problem("network.master_ip" if network.master_ip else "network.dhcp_range",
+                f"the master's address {master_ip} is inside the DHCP range {first}-{last}")
+    seen_ips: dict[str, str] = {master_ip: "the master"}
+    for i, w in enumerate(_partial(recipe.workers)):
+        path = f"workers[{i}].ip"
+        if w is None or w.ip is None or loader.failed(path) or not in_subnet(path, w.ip):
+            continue
+        if in_range(w.ip):
+            problem(path, f"{w.ip} is inside the DHCP range {first}-{last}: pick an address outside it")
+        if w.ip in seen_ips:
+            problem(path, f"{w.ip} is already the address of {seen_ips[w.ip]}")
+        else:
+            seen_ips[w.ip] = f"workers[{i}]"
+
+    workers = _assign_addresses(recipe.workers, net, seen_ips, in_range)
+    network = dataclasses.replace(network, master_ip=master_ip, dhcp_range=(first, last))
+    return dataclasses.replace(recipe, network=network, workers=workers)
+
+
+def _assign_addresses(workers: tuple[Worker, ...], net: ipaddress.IPv4Network, taken: dict[str, str],
+                      in_range: Any) -> tuple[Worker, ...]:
+    """Give workers without an `ip` the next free host address from .10 up, in table order."""
+    candidates = (str(h) for h in net.hosts() if int(h) - int(net.network_address) >= 10)
+    out = []
+    for w in workers:
+        if w is not None and w.ip is None:
+            ip = next((c for c in candidates if c not in taken and not in_range(c)), None)
+            if ip is not None:
+                taken[ip] = w.hostname
+                out.append(dataclasses.replace(w, ip=ip))
+                continue
+        out.append(w)
+    return tuple(out)

@@ -1,0 +1,22 @@
+"""The k3s configuration of each role (/etc/rancher/k3s/config.yaml), as data."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from imagebuilder.recipe.model import Recipe
+
+
+def k3s_config(recipe: Recipe, role: str, token: str) -> dict[str, Any]:
+    net = recipe.network
+    if role == "master":
+        name = recipe.master.hostname
+        config: dict[str, Any] = {
+            "token": token, "node-ip": net.master_ip, "flannel-iface": net.lan_interface,
+            "tls-san": [name, f"{name}.{recipe.cluster.domain}", net.master_ip],
+            "write-kubeconfig-mode": "0600",
+        }
+        config.update(recipe.k3s.extra_config)
+        return config
+    # node-ip comes from the lease at boot (a drop-in written before the agent starts).
+    return {"server": f"https://{net.master_ip}:6443", "token": token, "flannel-iface": net.lan_interface}

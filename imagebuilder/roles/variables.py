@@ -1,0 +1,36 @@
+"""What the overlay templates of a role may use: the recipe, and the structured files built for the role."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from imagebuilder.recipe.model import Recipe
+from imagebuilder.roles.cloudinit import meta_data, network_config, user_data
+from imagebuilder.roles.k3s import k3s_config
+from imagebuilder.roles.table import ROLES
+
+
+def cluster_table(recipe: Recipe, boot_mount: str) -> dict[str, Any]:
+    """What a worker's first boot needs to name itself (read by set_hostname.py)."""
+    return {
+        "lan_interface": recipe.network.lan_interface,
+        "boot_mount": boot_mount,
+        "domain": recipe.cluster.domain,
+        "unknown_pattern": recipe.unknown_workers.hostname,
+        "workers": [{"mac": w.mac, "hostname": w.hostname, "ip": w.ip} for w in recipe.workers],
+    }
+
+
+def template_variables(recipe: Recipe, role: str, *, token: str, boot_mount: str,
+                       first_boot_packages: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Everything the overlay templates of `role` may use."""
+    variables: dict[str, Any] = {"recipe": recipe, "role": role, "boot_mount": boot_mount,
+                                 "boot_mount_unit": boot_mount.strip("/").replace("/", "-") + ".mount"}
+    if role in ROLES:
+        ud = user_data(recipe, role, first_boot_packages)
+        nc = network_config(recipe, role)
+        variables.update(
+            user_data=ud, network_config=nc, meta_data=meta_data(recipe, role, {"u": ud, "n": nc}),
+            k3s_config=k3s_config(recipe, role, token), cluster_table=cluster_table(recipe, boot_mount),
+        )
+    return variables
