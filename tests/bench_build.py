@@ -73,7 +73,7 @@ def write_recipe(work: Path, packages: list[str], compress: str = "zstd") -> Pat
 
 
 def write_overlay(work: Path, text: str) -> None:
-    etc = work / "bench-overlay" / "etc"
+    etc = work / "bench-overlay" / "root" / "etc"
     etc.mkdir(parents=True, exist_ok=True)
     (etc / "bench-note.j2").write_text("{{ recipe.cluster.name }} {{ role }} " + text + "\n")
 

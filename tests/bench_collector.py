@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-BEACON = ROOT / "overlays/common/usr/local/lib/imagebuilder/beacon.py"
-COLLECTOR = ROOT / "overlays/master/usr/local/lib/imagebuilder/collector.py"
+BEACON = ROOT / "overlays/common/root/usr/local/lib/imagebuilder/beacon.py"
+COLLECTOR = ROOT / "overlays/master/root/usr/local/lib/imagebuilder/collector.py"
 PYTHON = "/usr/bin/python3"  # the interpreter the image runs them with
 
 

@@ -18,8 +18,8 @@ from imagebuilder.recipe.load import load_recipe
 from imagebuilder.roles.variables import template_variables
 from tests.conftest import ROOT, VALID
 
-BEACON = ROOT / "overlays/common/usr/local/lib/imagebuilder/beacon.py"
-COLLECTOR = ROOT / "overlays/master/usr/local/lib/imagebuilder/collector.py"
+BEACON = ROOT / "overlays/common/root/usr/local/lib/imagebuilder/beacon.py"
+COLLECTOR = ROOT / "overlays/master/root/usr/local/lib/imagebuilder/collector.py"
 
 
 def load_program(path: Path) -> ModuleType:
@@ -172,10 +172,10 @@ def test_sender_waits_for_a_missing_interface(capsys: pytest.CaptureFixture[str]
 def render_overlay(template: Path, recipe: Any, role: str) -> str:
     """One file of a built-in layer, rendered by the build's own overlay code."""
     layer_dir = next(p for p in template.parents if p.parent == ROOT / "overlays")
-    rel = template.relative_to(layer_dir).as_posix().removesuffix(".j2")
+    rel = template.relative_to(layer_dir).as_posix().removesuffix(".j2")  # root/... or boot/...
     variables = template_variables(recipe, role, token="0" * 64, boot_mount="/boot/firmware")
     layer = render_layer(layer_dir.name, layer_dir, variables)
-    return next(f.data.decode() for f in layer.files if f.path == rel)
+    return next(f.data.decode() for f in layer.files if f.tree_path == rel)
 
 
 def test_config_rendered_from_recipe(recipe_file: Any, tmp_path: Path) -> None:

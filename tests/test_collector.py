@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from imagebuilder.layers.description import load_description
 from imagebuilder.recipe.load import load_recipe
 from tests.conftest import ROOT, VALID
 from tests.test_beacon import CONFIG, beacon, collector, render_overlay, sampler
@@ -208,7 +209,7 @@ def test_dashboard_is_read_only(served: tuple[Any, str]) -> None:
 
 def test_collector_config_rendered_from_recipe(recipe_file: Any) -> None:
     recipe = load_recipe(recipe_file(VALID))
-    template = ROOT / "overlays/master/etc/imagebuilder/collector.json.j2"
+    template = ROOT / "overlays/master/root/etc/imagebuilder/collector.json.j2"
     config = json.loads(render_overlay(template, recipe, "master"))
     assert config["listen"] == ["10.0.0.1", "127.0.0.1"] and config["dashboard_port"] == 8080
     assert config["subnet"] == "10.0.0.0/24" and config["interface"] == "eth0"
@@ -221,7 +222,7 @@ def test_collector_config_rendered_from_recipe(recipe_file: Any) -> None:
 def rendered_units(tmp_path: Path, recipe: Any) -> list[Path]:
     out = []
     for layer, name in (("common", "imagebuilder-beacon.service"), ("master", "imagebuilder-dashboard.service")):
-        source = ROOT / "overlays" / layer / "etc/systemd/system" / name
+        source = ROOT / "overlays" / layer / "root/etc/systemd/system" / name
         target = tmp_path / name
         if source.exists():
             shutil.copy(source, target)
@@ -244,7 +245,7 @@ def test_units_pass_systemd_analyze_verify(tmp_path: Path, recipe_file: Any, das
                 python, program = line.split("=", 1)[1].split()[:2]
                 assert Path(python).exists()
                 layer = "common" if "beacon" in program else "master"
-                assert (ROOT / "overlays" / layer / program.lstrip("/")).is_file()
+                assert (ROOT / "overlays" / layer / "root" / program.lstrip("/")).is_file()
     result = subprocess.run(["systemd-analyze", "verify", *map(str, units)], capture_output=True, text=True,
                             check=False)
     assert result.returncode == 0 and result.stdout + result.stderr == "", result.stderr
@@ -253,8 +254,8 @@ def test_units_pass_systemd_analyze_verify(tmp_path: Path, recipe_file: Any, das
 
 
 def test_units_are_enabled_by_their_layer() -> None:
-    common = (ROOT / "overlays/common/etc/imagebuilder/enable-units").read_text().split()
-    master = (ROOT / "overlays/master/etc/imagebuilder/enable-units").read_text().split()
+    common = load_description(ROOT / "overlays/common").units
+    master = load_description(ROOT / "overlays/master").units
     assert "imagebuilder-beacon.service" in common and "imagebuilder-dashboard.service" in master
 
 

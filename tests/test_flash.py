@@ -254,7 +254,7 @@ def test_hostname_seed_reaches_the_first_boot_lookup(images: dict[str, Path], ca
     (tmp_path / "root/etc/imagebuilder/cluster-table.json").write_text(json.dumps(table))
     (tmp_path / "root/sys/class/net/eth0").mkdir(parents=True)
     (tmp_path / "root/sys/class/net/eth0/address").write_text("b8:27:eb:00:00:01\n")
-    program = ROOT / "overlays/worker/usr/local/lib/imagebuilder/set_hostname.py"
+    program = ROOT / "overlays/worker/root/usr/local/lib/imagebuilder/set_hostname.py"
     result = subprocess.run([sys.executable, "-I", str(program), "--root", str(tmp_path / "root")],
                             capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "edge7"

@@ -122,12 +122,12 @@ def test_guestfs_writes_the_same_overlay_files_as_loop(tmp_path: Path) -> None:
 
 def test_not_root_chooses_guestfs() -> None:
     if os.geteuid() != 0:
-        code = "from imagebuilder.engine.backends import choose_backend; print(choose_backend(None).name)"
+        code = "from imagebuilder.engine.backends.interface import choose_backend; print(choose_backend(None).name)"
         assert subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
                               check=True).stdout.strip() == "guestfs"
         return
     require_programs("setpriv")
-    code = "from imagebuilder.engine.backends import choose_backend; print(choose_backend(None).name)"
+    code = "from imagebuilder.engine.backends.interface import choose_backend; print(choose_backend(None).name)"
     result = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c",
                              code], cwd=ROOT, capture_output=True, text=True, check=True,
                             env={**os.environ, "PYTHONPATH": str(ROOT)})

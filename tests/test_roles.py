@@ -12,11 +12,12 @@ from typing import Any
 import pytest
 import yaml
 
-from imagebuilder.build.execute import render_layers
+from imagebuilder.build.plan import render_layers
 from imagebuilder.core.context import Context
 from imagebuilder.core.errors import ImageBuilderError
 from imagebuilder.engine.checks import check_exports
-from imagebuilder.layers.render import RenderedLayer
+from imagebuilder.layers.description import load_description
+from imagebuilder.layers.render import BUILTIN, RenderedLayer
 from imagebuilder.layers.write import write_layer
 from imagebuilder.recipe.catalogue import LAYOUTS
 from imagebuilder.recipe.load import load_recipe
@@ -52,7 +53,7 @@ def rendered(recipe_text: str, role: str, tmp_path: Path, recipe_file: Any) -> d
 
 
 def files_of(layers: dict[str, RenderedLayer]) -> dict[str, str]:
-    return {f.path: f.data.decode() for layer in layers.values() for f in layer.files if not f.symlink}
+    return {f.tree_path: f.data.decode() for layer in layers.values() for f in layer.files if not f.symlink}
 
 
 @pytest.fixture
@@ -66,7 +67,7 @@ def worker(tmp_path: Path, recipe_file: Any) -> dict[str, str]:
 
 
 def test_dnsmasq_reserves_every_worker_on_the_lan_only(master: dict[str, str]) -> None:
-    conf = master["etc/dnsmasq.d/cluster.conf"].splitlines()
+    conf = master["root/etc/dnsmasq.d/cluster.conf"].splitlines()
     assert "interface=eth0" in conf and "bind-dynamic" in conf
     assert not [line for line in conf if line.startswith("interface=") and line not in ("interface=eth0",
                                                                                        "interface=lo")]
@@ -84,20 +85,20 @@ def test_dnsmasq_reserves_every_worker_on_the_lan_only(master: dict[str, str]) -
 def test_dnsmasq_accepts_the_config(master: dict[str, str], tmp_path: Path) -> None:
     require_programs("dnsmasq")
     conf = tmp_path / "cluster.conf"
-    conf.write_text(master["etc/dnsmasq.d/cluster.conf"])
+    conf.write_text(master["root/etc/dnsmasq.d/cluster.conf"])
     out = subprocess.run(["dnsmasq", "--test", f"--conf-file={conf}"], capture_output=True, text=True, check=False)
     assert out.returncode == 0, out.stderr
-    conf.write_text(master["etc/dnsmasq.d/cluster.conf"] + "dhcp-range=nonsense\n")
+    conf.write_text(master["root/etc/dnsmasq.d/cluster.conf"] + "dhcp-range=nonsense\n")
     assert subprocess.run(["dnsmasq", "--test", f"--conf-file={conf}"], capture_output=True,
                           check=False).returncode != 0
 
 
 def test_isolated_cluster_has_no_nat_and_a_default_route(master: dict[str, str], tmp_path: Path) -> None:
-    rules = master["etc/nftables.conf"]
+    rules = master["root/etc/nftables.conf"]
     assert "masquerade" not in rules and "drop" not in rules
-    route = master["etc/systemd/system/imagebuilder-default-route.service"]
+    route = master["root/etc/systemd/system/imagebuilder-default-route.service"]
     assert "ip route add default dev eth0" in route and "ConditionPathExists" not in route
-    network = yaml.safe_load(master["@boot/network-config"])
+    network = yaml.safe_load(master["boot/network-config"])
     assert network == {"version": 2, "ethernets": {"eth0": {
         "dhcp4": False, "addresses": ["192.168.77.1/24"],
         "nameservers": {"addresses": ["127.0.0.1"], "search": ["lab.example"]}}}}
@@ -106,11 +107,11 @@ def test_isolated_cluster_has_no_nat_and_a_default_route(master: dict[str, str],
 def test_uplink_masquerades_out_and_drops_in(tmp_path: Path, recipe_file: Any) -> None:
     text = CLUSTER.replace("  lan_interface: eth0\n", "  lan_interface: eth0\n  uplink_interface: eth1\n")
     files = files_of(rendered(text, "master", tmp_path, recipe_file))
-    rules = files["etc/nftables.conf"]
+    rules = files["root/etc/nftables.conf"]
     assert 'oifname "eth1" ip saddr 192.168.77.0/24 masquerade' in rules
     assert 'iifname "eth1" ct state established,related accept' in rules and 'iifname "eth1" drop' in rules
-    assert "ConditionPathExists" in files["etc/systemd/system/imagebuilder-default-route.service"]
-    assert yaml.safe_load(files["@boot/network-config"])["ethernets"]["eth1"] == {"dhcp4": True}
+    assert "ConditionPathExists" in files["root/etc/systemd/system/imagebuilder-default-route.service"]
+    assert yaml.safe_load(files["boot/network-config"])["ethernets"]["eth1"] == {"dhcp4": True}
     require_programs("nft", "unshare")
     path = tmp_path / "nftables.conf"
     path.write_text(rules)
@@ -122,15 +123,15 @@ def test_uplink_masquerades_out_and_drops_in(tmp_path: Path, recipe_file: Any) -
 def test_wifi_uplink(tmp_path: Path, recipe_file: Any) -> None:
     text = CLUSTER.replace("  lan_interface: eth0\n", "  lan_interface: eth0\n  uplink_interface: wlan0\n"
                            "  wifi: {ssid: 'lab: \"5G\"', psk: 'p#ss: word', country: DE}\n")
-    network = yaml.safe_load(files_of(rendered(text, "master", tmp_path, recipe_file))["@boot/network-config"])
+    network = yaml.safe_load(files_of(rendered(text, "master", tmp_path, recipe_file))["boot/network-config"])
     assert network["wifis"] == {"wlan0": {"dhcp4": True, "regulatory-domain": "DE",
                                           "access-points": {'lab: "5G"': {"password": "p#ss: word"}}}}
 
 
 def test_user_data(master: dict[str, str], worker: dict[str, str]) -> None:
     for files, role in ((master, "master"), (worker, "worker")):
-        assert files["@boot/user-data"].startswith("#cloud-config\n")
-        data = yaml.safe_load(files["@boot/user-data"])
+        assert files["boot/user-data"].startswith("#cloud-config\n")
+        data = yaml.safe_load(files["boot/user-data"])
         assert data["users"][0]["ssh_authorized_keys"] == ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOps ops@desk"]
         assert data["users"][0]["lock_passwd"] is True and data["ssh_pwauth"] is False
         assert data["timezone"] == "Europe/Berlin" and data["ssh_deletekeys"] is True
@@ -140,26 +141,26 @@ def test_user_data(master: dict[str, str], worker: dict[str, str]) -> None:
             # A worker's name is its own: cloud-init must never set it or rewrite /etc/hosts.
             assert "hostname" not in data and data["preserve_hostname"] is True
             assert data["manage_etc_hosts"] is False
-    assert yaml.safe_load(master["@boot/meta-data"])["instance-id"].startswith("lab-master-")
+    assert yaml.safe_load(master["boot/meta-data"])["instance-id"].startswith("lab-master-")
 
 
 def test_worker_table_and_units(worker: dict[str, str]) -> None:
-    table = json.loads(worker["etc/imagebuilder/cluster-table.json"])
+    table = json.loads(worker["root/etc/imagebuilder/cluster-table.json"])
     assert table["unknown_pattern"] == "spare-{mac6}" and table["lan_interface"] == "eth0"
     assert [(w["mac"], w["hostname"]) for w in table["workers"]] == [
         ("dc:a6:32:00:00:01", "w1"), ("dc:a6:32:00:00:02", "w2"), ("dc:a6:32:00:00:03", "w3")]
-    unit = worker["etc/systemd/system/imagebuilder-hostname.service"]
+    unit = worker["root/etc/systemd/system/imagebuilder-hostname.service"]
     assert "Before=cloud-init-local.service" in unit and "sys-subsystem-net-devices-eth0.device" in unit
     assert "After=boot-firmware.mount" in unit
-    assert "What=192.168.77.1:/srv/jobs" in worker["etc/systemd/system/srv-jobs.mount"]
+    assert "What=192.168.77.1:/srv/jobs" in worker["root/etc/systemd/system/srv-jobs.mount"]
 
 
 def test_k3s_configs(master: dict[str, str], worker: dict[str, str]) -> None:
-    server = yaml.safe_load(master["etc/rancher/k3s/config.yaml"])
+    server = yaml.safe_load(master["root/etc/rancher/k3s/config.yaml"])
     assert server == {"token": TOKEN, "node-ip": "192.168.77.1", "flannel-iface": "eth0",
                       "tls-san": ["master", "master.lab.example", "192.168.77.1"],
                       "write-kubeconfig-mode": "0600", "disable": ["traefik"], "node-label": ["site=lab"]}
-    agent = yaml.safe_load(worker["etc/rancher/k3s/config.yaml"])
+    agent = yaml.safe_load(worker["root/etc/rancher/k3s/config.yaml"])
     assert agent == {"server": "https://192.168.77.1:6443", "token": TOKEN, "flannel-iface": "eth0"}
 
 
@@ -174,14 +175,14 @@ def test_k3s_config_is_private_in_the_tree(tmp_path: Path, recipe_file: Any) -> 
 
 def test_common_layer_asks_for_cgroups(tmp_path: Path, recipe_file: Any) -> None:
     layers = rendered(CLUSTER, "common", tmp_path, recipe_file)
-    assert "cgroup_enable=memory" in layers["common"].cmdline
+    assert "cgroup_enable=memory" in layers["common"].kernel_arguments
     assert "imagebuilder-beacon.service" in layers["common"].units
 
 
 def test_exports_for_the_subnet_only(master: dict[str, str]) -> None:
-    line = master["etc/exports"].splitlines()[-1]
+    line = master["root/etc/exports"].splitlines()[-1]
     assert line == "/srv/jobs 192.168.77.0/24(rw,sync,no_subtree_check,root_squash)"
-    check_exports(master["etc/exports"])
+    check_exports(master["root/etc/exports"])
     with pytest.raises(ImageBuilderError, match="not a valid export line"):
         check_exports("/srv/jobs *(rw,no_such_option)\n")
 
@@ -207,10 +208,8 @@ def test_rootless_build_defers_packages_and_their_units(tmp_path: Path, recipe_f
 def test_first_boot_needs_no_generated_locale_and_has_zoneinfo(master: dict[str, str]) -> None:
     # Found by the boot test: cloud-init's default locale is not generated on a minimal base, and
     # its timezone module needs tzdata.
-    assert yaml.safe_load(master["@boot/user-data"])["locale"] == "C.UTF-8"
-    from imagebuilder.roles.table import ROLE_PACKAGES
-
-    assert "tzdata" in ROLE_PACKAGES["common"]
+    assert yaml.safe_load(master["boot/user-data"])["locale"] == "C.UTF-8"
+    assert "tzdata" in load_description(BUILTIN / "common").packages
 
 
 def test_bookworm_base_gets_cloud_init(recipe_file: Any) -> None:

@@ -12,7 +12,7 @@ from types import ModuleType
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-PROGRAM = ROOT / "overlays/worker/usr/local/lib/imagebuilder/set_hostname.py"
+PROGRAM = ROOT / "overlays/worker/root/usr/local/lib/imagebuilder/set_hostname.py"
 
 TABLE = {
     "lan_interface": "eth0",

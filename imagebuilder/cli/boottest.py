@@ -28,7 +28,6 @@ def _boot_test_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def boot_test(ctx: Context, args: argparse.Namespace) -> int:
-
     options = BootOptions(workers=args.workers, unknown=args.unknown, kernel=args.kernel, initrd=args.initrd,
                           timeout=args.timeout, ssh_key=args.ssh_key, logs=args.logs)
     report = run_boot_test(ctx, load_recipe(args.recipe), options)

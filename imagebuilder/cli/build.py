@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 from pathlib import Path
 
 from imagebuilder.build.execute import build as build_images
+from imagebuilder.build.execute import describe_plan, read_plan
 from imagebuilder.cli.command import Command, add_recipe_argument
 from imagebuilder.core.context import Context
 from imagebuilder.core.errors import ImageBuilderError
 from imagebuilder.outputs.imager import write_os_list
 from imagebuilder.recipe.load import load_recipe
+from imagebuilder.recipe.model import Recipe
 from imagebuilder.sources.decompress import decompress_to_cache
 from imagebuilder.sources.fetch import fetch_base, fetch_url
 
@@ -30,7 +33,6 @@ def _fetch_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def fetch(ctx: Context, args: argparse.Namespace) -> int:
-
     if (args.recipe is None) == (args.url is None):
         raise ImageBuilderError("fetch: give a RECIPE or --url", "imagebuilder fetch --url URL --sha256 HEX")
     if args.url is not None:
@@ -52,12 +54,34 @@ def _build_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backend", choices=("loop", "guestfs"), default=None,
                         help="loop: mount and chroot, as root; guestfs: libguestfs, no root, packages installed "
                              "at first boot (default: loop as root, guestfs otherwise)")
+    parser.add_argument("--plan", action="store_true",
+                        help="print the stages, their inputs and what would be rebuilt, and stop (no root needed)")
+    parser.add_argument("--json", action="store_true", help="with --plan: print it as JSON")
 
 
 def build(ctx: Context, args: argparse.Namespace) -> int:
-
-    build_images(ctx, load_recipe(args.recipe), per_node=args.per_node, backend=args.backend)
+    recipe = load_recipe(args.recipe)
+    if args.plan:
+        plan = read_plan(ctx, recipe, args.backend)
+        rows = describe_plan(ctx, plan)
+        if args.json:
+            print(json.dumps({"recipe": str(recipe.source), "backend": plan.inputs.backend, "stages": rows,
+                              "notes": list(plan.notes)}, indent=1))
+        else:
+            print(format_plan(recipe, plan.inputs.backend, rows, plan.notes))
+        return 0
+    build_images(ctx, recipe, per_node=args.per_node, backend=args.backend)
     return 0
+
+
+def format_plan(recipe: Recipe, backend: str, rows: list[dict[str, object]], notes: tuple[str, ...]) -> str:
+    lines = [f"{recipe.cluster.name}: {backend} backend, {len(rows)} stages"]
+    width = max(len(str(r["stage"])) for r in rows)
+    for r in rows:
+        what = ", ".join(map(str, r["packages"])) or ", ".join(map(str, r["layers"])) or "-"  # type: ignore[call-overload]
+        lines.append(f"  {str(r['stage']).ljust(width)}  {str(r['action']).ljust(6)}  {r['key'] or '?' * 24}  {what}")
+    lines += [f"  note: {note}" for note in notes]
+    return "\n".join(lines)
 
 
 def _imager_repo_arguments(parser: argparse.ArgumentParser) -> None:
@@ -67,7 +91,6 @@ def _imager_repo_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def imager_repo(ctx: Context, args: argparse.Namespace) -> int:
-
     recipe = load_recipe(args.recipe)
     print(write_os_list(recipe.output_dir, recipe, args.base_url))
     return 0
@@ -76,7 +99,7 @@ def imager_repo(ctx: Context, args: argparse.Namespace) -> int:
 COMMANDS = [
     Command("fetch", "download, verify and cache a base image; print its path", _fetch_arguments, fetch),
     Command("build", "build the master and worker images of a recipe", _build_arguments, build,
-            needs_root=lambda args: args.backend == "loop"),
+            needs_root=lambda args: args.backend == "loop" and not args.plan),
     Command("imager-repo", "write os_list.json, a Raspberry Pi Imager repository of the built images",
             _imager_repo_arguments, imager_repo),
 ]

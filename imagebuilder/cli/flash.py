@@ -27,7 +27,6 @@ def _flash_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def flash(ctx: Context, args: argparse.Namespace) -> int:
-
     return run_flash(ctx, FlashOptions(
         image=args.image, device=args.device, recipe=args.recipe, force=args.force, yes=args.yes,
         to_file=args.to_file, hostname=args.hostname, use_bmap=args.use_bmap,

@@ -2,7 +2,7 @@
 
 The boot partition is FAT; mtools writes into it at its byte offset, so nothing is mounted (some
 kernels, like our CI's, cannot mount vfat at all). The worker's first-boot lookup
-(overlays/worker/usr/local/lib/imagebuilder/set_hostname.py) reads the seed before the MAC table.
+(overlays/worker/root/usr/local/lib/imagebuilder/set_hostname.py) reads the seed before the MAC table.
 """
 
 from __future__ import annotations

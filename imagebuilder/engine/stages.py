@@ -21,8 +21,8 @@ from imagebuilder.core.resources import atomic_output, copy_sparse, file_lock, t
 from imagebuilder.disk.ext4 import shrink_root
 from imagebuilder.disk.image import check_filesystems
 from imagebuilder.disk.partitions import grow_image
-from imagebuilder.engine.backends import choose_backend
-from imagebuilder.engine.checks import ConfigCheck
+from imagebuilder.engine.backends.interface import choose_backend
+from imagebuilder.engine.checks import ConfigCheck, check_rendered
 from imagebuilder.layers.render import RenderedLayer
 from imagebuilder.recipe.catalogue import Layout
 from imagebuilder.sources.checksums import sha256_of
@@ -68,10 +68,20 @@ class StageResult:
     sha256: str | None = None  # of the stage image, taken when it was made and checked (None: older record)
 
 
+def stage_image(stage_dir: Path, stage: Stage) -> Path:
+    """Where the cache keeps the stage's image: named by the stage and its key."""
+    return stage_dir / f"{stage.name}-{stage.key()[:24]}.img"
+
+
+def is_cached(stage_dir: Path, stage: Stage) -> bool:
+    image = stage_image(stage_dir, stage)
+    return image.exists() and image.with_suffix(".json").exists()
+
+
 def realise(ctx: Context, stage: Stage, debs: Path) -> StageResult:
     """Return the stage's image from the cache, building it when it is not there."""
     key = stage.key()
-    image = ctx.cache("stages") / f"{stage.name}-{key[:24]}.img"
+    image = stage_image(ctx.cache("stages"), stage)
     record = image.with_suffix(".json")
     with file_lock(image.with_suffix(".lock"), f"the {stage.name} stage"):
         if image.exists() and record.exists():
@@ -86,6 +96,7 @@ def realise(ctx: Context, stage: Stage, debs: Path) -> StageResult:
 
 def _build(ctx: Context, stage: Stage, image: Path, record: Path, debs: Path) -> None:
     backend = choose_backend(stage.backend)
+    check_rendered(stage.layers, stage.layout.boot_mount)
     with temporary_directory(f"stage-{stage.name}-", ctx.cache("tmp")) as work, atomic_output(image) as tmp:
         copy_sparse(stage.parent, tmp)
         grown = grow_image(tmp, stage.size or tmp.stat().st_size + (GIB if stage.packages else 0))
@@ -98,7 +109,7 @@ def _build(ctx: Context, stage: Stage, image: Path, record: Path, debs: Path) ->
             for layer in stage.layers:
                 files += tree.write_layer(layer)
                 units += layer.units
-                cmdline += layer.cmdline
+                cmdline += layer.kernel_arguments
             if cmdline:
                 tree.append_cmdline(cmdline)
             if units:

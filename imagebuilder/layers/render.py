@@ -1,16 +1,15 @@
-"""Overlay layers: directory trees copied into the image, `*.j2` files rendered from the recipe.
+"""Overlay layers: a `root/` tree (the running system) and a `boot/` tree (the boot partition) copied into
+the image, `*.j2` files rendered from the recipe, and `layer.yaml` saying what else the layer needs.
 
 A layer is rendered in memory first, so its content (not its source) is what the stage cache hashes:
 a recipe change that no template reads does not invalidate a stage.
-
-Paths are those of the running system, with one addition: `@boot/...` goes onto the boot partition,
-wherever the base mounts it. A few files under etc/imagebuilder/ are instructions to the engine
-rather than content (see SPECIAL); they may be templates too.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import json
 import os
 import stat
 from dataclasses import dataclass, field
@@ -21,37 +20,53 @@ import jinja2
 import yaml
 
 from imagebuilder.core.errors import ImageBuilderError
+from imagebuilder.layers.description import DESCRIPTION, TREES, LayerDescription, load_description
 
 BUILTIN = Path(__file__).resolve().parents[2] / "overlays"
-BOOT_PREFIX = "@boot/"
-ENABLE_UNITS = "etc/imagebuilder/enable-units"  # systemd units to enable, one a line
-CMDLINE_APPEND = "etc/imagebuilder/cmdline-append"  # kernel arguments the boot cmdline.txt must have
-FILE_MODES = "etc/imagebuilder/file-modes"  # "0600 etc/rancher/k3s/config.yaml": git keeps no such modes
-SPECIAL = (ENABLE_UNITS, CMDLINE_APPEND, FILE_MODES)
 
 
 @dataclass(frozen=True)
 class OverlayFile:
-    path: str  # relative to /, e.g. etc/dnsmasq.d/cluster.conf, or @boot/user-data
+    path: str  # relative to its partition: etc/dnsmasq.d/cluster.conf, or user-data on the boot partition
     data: bytes
     mode: int
     symlink: bool = False  # data is the link target
+    boot: bool = False  # on the boot partition, wherever the base mounts it
+
+    def system_path(self, boot_mount: str) -> str:
+        """The file's path in the running system."""
+        return f"{boot_mount.rstrip('/')}/{self.path}" if self.boot else f"/{self.path}"
+
+    @property
+    def tree_path(self) -> str:
+        """The file's path in its layer: root/... or boot/..."""
+        return f"{'boot' if self.boot else 'root'}/{self.path}"
 
 
 @dataclass(frozen=True)
 class RenderedLayer:
     name: str
     files: tuple[OverlayFile, ...]
-    units: tuple[str, ...] = ()
-    cmdline: tuple[str, ...] = ()
-    modes: dict[str, int] = field(default_factory=dict)
+    description: LayerDescription = field(default_factory=LayerDescription)
+
+    @property
+    def units(self) -> tuple[str, ...]:
+        return self.description.units
+
+    @property
+    def kernel_arguments(self) -> tuple[str, ...]:
+        return self.description.kernel_arguments
+
+    @property
+    def packages(self) -> tuple[str, ...]:
+        return self.description.packages
 
     def digest(self) -> str:
         h = hashlib.sha256()
         for f in self.files:
-            h.update(f"{f.path}\0{self.modes.get(f.path, f.mode):o}\0{int(f.symlink)}\0{len(f.data)}\0".encode())
+            h.update(f"{f.tree_path}\0{f.mode:o}\0{int(f.symlink)}\0{len(f.data)}\0".encode())
             h.update(f.data)
-        h.update("\0".join([*self.units, "|", *self.cmdline]).encode())
+        h.update(json.dumps(dataclasses.asdict(self.description), sort_keys=True).encode())
         return h.hexdigest()
 
 
@@ -59,43 +74,48 @@ def _to_yaml(value: Any) -> str:
     return yaml.safe_dump(value, default_flow_style=False, sort_keys=False, width=1000)
 
 
-def _lines(data: bytes) -> list[str]:
-    text = data.decode()
-    return [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
-
-
 def render_layer(name: str, directory: Path, variables: dict[str, Any]) -> RenderedLayer:
-    """Read and render every file under `directory`."""
+    """Read and render the layer at `directory`: its root/ and boot/ trees and its layer.yaml."""
     if not directory.is_dir():
         return RenderedLayer(name, ())
+    strays = sorted(p.name for p in directory.iterdir() if p.name not in (*TREES, DESCRIPTION))
+    if strays:
+        raise ImageBuilderError(f"{directory}: {', '.join(strays)}: a layer holds only root/, boot/ and {DESCRIPTION}",
+                                "put files of the running system under root/ (root/etc/motd is /etc/motd) and "
+                                "files of the boot partition under boot/")
+    description = load_description(directory)
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(directory), undefined=jinja2.StrictUndefined,
                              keep_trailing_newline=True, autoescape=False)
     env.filters["to_yaml"] = _to_yaml
     files: list[OverlayFile] = []
-    for path in sorted(directory.rglob("*")):
-        rel = path.relative_to(directory).as_posix()
-        if path.is_symlink():
-            files.append(OverlayFile(rel, os.readlink(path).encode(), 0o777, symlink=True))
-        elif not path.is_file():
+    for tree in TREES:
+        top = directory / tree
+        if not top.is_dir():
             continue
-        elif rel.endswith(".j2"):
-            try:
-                data = env.get_template(rel).render(**variables).encode()
-            except jinja2.TemplateError as e:
-                where = f"{path}:{e.lineno}" if isinstance(e, jinja2.TemplateSyntaxError) else str(path)
-                raise ImageBuilderError(f"{where}: template failed: {e}", "fix the template or the recipe") from e
-            files.append(OverlayFile(rel.removesuffix(".j2"), data, stat.S_IMODE(path.stat().st_mode)))
-        else:
-            files.append(OverlayFile(rel, path.read_bytes(), stat.S_IMODE(path.stat().st_mode)))
-    special = {f.path: f.data for f in files if f.path in SPECIAL}
-    modes = {}
-    for line in _lines(special.get(FILE_MODES, b"")):
-        mode, _, target = line.partition(" ")
-        modes[target.strip()] = int(mode, 8)
-    return RenderedLayer(
-        name,
-        tuple(f for f in files if f.path not in SPECIAL),
-        units=tuple(_lines(special.get(ENABLE_UNITS, b""))),
-        cmdline=tuple(" ".join(_lines(special.get(CMDLINE_APPEND, b""))).split()),
-        modes=modes,
-    )
+        for path in sorted(top.rglob("*")):
+            rel = path.relative_to(top).as_posix()
+            boot = tree == "boot"
+            if path.is_symlink():
+                files.append(OverlayFile(rel, os.readlink(path).encode(), 0o777, symlink=True, boot=boot))
+                continue
+            if not path.is_file():
+                continue
+            if rel.endswith(".j2"):
+                try:
+                    data = env.get_template(f"{tree}/{rel}").render(**variables).encode()
+                except jinja2.TemplateError as e:
+                    where = f"{path}:{e.lineno}" if isinstance(e, jinja2.TemplateSyntaxError) else str(path)
+                    raise ImageBuilderError(f"{where}: template failed: {e}",
+                                            "fix the template or the recipe") from e
+                rel = rel.removesuffix(".j2")
+            else:
+                data = path.read_bytes()
+            mode = description.mode_of(f"{tree}/{rel}")
+            files.append(OverlayFile(rel, data, stat.S_IMODE(path.stat().st_mode) if mode is None else mode,
+                                     boot=boot))
+    shipped = {f.tree_path for f in files}
+    for name_, what in [*((m, "modes") for m in description.modes), *((c.file, "checks") for c in description.checks)]:
+        if name_ not in shipped:
+            raise ImageBuilderError(f"{directory / DESCRIPTION}: {what}: {name_} is not a file of this layer",
+                                    "name a file under the layer's root/ or boot/ (without .j2)")
+    return RenderedLayer(name, tuple(files), description)

@@ -5,16 +5,14 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from imagebuilder.layers.render import BOOT_PREFIX, RenderedLayer
+from imagebuilder.layers.render import RenderedLayer
 
 
 def write_layer(layer: RenderedLayer, root: Path, boot_mount: str = "/boot/firmware") -> list[str]:
     """Write the layer's files into the tree at `root`; return the paths written (as in the running system)."""
     written = []
     for f in layer.files:
-        shown = "/" + f.path
-        if f.path.startswith(BOOT_PREFIX):
-            shown = f"{boot_mount}/{f.path.removeprefix(BOOT_PREFIX)}"
+        shown = f.system_path(boot_mount)
         target = root / shown.lstrip("/")
         target.parent.mkdir(parents=True, exist_ok=True)
         if os.path.lexists(target) and (target.is_symlink() or not target.is_dir()):
@@ -25,7 +23,7 @@ def write_layer(layer: RenderedLayer, root: Path, boot_mount: str = "/boot/firmw
             target.write_bytes(f.data)
             if os.geteuid() == 0:
                 os.chown(target, 0, 0)
-            target.chmod(layer.modes.get(f.path, f.mode))
+            target.chmod(f.mode)
         written.append(shown)
     return written
 

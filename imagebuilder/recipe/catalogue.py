@@ -15,6 +15,9 @@ class Layout:
     boot_label: str
     root_label: str
     boot_mount: str = "/boot/firmware"
+    # What /etc/machine-id holds in an image: empty, or "uninitialized" where the base's first boot waits
+    # for that (Raspberry Pi OS trixie).
+    machine_id: str = ""
 
     def nocloud_datasource(self) -> str:
         """cloud-init reads its NoCloud seed from the boot partition, found by its label."""

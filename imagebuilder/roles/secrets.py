@@ -20,6 +20,12 @@ def k3s_token(ctx: Context, cluster: str) -> str:
     return path.read_text().strip()
 
 
+def read_k3s_token(ctx: Context, cluster: str) -> str | None:
+    """The token if the cluster has one already (reads only)."""
+    path = ctx.state_root / cluster / "k3s-token"
+    return path.read_text().strip() if path.is_file() else None
+
+
 def _write_private(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

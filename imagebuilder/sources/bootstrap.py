@@ -21,6 +21,7 @@ from imagebuilder.core.log import log, step
 from imagebuilder.core.resources import atomic_output, file_lock, temporary_directory
 from imagebuilder.core.run import output, run
 from imagebuilder.disk.image import assemble, check_filesystems
+from imagebuilder.layers.nevership import forget_identity
 from imagebuilder.recipe.catalogue import LAYOUTS, Layout
 from imagebuilder.recipe.model import Bootstrap
 from imagebuilder.sources.aptsources import Mirrors, host_mirrors, source_lines
@@ -57,20 +58,35 @@ def cache_key(spec: Bootstrap, arch: str) -> str:
     return hashlib.sha256(material.encode()).hexdigest()[:24]
 
 
-def bootstrap_base(ctx: Context, spec: Bootstrap, arch: str) -> BaseImage:
-    """Return the cached base image for spec/arch, building it first if needed."""
+def base_path(cache_dir: Path, spec: Bootstrap, arch: str) -> Path:
     key = cache_key(spec, arch)
-    bases = ctx.cache("bases")
-    image = bases / f"bootstrap-{spec.suite}-{arch}-{spec.layout}-{key}.img"
+    return cache_dir / "bases" / f"bootstrap-{spec.suite}-{arch}-{spec.layout}-{key}.img"
+
+
+def cached_bootstrap(cache_dir: Path, spec: Bootstrap, arch: str) -> BaseImage | None:
+    """The base from the cache, or None when it was not built yet (reads only)."""
+    image = base_path(cache_dir, spec, arch)
     meta = image.with_suffix(".json")
-    with file_lock(image.with_suffix(".lock"), f"the {spec.suite} {arch} base"):
-        if image.exists() and meta.exists():
-            log.info("using cached base %s", image)
-        else:
-            with step(f"bootstrap Debian {spec.suite} {arch} ({spec.layout} layout)"):
-                build_base(ctx, spec, arch, image, meta)
+    if not (image.exists() and meta.exists()):
+        return None
     info = json.loads(meta.read_text())
     return BaseImage(image, info["sha256"], LAYOUTS[spec.layout], info["packages"])
+
+
+def bootstrap_base(ctx: Context, spec: Bootstrap, arch: str) -> BaseImage:
+    """Return the cached base image for spec/arch, building it first if needed."""
+    ctx.cache("bases")
+    image = base_path(ctx.cache_dir, spec, arch)
+    with file_lock(image.with_suffix(".lock"), f"the {spec.suite} {arch} base"):
+        base = cached_bootstrap(ctx.cache_dir, spec, arch)
+        if base is not None:
+            log.info("using cached base %s", image)
+            return base
+        with step(f"bootstrap Debian {spec.suite} {arch} ({spec.layout} layout)"):
+            build_base(ctx, spec, arch, image, image.with_suffix(".json"))
+    base = cached_bootstrap(ctx.cache_dir, spec, arch)
+    assert base is not None
+    return base
 
 
 def build_base(ctx: Context, spec: Bootstrap, arch: str, image: Path, meta: Path) -> None:
@@ -163,26 +179,9 @@ def finish_tree(root: Path, layout: Layout, spec: Bootstrap, mirrors: Mirrors) -
     if spec.image_mirror:
         sources = root / "etc/apt/sources.list"
         sources.write_text(sources.read_text().replace(mirrors.archive, spec.image_mirror.rstrip("/")))
-    forget_machine_identity(root)
+    forget_identity(root, layout.machine_id)
+    (root / "etc/resolv.conf").unlink(missing_ok=True)  # the build host's, left by mmdebstrap
     return installed_packages(root)
-
-
-def forget_machine_identity(root: Path) -> None:
-    """Everything that must be made on each card at first boot, never shared through the image."""
-    for path in root.glob("etc/ssh/ssh_host_*"):
-        path.unlink()
-    (root / "etc/machine-id").write_text("")
-    for name in ("var/lib/dbus/machine-id", "etc/resolv.conf", "var/lib/systemd/random-seed"):
-        (root / name).unlink(missing_ok=True)
-    for name in ("var/lib/cloud", "var/log/cloud-init.log"):
-        target = root / name
-        if target.is_dir():
-            shutil.rmtree(target)
-        else:
-            target.unlink(missing_ok=True)
-    for lists in (root / "var/lib/apt/lists").glob("*"):
-        if lists.is_file():
-            lists.unlink()
 
 
 def _round_up(value: int, step_: int) -> int:

@@ -89,6 +89,15 @@ def decompress_to_cache(ctx: Context, path: Path, sha256: str | None = None) -> 
     return RawImage(image, digest, size)
 
 
+def cached_raw(cache_dir: Path, path: Path) -> RawImage | None:
+    """The raw image of a cached download, if it was decompressed before (reads only)."""
+    m = _DIGEST_NAME.match(path.name)
+    if m is None:
+        return None
+    raw = cache_dir / "raw"
+    return _cached(raw / f"{m.group(1)}.img", raw / f"{m.group(1)}.json")
+
+
 def _cached(image: Path, meta: Path) -> RawImage | None:
     try:
         info = json.loads(meta.read_text())

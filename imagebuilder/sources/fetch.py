@@ -27,11 +27,11 @@ from imagebuilder.core.errors import ChecksumMismatch, DownloadError, ImageBuild
 from imagebuilder.core.log import log, step
 from imagebuilder.core.resources import atomic_output, file_lock
 from imagebuilder.disk.image import detect_layout
-from imagebuilder.recipe.catalogue import load_catalogue
+from imagebuilder.recipe.catalogue import Layout, load_catalogue
 from imagebuilder.recipe.model import Recipe
 from imagebuilder.sources.base import BaseImage
 from imagebuilder.sources.checksums import digest_for, newest_matching, parse_listing
-from imagebuilder.sources.decompress import decompress_to_cache
+from imagebuilder.sources.decompress import cached_raw, decompress_to_cache
 from imagebuilder.sources.download import DEFAULT_POLICY, Policy, download, file_name, final_url, read_text
 
 MIRROR_ENV = "IMAGEBUILDER_MIRROR"
@@ -73,16 +73,27 @@ def fetch_base(ctx: Context, recipe: Recipe, *, offline: bool = False, refresh: 
 def prepare_base(ctx: Context, recipe: Recipe, *, offline: bool = False) -> BaseImage:
     """The recipe's published base as a raw image in the cache, for the build."""
     raw = decompress_to_cache(ctx, fetch_base(ctx, recipe, offline=offline))
-    # A base given by URL says nothing about its layout: its boot partition's label does.
+    return BaseImage(raw.path, raw.sha256, _layout(recipe, raw.path), {})
 
+
+def cached_base(cache_dir: Path, recipe: Recipe) -> BaseImage | None:
+    """The recipe's published base if it is in the cache, downloaded and decompressed; None otherwise.
+
+    Reads only: no network, nothing written.
+    """
+    download = _lookup(cache_dir / "downloads", spec_for_base(recipe))
+    raw = cached_raw(cache_dir, download) if download is not None else None
+    return BaseImage(raw.path, raw.sha256, _layout(recipe, raw.path), {}) if raw is not None else None
+
+
+def _layout(recipe: Recipe, raw: Path) -> Layout:
     if recipe.base.image:
-        layout = load_catalogue()[recipe.base.image].layout
-    else:
-        try:
-            layout = detect_layout(raw.path)
-        except ValueError as e:
-            raise ImageBuilderError(str(e), "base.url must be a Raspberry Pi OS or Ubuntu style image") from None
-    return BaseImage(raw.path, raw.sha256, layout, {})
+        return load_catalogue()[recipe.base.image].layout
+    # A base given by URL says nothing about its layout: its boot partition's label does.
+    try:
+        return detect_layout(raw)
+    except ValueError as e:
+        raise ImageBuilderError(str(e), "base.url must be a Raspberry Pi OS or Ubuntu style image") from None
 
 
 def fetch_url(ctx: Context, url: str, *, sha256: str | None = None, checksum_url: str | None = None,
@@ -126,7 +137,8 @@ def apply_mirror(url: str, mirror: str | None) -> str:
 
 def fetch_spec(ctx: Context, spec: Spec, *, mirror: str | None = None, offline: bool = False,
                refresh: bool = False, policy: Policy = DEFAULT_POLICY) -> Path:
-    downloads = ctx.cache("downloads")
+    # Offline is a lookup: it must not even make the cache's folders.
+    downloads = ctx.cache_dir / "downloads" if offline else ctx.cache("downloads")
     if not refresh or offline:
         cached = _lookup(downloads, spec)
         if cached is not None:

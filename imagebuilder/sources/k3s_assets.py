@@ -46,20 +46,25 @@ def asset_base(setting: str, version: str) -> str | None:
     return chosen if "://" in chosen else Path(chosen).expanduser().resolve().as_uri()
 
 
-def fetch_k3s(ctx: Context, k3s: K3s, arch: str) -> K3sAssets:
+def fetch_k3s(ctx: Context, k3s: K3s, arch: str, *, offline: bool = False) -> K3sAssets:
+    """The assets as a layer; offline: from the cache only, and missing (not an error) when not there."""
     binary, images, sums = NAMES[arch]
     base = asset_base(k3s.assets, k3s.version)
     if base is None:
-        log.info("k3s.assets is none: the images get the k3s configuration and units, not the binary")
+        if not offline:
+            log.info("k3s.assets is none: the images get the k3s configuration and units, not the binary")
         return K3sAssets(None, "k3s.assets is none")
     base = base.rstrip("/")
     # From the public release an unreachable host is expected (offline build machines): give up quickly.
     explicit = os.environ.get(ASSETS_ENV) or k3s.assets != "release"
     policy = Policy() if explicit else Policy(attempts=2, connect_timeout=10)
     try:
-        paths = {name: fetch_url(ctx, f"{base}/{name}", checksum_url=f"{base}/{sums}", policy=policy)
+        paths = {name: fetch_url(ctx, f"{base}/{name}", checksum_url=f"{base}/{sums}", policy=policy,
+                                 offline=offline)
                  for name in (binary, images)}
     except ImageBuilderError as e:
+        if offline:
+            return K3sAssets(None, f"the k3s {k3s.version} assets are not in the cache yet")
         if explicit:
             raise
         reason = f"the k3s {k3s.version} release assets could not be fetched ({e.message})"

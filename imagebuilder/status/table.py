@@ -21,7 +21,7 @@ import requests
 from imagebuilder.core.context import Context
 from imagebuilder.core.errors import ImageBuilderError
 
-COLLECTOR = (Path(__file__).resolve().parents[2] / "overlays/master/usr/local/lib/imagebuilder/collector.py")
+COLLECTOR = (Path(__file__).resolve().parents[2] / "overlays/master/root/usr/local/lib/imagebuilder/collector.py")
 
 
 class StatusError(ImageBuilderError):

@@ -18,7 +18,8 @@ from imagebuilder.core.errors import ImageBuilderError
 from imagebuilder.core.log import log, step
 from imagebuilder.core.resources import acquired
 from imagebuilder.engine.checks import ConfigCheck
-from imagebuilder.layers.render import BOOT_PREFIX, RenderedLayer
+from imagebuilder.layers.nevership import MACHINE_ID, NEVER_SHIP
+from imagebuilder.layers.render import RenderedLayer
 from imagebuilder.recipe.catalogue import Layout
 from imagebuilder.sources.dpkg import installed_packages
 
@@ -104,14 +105,14 @@ class GuestfsTree:
         )
 
     def write_layer(self, layer: RenderedLayer) -> list[str]:
-        """As overlay.write_layer: @boot/ onto the boot partition, file-modes applied, owned by root."""
+        """As layers.write.write_layer: boot/ onto the boot partition, modes applied, owned by root.
+
+        The appliance resolves every path inside the image, so no link in it can reach the host.
+        """
         g = self.g
-        boot_mount = self.layout.boot_mount.rstrip("/")
         written = []
         for f in layer.files:
-            path = "/" + f.path
-            if f.path.startswith(BOOT_PREFIX):
-                path = f"{boot_mount}/{f.path.removeprefix(BOOT_PREFIX)}"
+            path = f.system_path(self.layout.boot_mount)
             g.mkdir_p(posixpath.dirname(path))
             if g.is_symlink(path) or (g.exists(path) and not g.is_dir(path)):
                 g.rm_f(path)
@@ -119,9 +120,9 @@ class GuestfsTree:
                 g.ln_s(f.data.decode(), path)
             else:
                 g.write(path, f.data)
-                if not path.startswith(boot_mount + "/"):  # FAT has neither owners nor modes
+                if not f.boot:  # FAT has neither owners nor modes
                     g.chown(0, 0, path)
-                    g.chmod(layer.modes.get(f.path, f.mode), path)
+                    g.chmod(f.mode, path)
             written.append(path)
         return written
 
@@ -212,9 +213,12 @@ class GuestfsTree:
         return installed_packages(self.workdir / "dpkg-root")
 
     def tidy(self) -> None:
-        for path in [*self.g.glob_expand("/var/lib/apt/lists/*"), *self.g.glob_expand("/etc/ssh/ssh_host_*")]:
-            if self.g.is_file(path):
-                self.g.rm(path)
+        """As the loop backend: the one list of what never ships, through the appliance."""
+        for pattern, _ in NEVER_SHIP:
+            for path in self.g.glob_expand("/" + pattern):
+                self.g.rm_rf(path)
+        machine_id = self.layout.machine_id
+        self.g.write("/" + MACHINE_ID, f"{machine_id}\n".encode() if machine_id else b"")
         # Free blocks become holes in the file, so the bmap and the compressed images carry only data.
         self.g.fstrim("/")
 

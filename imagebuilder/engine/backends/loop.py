@@ -13,6 +13,7 @@ from imagebuilder.disk.mount import mounted_image
 from imagebuilder.engine.apt import install_packages
 from imagebuilder.engine.backends.chroot import Chroot, chroot_session
 from imagebuilder.engine.checks import ConfigCheck, run_checks
+from imagebuilder.layers.nevership import forget_identity
 from imagebuilder.layers.render import RenderedLayer
 from imagebuilder.layers.write import append_cmdline, write_layer
 from imagebuilder.recipe.catalogue import Layout
@@ -44,12 +45,8 @@ class LoopTree:
         return installed_packages(self.root)
 
     def tidy(self) -> None:
-        """What a package install leaves that must not ship: lists, host keys; then trim free space."""
-        for lists in (self.root / "var/lib/apt/lists").glob("*"):
-            if lists.is_file():
-                lists.unlink()
-        for key in self.root.glob("etc/ssh/ssh_host_*"):
-            key.unlink()
+        """Nothing that identifies a machine or the build may ship (layers/nevership.py); then trim free space."""
+        forget_identity(self.root, self.layout.machine_id)
         # Free blocks read as zeros afterwards, so the bmap and the compressed images carry only data.
         # A host filesystem without hole punching makes fstrim fail: the image is still right, only larger
         # to compress and flash, so say so rather than stop.

@@ -1,0 +1,146 @@
+"""The build as a plan: which stages, made from what, under which cache key, and which the cache has.
+
+`plan_build` is pure: given the recipe and the inputs that cost something to get (the base image, the
+cluster's token, the k3s assets), it returns the stages in the order they are made. `build` gets the inputs
+and executes the plan; `build --plan` gets them from the cache only, without root, network or writes, and
+prints the same plan.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from imagebuilder.engine.checks import stage_checks
+from imagebuilder.engine.stages import Stage, stage_image
+from imagebuilder.layers.description import load_description
+from imagebuilder.layers.render import BUILTIN, RenderedLayer, render_layer
+from imagebuilder.recipe.catalogue import LAYOUTS, Layout, load_catalogue
+from imagebuilder.recipe.model import Recipe
+from imagebuilder.roles.cloudinit import cloud_init_for_base
+from imagebuilder.roles.table import K3S_UNIT, ROLES
+from imagebuilder.roles.variables import template_variables
+from imagebuilder.sources.base import BaseImage
+from imagebuilder.sources.k3s_assets import K3sAssets
+
+# A stand-in for the token when it is not made yet; a plan holding it says its role stages are to be built.
+UNKNOWN_TOKEN = "(made on the first build)"
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """What the plan needs that has a cost or a side effect to get."""
+
+    base: BaseImage | None  # None: not in the cache yet
+    token: str | None  # None: the cluster's first build makes it
+    k3s: K3sAssets
+    backend: str
+    installs_packages: bool
+
+
+@dataclass(frozen=True)
+class PlannedStage:
+    stage: Stage
+    role: str  # common, master or worker: whose image it leads to
+    known: bool  # False when an input it depends on is not made yet (so its key is not final)
+
+    def image(self, stage_dir: Path) -> Path:
+        return stage_image(stage_dir, self.stage)
+
+
+@dataclass(frozen=True)
+class BuildPlan:
+    recipe: Recipe
+    inputs: Inputs
+    stages: tuple[PlannedStage, ...]
+    notes: tuple[str, ...] = field(default=())  # what the plan could not know, and what the build will do
+
+    def final(self, role: str) -> PlannedStage:
+        """The stage whose image becomes role.img."""
+        return next(s for s in self.stages if s.stage.name == role)
+
+
+def parse_size(text: str | None) -> int | None:
+    if text is None:
+        return None
+    match = re.fullmatch(r"(\d+)([MG])", text)
+    assert match, text  # validated with the recipe
+    return int(match.group(1)) * (2**20 if match.group(2) == "M" else 2**30)
+
+
+def layer_directories(recipe: Recipe, role: str) -> list[tuple[str, Path]]:
+    """The built-in layer of a role, then (master and worker) the recipe's own overlay directories."""
+    layers = [(role, BUILTIN / role)]
+    if role != "common":
+        layers += [(str(d), d) for d in recipe.overlay_dirs()]
+    return layers
+
+
+def role_packages(recipe: Recipe, role: str) -> tuple[str, ...]:
+    """What a role installs: its layers' packages (layer.yaml) and the recipe's packages.<role>."""
+    described = [p for _, d in layer_directories(recipe, role) for p in load_description(d).packages]
+    return tuple(dict.fromkeys([*described, *getattr(recipe.packages, role)]))
+
+
+def render_layers(recipe: Recipe, role: str, variables: dict[str, Any]) -> tuple[RenderedLayer, ...]:
+    return tuple(render_layer(name, directory, variables) for name, directory in layer_directories(recipe, role))
+
+
+def expected_layout(recipe: Recipe) -> Layout:
+    """The layout the base will have, before it is made (a base given by URL: read off it later)."""
+    if recipe.base.bootstrap is not None:
+        return LAYOUTS[recipe.base.bootstrap.layout]
+    if recipe.base.image is not None:
+        return load_catalogue()[recipe.base.image].layout
+    return LAYOUTS["raspios"]
+
+
+def plan_build(recipe: Recipe, inputs: Inputs, stage_dir: Path) -> BuildPlan:
+    """base -> common (packages + files) -> per role: packages stage, files stage."""
+    base = inputs.base
+    layout = base.layout if base is not None else expected_layout(recipe)
+    token = inputs.token or UNKNOWN_TOKEN
+    installs = inputs.installs_packages
+    notes: list[str] = []
+    if inputs.base is None:
+        notes.append("the base image is not in the cache: it is made first, and every stage after it")
+    if inputs.token is None:
+        notes.append("the cluster has no k3s token yet: the first build makes it (the role stages hold it)")
+    if inputs.k3s.missing:
+        notes.append(f"no k3s binary in the images: {inputs.k3s.missing}")
+    size = parse_size(recipe.output.image_size)
+    base_packages, cloud_init_layer = cloud_init_for_base(recipe, layout)
+    common_layers = render_layers(recipe, "common", template_variables(
+        recipe, "common", token=token, boot_mount=layout.boot_mount))
+    if inputs.k3s.layer is not None:
+        common_layers += (inputs.k3s.layer,)
+    if cloud_init_layer is not None:
+        common_layers += (cloud_init_layer,)
+    common = Stage(
+        name="common", parent=base.path if base else Path("(base image, not made yet)"),
+        parent_key=base.sha256 if base else "",
+        packages=(*base_packages, *role_packages(recipe, "common")) if installs else (),
+        layers=common_layers, arch=recipe.arch, layout=layout, backend=inputs.backend,
+        checks=stage_checks(common_layers, layout.boot_mount),
+    )
+    planned = [PlannedStage(common, "common", inputs.base is not None)]
+    for role in ROLES:
+        packages = role_packages(recipe, role)
+        first_boot = () if installs else (*role_packages(recipe, "common"), *packages)
+        layers = render_layers(recipe, role, template_variables(
+            recipe, role, token=token, boot_mount=layout.boot_mount, first_boot_packages=first_boot))
+        known = inputs.base is not None and inputs.token is not None
+        # Packages and files in separate stages, so an overlay edit never redoes the install.
+        parent = common
+        if packages and installs:
+            parent = Stage(name=f"{role}-packages", parent=stage_image(stage_dir, common), parent_key=common.key(),
+                           packages=packages, layers=(), arch=recipe.arch, layout=layout, size=size)
+            planned.append(PlannedStage(parent, role, inputs.base is not None))
+        missing = (K3S_UNIT[role],) if inputs.k3s.missing else ()
+        stage = Stage(name=role, parent=stage_image(stage_dir, parent), parent_key=parent.key(), packages=(),
+                      layers=layers, arch=recipe.arch, layout=layout, backend=inputs.backend, size=size,
+                      checks=stage_checks(layers, layout.boot_mount, missing))
+        planned.append(PlannedStage(stage, role, known))
+    return BuildPlan(recipe, inputs, tuple(planned), tuple(notes))

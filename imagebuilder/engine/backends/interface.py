@@ -1,0 +1,54 @@
+"""How a stage gets at an image's files: the `loop` backend (root) or the `guestfs` backend (no root).
+
+A stage opens the image as an `ImageTree` and only talks to that: install packages, write overlay
+files, enable units, list packages, tidy. The loop backend mounts the partitions and runs programs in a
+qemu-user chroot; the guestfs backend edits the image in libguestfs's appliance, which cannot run the
+image's programs, so its stages install no packages (they go to cloud-init's first boot instead).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Protocol
+
+from imagebuilder.core.errors import ImageBuilderError
+from imagebuilder.core.run import is_root
+from imagebuilder.engine.backends.guestfs import GuestfsBackend
+from imagebuilder.engine.backends.loop import LoopBackend
+from imagebuilder.engine.checks import ConfigCheck
+from imagebuilder.layers.render import RenderedLayer
+from imagebuilder.recipe.catalogue import Layout
+
+BACKENDS = ("loop", "guestfs")
+
+
+class ImageTree(Protocol):
+    """An open image whose root (with the boot partition at its mount point) can be changed."""
+
+    def install(self, packages: tuple[str, ...], debs: Path) -> None: ...
+    def write_layer(self, layer: RenderedLayer) -> list[str]: ...
+    def append_cmdline(self, arguments: list[str]) -> None: ...
+    def enable_units(self, units: list[str]) -> None: ...
+    def run_checks(self, checks: list[ConfigCheck]) -> None: ...
+    def list_packages(self) -> dict[str, str]: ...
+    def tidy(self) -> None: ...
+
+
+class Backend(Protocol):
+    name: str
+    installs_packages: bool
+
+    def open(self, image: Path, layout: Layout, arch: str, workdir: Path, *,
+             grow_fs: bool) -> contextlib.AbstractContextManager[ImageTree]: ...
+
+
+def choose_backend(name: str | None) -> Backend:
+    """The backend asked for, else loop as root and guestfs otherwise."""
+    if name is None:
+        name = "loop" if is_root() else "guestfs"
+    if name == "loop":
+        return LoopBackend()
+    if name == "guestfs":
+        return GuestfsBackend()
+    raise ImageBuilderError(f"unknown backend {name!r}", f"use one of: {', '.join(BACKENDS)}")

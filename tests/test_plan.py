@@ -1,0 +1,161 @@
+"""The build plan: stages, their parents and keys, what a change rebuilds; and the layer descriptions it reads.
+
+No root, no image: the plan is computed from the recipe and stand-in inputs.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from imagebuilder.build.plan import Inputs, plan_build, role_packages
+from imagebuilder.cli.main import main
+from imagebuilder.core.errors import ImageBuilderError, RecipeError
+from imagebuilder.engine.checks import DATA_CHECKS, stage_checks
+from imagebuilder.engine.stages import stage_image
+from imagebuilder.layers.description import CHECK_TOOLS, load_description
+from imagebuilder.layers.render import BUILTIN, render_layer
+from imagebuilder.recipe.catalogue import LAYOUTS
+from imagebuilder.recipe.load import load_recipe
+from imagebuilder.sources.base import BaseImage
+from imagebuilder.sources.k3s_assets import K3sAssets
+from tests.conftest import VALID
+
+BASE = BaseImage(Path("/cache/bases/base.img"), "ab" * 32, LAYOUTS["raspios"], {})
+NO_K3S = K3sAssets(None, "k3s.assets is none")
+
+
+def inputs(base: BaseImage | None = BASE, token: str | None = "t" * 64, backend: str = "loop") -> Inputs:
+    return Inputs(base=base, token=token, k3s=NO_K3S, backend=backend, installs_packages=backend == "loop")
+
+
+def keys(text: str, recipe_file: Any, **kw: Any) -> dict[str, str]:
+    plan = plan_build(load_recipe(recipe_file(text)), inputs(**kw), Path("/cache/stages"))
+    return {p.stage.name: p.stage.key() for p in plan.stages}
+
+
+def test_stages_in_order_each_from_its_parent(recipe_file: Any) -> None:
+    plan = plan_build(load_recipe(recipe_file(VALID)), inputs(), Path("/cache/stages"))
+    names = [p.stage.name for p in plan.stages]
+    assert names == ["common", "master-packages", "master", "worker"]
+    by_name = {p.stage.name: p.stage for p in plan.stages}
+    assert by_name["common"].parent == BASE.path and by_name["common"].parent_key == BASE.sha256
+    assert by_name["master-packages"].parent == stage_image(Path("/cache/stages"), by_name["common"])
+    assert by_name["master"].parent == stage_image(Path("/cache/stages"), by_name["master-packages"])
+    # The worker layer asks for no package: its files stage comes straight from the common stage.
+    assert by_name["worker"].parent == stage_image(Path("/cache/stages"), by_name["common"])
+    assert set(by_name["master-packages"].packages) == {"dnsmasq", "nfs-kernel-server", "nftables"}
+    assert {"nfs-common", "tzdata"} <= set(by_name["common"].packages)
+    assert all(p.known for p in plan.stages) and plan.notes == ("no k3s binary in the images: k3s.assets is none",)
+
+
+def test_a_table_change_rebuilds_only_the_role_file_stages(recipe_file: Any) -> None:
+    before = keys(VALID, recipe_file)
+    after = keys(VALID.replace("node2", "node9"), recipe_file)
+    assert before["common"] == after["common"] and before["master-packages"] == after["master-packages"]
+    assert before["master"] != after["master"] and before["worker"] != after["worker"]
+
+
+def test_an_added_package_rebuilds_its_role_from_the_packages_stage(recipe_file: Any) -> None:
+    before = keys(VALID, recipe_file)
+    after = keys(VALID + "packages: {master: [htop]}\n", recipe_file)
+    assert before["common"] == after["common"] and before["worker"] == after["worker"]
+    assert before["master-packages"] != after["master-packages"] and before["master"] != after["master"]
+
+
+def test_what_is_not_made_yet_is_said(recipe_file: Any) -> None:
+    plan = plan_build(load_recipe(recipe_file(VALID)), inputs(base=None, token=None), Path("/cache/stages"))
+    assert not any(p.known for p in plan.stages)
+    assert any("base image" in n for n in plan.notes) and any("token" in n for n in plan.notes)
+    plan = plan_build(load_recipe(recipe_file(VALID)), inputs(token=None), Path("/cache/stages"))
+    assert {p.stage.name: p.known for p in plan.stages} == {
+        "common": True, "master-packages": True, "master": False, "worker": False}
+
+
+def test_rootless_plan_installs_nothing_and_leaves_packages_to_first_boot(recipe_file: Any) -> None:
+    plan = plan_build(load_recipe(recipe_file(VALID)), inputs(backend="guestfs"), Path("/cache/stages"))
+    assert [p.stage.name for p in plan.stages] == ["common", "master", "worker"]
+    assert all(not p.stage.packages for p in plan.stages)
+    user_data = next(f for layer in plan.final("master").stage.layers for f in layer.files
+                     if f.tree_path == "boot/user-data")
+    assert b"dnsmasq" in user_data.data and b"nfs-common" in user_data.data
+
+
+def test_checks_come_from_the_layer_descriptions_and_the_unit_files(recipe_file: Any) -> None:
+    plan = plan_build(load_recipe(recipe_file(VALID)), inputs(), Path("/cache/stages"))
+    tools = {(c.tool, c.path) for c in plan.final("master").stage.checks}
+    assert ("cloud-init schema", "/boot/firmware/user-data") in tools
+    assert ("dnsmasq --test", "/etc/dnsmasq.d/cluster.conf") in tools and ("nft -c", "/etc/nftables.conf") in tools
+    assert ("systemd-analyze verify", "/etc/systemd/system/imagebuilder-dashboard.service") in tools
+    # Without the k3s binary its unit is knowingly unverifiable.
+    layers = plan.final("master").stage.layers
+    assert not any("k3s.service" in c.path for c in stage_checks(layers, "/boot/firmware", ("k3s.service",)))
+    # Every checker name a layer.yaml may use is implemented, by a tool in the image or on the data.
+    assert {*DATA_CHECKS, "cloud-init-schema", "dnsmasq", "nft"} == set(CHECK_TOOLS)
+
+
+def test_recipe_layer_description_adds_packages_units_and_arguments(recipe_file: Any, tmp_path: Path) -> None:
+    layer = tmp_path / "extra"
+    (layer / "root/etc/systemd/system").mkdir(parents=True)
+    (layer / "root/etc/systemd/system/hello.service").write_text("[Service]\nExecStart=/bin/true\n")
+    (layer / "boot").mkdir()
+    (layer / "boot/hello.txt").write_text("hi\n")
+    (layer / "layer.yaml").write_text("packages: [htop]\nunits: [hello.service]\nkernel_arguments: [quiet]\n"
+                                      "modes: {root/etc/systemd/system/hello.service: \"0600\"}\n")
+    recipe = load_recipe(recipe_file(VALID + "overlays: [extra]\n"))
+    assert role_packages(recipe, "worker") == ("htop",)
+    assert role_packages(recipe, "master")[-1] == "htop"
+    rendered = render_layer("extra", layer, {})
+    assert rendered.units == ("hello.service",) and rendered.kernel_arguments == ("quiet",)
+    modes = {f.tree_path: f.mode for f in rendered.files}
+    assert modes["root/etc/systemd/system/hello.service"] == 0o600
+    assert next(f for f in rendered.files if f.boot).system_path("/boot/firmware") == "/boot/firmware/hello.txt"
+
+
+@pytest.mark.parametrize(("text", "problem"), [
+    ("pakages: [htop]\n", "pakages: unknown key; did you mean 'packages'? (line 1)"),
+    ("packages: [htop]\npackages: [vim]\n", "packages: duplicate key"),
+    ("units: [hello]\n", "units[0]: 'hello' is not a systemd unit name"),
+    ("kernel_arguments: ['quiet; reboot']\n", "kernel_arguments[0]: 'quiet; reboot' is not one kernel argument"),
+    ("checks: [{file: root/etc/x, tool: eyeball}]\n", "checks[0].tool: 'eyeball' is not one of"),
+    ("modes: {etc/x: '0600'}\n", "modes: 'etc/x' is not a path in the layer's trees"),
+])
+def test_layer_description_mistakes_name_the_file_and_key(tmp_path: Path, text: str, problem: str) -> None:
+    (tmp_path / "layer.yaml").write_text(text)
+    with pytest.raises(RecipeError) as excinfo:
+        load_description(tmp_path)
+    assert excinfo.value.problems[0].startswith(f"{tmp_path / 'layer.yaml'}: ")
+    assert problem in excinfo.value.problems[0]
+
+
+def test_layer_with_stray_entries_or_dangling_modes_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "etc").mkdir()
+    with pytest.raises(ImageBuilderError, match="a layer holds only root/, boot/ and layer.yaml"):
+        render_layer("x", tmp_path, {})
+    (tmp_path / "etc").rmdir()
+    (tmp_path / "layer.yaml").write_text("modes: {root/etc/missing: '0600'}\n")
+    with pytest.raises(ImageBuilderError, match="root/etc/missing is not a file of this layer"):
+        render_layer("x", tmp_path, {})
+
+
+def test_builtin_layers_describe_themselves() -> None:
+    for role in ("common", "master", "worker"):
+        load_description(BUILTIN / role)
+
+
+def test_build_plan_command_prints_stages_and_json(recipe_file: Any, capsys: pytest.CaptureFixture[str],
+                                                   tmp_path: Path) -> None:
+    path = recipe_file(VALID)
+    argv = ["--cache-dir", str(tmp_path / "cache"), "--state-dir", str(tmp_path / "state"), "build", "--plan"]
+    assert main([*argv, str(path)]) == 0
+    text = capsys.readouterr().out
+    assert "common" in text and "master-packages" in text and "note: the base image is not in the cache" in text
+    assert main([*argv, "--json", str(path)]) == 0
+    document = json.loads(capsys.readouterr().out)
+    assert [s["stage"] for s in document["stages"]] == ["common", "master-packages", "master", "worker"]
+    assert all(s["action"] == "build" for s in document["stages"])
+    # Read only: nothing made in the cache or the state directory.
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "state").exists()
