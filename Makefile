@@ -1,8 +1,9 @@
-# imagebuilder: make setup | test | images | lint | bench
+# imagebuilder: make images | test | lint | bench | boot-test
 #
-# `make setup` installs what the project needs on a Debian or Ubuntu machine (idempotent: apt-get
-# runs only for packages that are missing) and makes .venv from the system Python, whose
-# site-packages provide python3-guestfs.
+# Each target installs what it needs on a Debian 12+ or Ubuntu 24.04+ machine (apt-get runs only for
+# packages that are missing) and makes .venv from the system Python, whose site-packages provide
+# python3-guestfs for the rootless backend. `make images` installs only what building needs; the test
+# suite, the boot test and the linters add theirs.
 
 SHELL := /bin/bash
 PYTHON ?= /usr/bin/python3
@@ -10,40 +11,64 @@ VENV := .venv
 BIN := $(VENV)/bin
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-# Debian packages, by the programs the builder and its tests run.
-APT_PACKAGES := python3 python3-venv python3-pip \
+# Building images: partitions, file systems, FAT without a mount, the foreign-arch chroot, compression.
+BUILD_PACKAGES := python3 python3-venv python3-pip \
 	util-linux mount fdisk e2fsprogs dosfstools mtools \
 	mmdebstrap qemu-user-static binfmt-support arch-test \
-	xz-utils zstd unzip bmap-tools \
-	qemu-system-arm qemu-utils socat openssh-client \
-	python3-guestfs libguestfs-tools linux-image-amd64 \
-	iproute2 chromium \
-	nftables
+	xz-utils zstd bmap-tools nftables
+# Booting the images under qemu on a private LAN (make boot-test, and the boot tier of make test).
+BOOT_PACKAGES := qemu-system-arm qemu-utils socat openssh-client iproute2
+# What the test suite runs besides: the rootless backend (libguestfs and a host kernel for its
+# appliance), dnsmasq --test on rendered configs, Chromium for the dashboard.
+TEST_PACKAGES := $(BOOT_PACKAGES) python3-guestfs libguestfs-tools dnsmasq-base chromium systemd
 
-.PHONY: setup apt venv test test-fast images boot-test lint bench clean
+.PHONY: setup setup-build setup-boot setup-test venv venv-test test test-fast images boot-test lint bench clean
 
-setup: apt venv
-
-apt:
-	@missing=$$(for p in $(APT_PACKAGES); do \
+# Installs the Debian packages named in $(1), those that are missing only.
+define apt_install
+	@missing=$$(for p in $(1); do \
 	    dpkg-query -W -f '$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 	    echo "installing: $$missing"; \
 	    $(SUDO) apt-get update -q && \
 	    DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends $$missing; \
 	fi
+endef
+
+setup: setup-build venv
+
+setup-build:
+	$(call apt_install,$(BUILD_PACKAGES))
+
+setup-boot:
+	$(call apt_install,$(BOOT_PACKAGES))
+
+# libguestfs's appliance boots the host's own kernel: a workstation has one in /boot; a VM or container
+# may not, and then gets the distribution's kernel package for this architecture.
+HOST_KERNEL := $(shell ls /boot/vmlinuz-* >/dev/null 2>&1 || { grep -qi '^ID=ubuntu' /etc/os-release \
+	&& echo linux-image-generic || echo linux-image-$$(dpkg --print-architecture); })
+
+setup-test: setup-build
+	$(call apt_install,$(TEST_PACKAGES) $(HOST_KERNEL))
 
 venv: $(BIN)/.installed
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv --system-site-packages $(VENV)
+	$(BIN)/pip install -q -e .
+	touch $@
+
+venv-test: $(BIN)/.installed-test
+
+$(BIN)/.installed-test: pyproject.toml $(BIN)/.installed
 	$(BIN)/pip install -q -e '.[test]'
 	touch $@
 
-test: setup
-	$(BIN)/pytest -v
+# A test that needs a program, root or a device this machine lacks fails here instead of skipping.
+test: setup-test venv-test
+	IMAGEBUILDER_REQUIRE_ALL=1 $(BIN)/pytest -v
 
-test-fast: venv
+test-fast: venv-test
 	$(BIN)/pytest -m "not integration and not boot"
 
 images: setup
@@ -52,16 +77,16 @@ images: setup
 # Boot the images `make images` left in out/<cluster>/ under qemu and check the cluster comes alive.
 # It logs in as the recipe's users[0]: e.g. make boot-test BOOT_RECIPE=my.yaml BOOT_ARGS="--ssh-key KEY --unknown 1"
 BOOT_RECIPE ?= recipes/cluster.yaml
-boot-test: setup
+boot-test: setup setup-boot
 	$(BIN)/imagebuilder boot-test $(BOOT_RECIPE) $(BOOT_ARGS)
 
 # Build speed (cold, warm, overlay edit, added package, xz), then flashing and the status collector.
-bench: setup
+bench: setup-test venv-test
 	$(BIN)/python -m tests.bench_build
 	$(BIN)/python -m tests.bench_flash
 	$(BIN)/python -m tests.bench_collector
 
-lint: venv
+lint: venv-test
 	$(BIN)/ruff check imagebuilder tests
 	$(BIN)/mypy
 

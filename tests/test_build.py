@@ -69,7 +69,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_outputs_exist_and_sums_match(built: Path) -> None:
     names = sorted(p.name for p in built.iterdir() if not p.name.startswith("."))
     assert names == sorted(["master.img", "master.img.bmap", "master.img.zst", "worker.img", "worker.img.bmap",
-                            "worker.img.zst", "SHA256SUMS", "manifest.json", "os_list.json",
+                            "worker.img.zst", "SHA256SUMS", "manifest.json",
                             "node1.img", "node1.img.bmap"])
     subprocess.run(["sha256sum", "--check", "--quiet", "SHA256SUMS"], cwd=built, check=True)
 

@@ -15,7 +15,7 @@ import pytest
 
 from imagebuilder.layers.description import load_description
 from imagebuilder.recipe.load import load_recipe
-from tests.conftest import ROOT, VALID
+from tests.conftest import ROOT, VALID, require_programs
 from tests.test_beacon import CONFIG, beacon, collector, render_overlay, sampler
 
 SUBNET = collector.ipaddress.IPv4Network("10.0.0.0/24")
@@ -234,8 +234,7 @@ def rendered_units(tmp_path: Path, recipe: Any) -> list[Path]:
 
 @pytest.mark.parametrize("dashboard_port", [8080, 80])
 def test_units_pass_systemd_analyze_verify(tmp_path: Path, recipe_file: Any, dashboard_port: int) -> None:
-    if shutil.which("systemd-analyze") is None:
-        pytest.skip("not installed: systemd-analyze (package systemd)")
+    require_programs("systemd-analyze")
     recipe = load_recipe(recipe_file(VALID + f"monitoring: {{dashboard_port: {dashboard_port}}}\n"))
     units = rendered_units(tmp_path, recipe)
     for unit in units:

@@ -14,7 +14,7 @@ from imagebuilder.build.execute import build
 from imagebuilder.disk.fat import MTOOLS_ENV
 from imagebuilder.disk.partitions import boot_and_root
 from imagebuilder.recipe.load import load_recipe
-from tests.conftest import ROOT, require_programs
+from tests.conftest import ROOT, lacking, require_programs
 from tests.images import arm64_base, make_context
 from tests.test_build import make_recipe
 
@@ -28,9 +28,9 @@ def require_guestfs() -> None:
     try:
         import guestfs  # noqa: F401
     except ImportError:
-        pytest.skip("python3-guestfs is not installed (make setup)")
+        lacking("python3-guestfs is not installed")
     if not list(Path("/boot").glob("vmlinuz-*")):
-        pytest.skip("no host kernel in /boot for the libguestfs appliance (linux-image-amd64)")
+        lacking("no host kernel in /boot for the libguestfs appliance")
 
 
 def read_file(image: Path, path: str) -> bytes:

@@ -37,13 +37,15 @@ def recipe(recipe_file) -> Recipe:  # type: ignore[no-untyped-def]
 
 
 def _build_outputs(out: Path, *, keep_raw: bool = True) -> dict[str, bytes]:
-    require_programs("xz", "zstd")
+    """Raw images, their .img.xz (what Imager downloads) and .bmap stand-ins."""
+    require_programs("xz")
     out.mkdir(parents=True, exist_ok=True)
     raws = {}
-    for role, compress in (("master", ["xz", "-k", "-T0"]), ("worker", ["zstd", "-q", "-k"])):
+    for role in ("master", "worker"):
         raw = out / f"{role}.img"
         raws[role] = _sparse_image(raw)
-        subprocess.run([*compress, str(raw)], check=True)
+        subprocess.run(["xz", "-k", "-T0", str(raw)], check=True)
+        (out / f"{role}.img.bmap").write_text("<bmap/>\n")
         if not keep_raw:
             raw.unlink()
     return raws
@@ -57,15 +59,19 @@ def test_entries_match_the_files(recipe: Recipe) -> None:
     doc = json.loads(path.read_text())
     entries = {e["name"].rsplit(": ", 1)[1]: e for e in doc["os_list"]}
     assert set(entries) == {"master", "worker"}
-    for role, suffix in (("master", ".img.xz"), ("worker", ".img.zst")):
-        entry = entries[role]
-        download = out / f"{role}{suffix}"
-        assert entry["url"] == download.name  # relative to os_list.json
+    for role, entry in entries.items():
+        download = out / f"{role}.img.xz"
+        # Absolute: Imager resolves nothing against the repository file's own place.
+        assert entry["url"] == download.resolve().as_uri()
+        assert entry["bmap_url"] == (out / f"{role}.img.bmap").resolve().as_uri()
         assert entry["image_download_size"] == download.stat().st_size
         assert entry["image_download_sha256"] == _sha256(download)
         assert entry["extract_size"] == len(raws[role]) == (out / f"{role}.img").stat().st_size
         assert entry["extract_sha256"] == hashlib.sha256(raws[role]).hexdigest()
         assert entry["devices"] == ["pi5-64bit", "pi4-64bit", "pi3-64bit"]
+        assert entry["init_format"] == "cloudinit"
+        icon = Path(entry["icon"].removeprefix("file://"))
+        assert icon.read_bytes().startswith(b"\x89PNG")
         assert len(entry["release_date"]) == 10 and entry["release_date"][4] == "-"
         assert entry["description"]
     assert {t for d in doc["imager"]["devices"] for t in d["tags"]} == {"pi5-64bit", "pi4-64bit", "pi3-64bit"}
@@ -79,30 +85,27 @@ def test_extract_digest_from_compressed_only(recipe: Recipe) -> None:
         role = entry["name"].rsplit(": ", 1)[1]
         assert entry["extract_sha256"] == hashlib.sha256(raws[role]).hexdigest()
         assert entry["extract_size"] == len(raws[role])
-        assert entry["url"] == f"https://lab.example/pi/{role}{'.img.xz' if role == 'master' else '.img.zst'}"
+        assert entry["url"] == f"https://lab.example/pi/{role}.img.xz"
+        assert entry["icon"] == "https://lab.example/pi/imagebuilder-icon.png"
 
 
-def test_raw_only_and_armhf(recipe_file) -> None:  # type: ignore[no-untyped-def]
+def test_command_makes_the_xz_copy_imager_wants(recipe_file, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    require_programs("xz")
     recipe = load_recipe(recipe_file(VALID.replace("arch: arm64", "arch: armhf")))
     out = recipe.output_dir
     out.mkdir(parents=True)
-    raw = _sparse_image(out / "worker.img")
-    doc = json.loads(write_os_list(out, recipe).read_text())
-    (entry,) = doc["os_list"]
-    assert entry["url"] == "worker.img"
-    assert entry["image_download_sha256"] == entry["extract_sha256"] == hashlib.sha256(raw).hexdigest()
+    raw = _sparse_image(out / "worker.img")  # a zstd build leaves no .img.xz
+    assert main(["--cache-dir", str(tmp_path / "cache"), "imager-repo", str(recipe.source),
+                 "--base-url", "http://127.0.0.1:8000"]) == 0
+    (entry,) = json.loads((out / "os_list.json").read_text())["os_list"]
+    assert entry["url"] == "http://127.0.0.1:8000/worker.img.xz"
+    assert subprocess.run(["xz", "-dc", out / "worker.img.xz"], capture_output=True, check=True).stdout == raw
+    assert entry["extract_sha256"] == hashlib.sha256(raw).hexdigest()
     assert entry["devices"] == ["pi2-32bit"]
-
-
-def test_command_regenerates_it(recipe: Recipe) -> None:
-    _build_outputs(recipe.output_dir)
-    assert main(["imager-repo", str(recipe.source), "--base-url", "http://127.0.0.1:8000"]) == 0
-    doc = json.loads((recipe.output_dir / "os_list.json").read_text())
-    assert all(e["url"].startswith("http://127.0.0.1:8000/") for e in doc["os_list"])
 
 
 def test_no_images_is_one_line_exit_2(recipe: Recipe, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["imager-repo", str(recipe.source)]) == 2
     err = capsys.readouterr().err.splitlines()
-    assert "no master or worker image" in err[0]
+    assert "no master.img.xz or worker.img.xz" in err[0]
     assert not (recipe.output_dir / "os_list.json").exists()

@@ -104,3 +104,13 @@ def test_no_import_cycle_between_modules() -> None:
         if name not in state:
             visit(name)
     assert not cycles, "\n".join(cycles)
+
+
+def test_pyproject_lists_every_package() -> None:
+    """setuptools is given the package list (the overlays are mapped in): a new folder must be added."""
+    import tomllib
+
+    config = tomllib.loads((PACKAGE.parent / "pyproject.toml").read_text())["tool"]["setuptools"]
+    found = {module_name(p) for p in PACKAGE.rglob("__init__.py")}
+    assert set(config["packages"]) == found | {"imagebuilder.overlays"}
+    assert config["package-dir"] == {"imagebuilder.overlays": "overlays"}

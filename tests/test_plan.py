@@ -80,7 +80,7 @@ def test_rootless_plan_installs_nothing_and_leaves_packages_to_first_boot(recipe
     assert [p.stage.name for p in plan.stages] == ["common", "master", "worker"]
     assert all(not p.stage.packages for p in plan.stages)
     user_data = next(f for layer in plan.final("master").stage.layers for f in layer.files
-                     if f.tree_path == "boot/user-data")
+                     if f.tree_path == "root/etc/cloud/cloud.cfg.d/90-imagebuilder.cfg")
     assert b"dnsmasq" in user_data.data and b"nfs-common" in user_data.data
 
 

@@ -128,19 +128,26 @@ def test_wifi_uplink(tmp_path: Path, recipe_file: Any) -> None:
                                           "access-points": {'lab: "5G"': {"password": "p#ss: word"}}}}
 
 
-def test_user_data(master: dict[str, str], worker: dict[str, str]) -> None:
-    for files, role in ((master, "master"), (worker, "worker")):
+CLOUD_CFG = "root/etc/cloud/cloud.cfg.d/90-imagebuilder.cfg"
+
+
+def test_cloud_config(master: dict[str, str], worker: dict[str, str]) -> None:
+    for files in (master, worker):
+        # The seed's user-data is empty: what the node needs is system configuration, which survives a
+        # card whose seed files were replaced.
         assert files["boot/user-data"].startswith("#cloud-config\n")
-        data = yaml.safe_load(files["boot/user-data"])
+        assert yaml.safe_load(files["boot/user-data"]) == {}
+        data = yaml.safe_load(files[CLOUD_CFG])
         assert data["users"][0]["ssh_authorized_keys"] == ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOps ops@desk"]
         assert data["users"][0]["lock_passwd"] is True and data["ssh_pwauth"] is False
         assert data["timezone"] == "Europe/Berlin" and data["ssh_deletekeys"] is True
-        if role == "master":
-            assert data["hostname"] == "master" and data["fqdn"] == "master.lab.example"
-        else:
-            # A worker's name is its own: cloud-init must never set it or rewrite /etc/hosts.
-            assert "hostname" not in data and data["preserve_hostname"] is True
-            assert data["manage_etc_hosts"] is False
+        # A node's name is the recipe's: cloud-init must never set it or rewrite /etc/hosts.
+        assert "hostname" not in data and data["preserve_hostname"] is True
+        assert data["manage_etc_hosts"] is False
+        assert yaml.safe_load(files["root/etc/imagebuilder/network-config"]) == yaml.safe_load(
+            files["boot/network-config"])
+    assert master["root/etc/hostname"] == "master\n"
+    assert "127.0.1.1\tmaster.lab.example master" in master["root/etc/hosts"]
     assert yaml.safe_load(master["boot/meta-data"])["instance-id"].startswith("lab-master-")
 
 
@@ -208,7 +215,7 @@ def test_rootless_build_defers_packages_and_their_units(tmp_path: Path, recipe_f
 def test_first_boot_needs_no_generated_locale_and_has_zoneinfo(master: dict[str, str]) -> None:
     # Found by the boot test: cloud-init's default locale is not generated on a minimal base, and
     # its timezone module needs tzdata.
-    assert yaml.safe_load(master["boot/user-data"])["locale"] == "C.UTF-8"
+    assert yaml.safe_load(master[CLOUD_CFG])["locale"] == "C.UTF-8"
     assert "tzdata" in load_description(BUILTIN / "common").packages
 
 

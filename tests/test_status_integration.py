@@ -21,7 +21,7 @@ import pytest
 
 from imagebuilder.core.resources import spawned
 from imagebuilder.core.run import output, run, terminate
-from tests.conftest import ROOT, require_programs, require_root
+from tests.conftest import ROOT, lacking, require_programs, require_root
 from tests.test_beacon import BEACON, COLLECTOR
 
 pytestmark = pytest.mark.integration
@@ -132,13 +132,13 @@ def cluster() -> Iterator[Cluster]:
     require_root()
     require_programs("ip", "unshare")
     if not Path(PYTHON).exists():
-        pytest.skip(f"not installed: {PYTHON}")
+        lacking(f"not installed: {PYTHON}")
     with contextlib.ExitStack() as stack:
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="ib-status-")))
         try:
             names = stack.enter_context(lan(f"ib{os.getpid() % 100000}"))
         except Exception as e:
-            pytest.skip(f"cannot make network namespaces here: {e}")
+            lacking(f"cannot make network namespaces here: {e}")
         c = Cluster(names, workdir, stack)
         c.start_collector()
         for host, *_ in NODES:

@@ -12,7 +12,7 @@ from imagebuilder.build.execute import describe_plan, read_plan
 from imagebuilder.cli.command import Command, add_recipe_argument
 from imagebuilder.core.context import Context
 from imagebuilder.core.errors import ImageBuilderError
-from imagebuilder.outputs.imager import write_os_list
+from imagebuilder.outputs.imager import make_imager_repo
 from imagebuilder.recipe.load import load_recipe
 from imagebuilder.recipe.model import Recipe
 from imagebuilder.sources.decompress import decompress_to_cache
@@ -87,12 +87,13 @@ def format_plan(recipe: Recipe, backend: str, rows: list[dict[str, object]], not
 def _imager_repo_arguments(parser: argparse.ArgumentParser) -> None:
     add_recipe_argument(parser)
     parser.add_argument("--base-url", metavar="URL",
-                        help="where the images will be served; default: URLs relative to os_list.json")
+                        help="where out/<cluster>/ will be served over HTTP; default: file:// URLs of the files "
+                             "here (Imager resolves no relative URL)")
 
 
 def imager_repo(ctx: Context, args: argparse.Namespace) -> int:
     recipe = load_recipe(args.recipe)
-    print(write_os_list(recipe.output_dir, recipe, args.base_url))
+    print(make_imager_repo(ctx, recipe.output_dir, recipe, args.base_url))
     return 0
 
 
@@ -100,6 +101,7 @@ COMMANDS = [
     Command("fetch", "download, verify and cache a base image; print its path", _fetch_arguments, fetch),
     Command("build", "build the master and worker images of a recipe", _build_arguments, build,
             needs_root=lambda args: args.backend == "loop" and not args.plan),
-    Command("imager-repo", "write os_list.json, a Raspberry Pi Imager repository of the built images",
+    Command("imager-repo", "write os_list.json, a Raspberry Pi Imager repository of the built images (and "
+            "the .img.xz copies it downloads)",
             _imager_repo_arguments, imager_repo),
 ]

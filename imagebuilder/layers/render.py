@@ -13,6 +13,7 @@ import json
 import os
 import stat
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,17 @@ import yaml
 from imagebuilder.core.errors import ImageBuilderError
 from imagebuilder.layers.description import DESCRIPTION, TREES, LayerDescription, load_description
 
-BUILTIN = Path(__file__).resolve().parents[2] / "overlays"
+
+def builtin_overlays() -> Path:
+    """The built-in layers, shipped in the package as imagebuilder.overlays (overlays/ in the repository)."""
+    root = resources.files("imagebuilder.overlays")
+    if not isinstance(root, Path):  # a zipped install: the templates need a real directory
+        raise ImageBuilderError("imagebuilder's overlays are not on the file system (installed zipped?)",
+                                "install it with pip or pipx, which unpack it")
+    return root
+
+
+BUILTIN = builtin_overlays()
 
 
 @dataclass(frozen=True)

@@ -11,26 +11,24 @@ from __future__ import annotations
 
 import datetime
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 from imagebuilder import __version__
-from imagebuilder.core.cache import touch
 from imagebuilder.core.context import Context
 from imagebuilder.core.log import log, step
-from imagebuilder.core.resources import atomic_output, copy_sparse, file_lock, temporary_directory
+from imagebuilder.core.resources import atomic_output, copy_sparse, temporary_directory
 from imagebuilder.core.run import run
 from imagebuilder.disk.image import check_filesystems
 from imagebuilder.disk.seed import write_hostname_seed
 from imagebuilder.engine.stages import StageResult
+from imagebuilder.outputs.compress import COMPRESSORS, compress_cached, extension
 from imagebuilder.outputs.imager import OS_LIST, write_os_list
 from imagebuilder.recipe.catalogue import Layout
 from imagebuilder.recipe.model import Recipe
 from imagebuilder.sources.base import BaseImage
 from imagebuilder.sources.checksums import sha256_of
 
-COMPRESSORS = {"xz": ["xz", "-T0", "-6", "-c"], "zstd": ["zstd", "-T0", "-3", "-q", "-c"]}
 STATE = ".imagebuilder-emit.json"
 
 
@@ -63,8 +61,12 @@ def emit_outputs(ctx: Context, recipe: Recipe, base: BaseImage, results: dict[st
         }
         with atomic_output(out / "manifest.json") as tmp:
             tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
-        # os_list.json digests every image again: only when an image or the recipe changed.
-        if state != previous or not (out / OS_LIST).exists():
+        # Imager downloads .img.xz: with that format the build keeps os_list.json current (it digests every
+        # image again, so only when an image or the recipe changed); with another, `imagebuilder
+        # imager-repo` makes the .img.xz and the list, and a list left from an xz build would be stale.
+        if recipe.output.compress != "xz":
+            (out / OS_LIST).unlink(missing_ok=True)
+        elif state != previous or not (out / OS_LIST).exists():
             write_os_list(out, recipe)
         with atomic_output(out / STATE) as tmp:
             tmp.write_text(json.dumps(state, indent=1, sort_keys=True) + "\n")
@@ -130,34 +132,6 @@ def emit_image(ctx: Context, recipe: Recipe, role: str, result: StageResult, out
     for entry in files.values():
         entry["size"] = entry["signature"][0]
     return {"made_from": made_from, "files": files}
-
-
-def extension(fmt: str) -> str:
-    return "zst" if fmt == "zstd" else fmt
-
-
-def compress_cached(ctx: Context, raw: Path, digest: str, fmt: str) -> tuple[Path, str]:
-    """The compressed copy of raw (all cores), from the cache when this digest was compressed before."""
-    cached = ctx.cache("compressed") / f"{digest}.img.{extension(fmt)}"
-    # The copy's own digest beside it, so SHA256SUMS does not read hundreds of MB again.
-    cached_sum = cached.with_name(cached.name + ".sha256")
-    with file_lock(cached.with_suffix(".lock"), f"the {fmt} copy of {raw.name}"):
-        if not cached.exists():
-            with step(f"compress {raw.name} ({fmt}, all cores)"), atomic_output(cached) as tmp, \
-                    open(tmp, "wb") as sink:
-                run([*COMPRESSORS[fmt], raw], stdout=sink)
-        touch(cached)
-        if not cached_sum.exists():
-            with atomic_output(cached_sum) as tmp:
-                tmp.write_text(sha256_of(cached) + "\n")
-        compressed_digest = cached_sum.read_text().strip()
-    target = raw.with_name(f"{raw.name}.{extension(fmt)}")
-    with atomic_output(target) as tmp:
-        try:
-            os.link(cached, tmp)
-        except OSError:  # another filesystem
-            copy_sparse(cached, tmp)
-    return target, compressed_digest
 
 
 def write_checksums(out: Path, names: list[Path], known: dict[str, str] | None = None) -> None:

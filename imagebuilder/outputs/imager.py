@@ -1,8 +1,15 @@
 """A Raspberry Pi Imager repository for the built images: out/<cluster>/os_list.json.
 
-`rpi-imager --repo out/<cluster>/os_list.json` then lists the master and the worker image. The
-format is Imager's own (the `os_list` of its published manifest): sizes and sha256 digests of the
-download and of the extracted image, a release date, and the device tags the architecture suits.
+`rpi-imager --repo out/<cluster>/os_list.json` then lists the master and the worker image. The format is
+Imager's own (the `os_list` of its published manifest). Imager wants, per entry: an `.img.xz` download
+(it reads zstd only in newer versions), absolute URLs (it resolves nothing against the repository's own
+location), an icon, the size and sha256 of the extracted image (a wrong digest makes it leave the first MiB
+unwritten), and `init_format`, which decides whether it offers its OS customisation.
+
+We declare `cloudinit`: Imager then replaces the seed's user-data, network-config and meta-data and
+appends to cmdline.txt. Nothing a node needs to join is in those files: its cloud-config is installed in
+/etc/cloud/cloud.cfg.d (Imager's user-data is applied on top), and imagebuilder-seed.service puts the
+recipe's network-config back before cloud-init reads it.
 """
 
 from __future__ import annotations
@@ -10,20 +17,24 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
+import shutil
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from imagebuilder.core.context import Context
 from imagebuilder.core.errors import ImageBuilderError
 from imagebuilder.core.resources import atomic_output
 from imagebuilder.disk.imagefile import open_image
+from imagebuilder.outputs.compress import compress_cached
 from imagebuilder.recipe.load import summary
 from imagebuilder.recipe.model import Recipe
 from imagebuilder.roles.table import ROLES
 from imagebuilder.sources.checksums import sha256_of
 
 OS_LIST = "os_list.json"
-# Preferred download form first: Imager streams .xz and .zst itself; the raw image is the fallback.
-DOWNLOAD_FORMS = (".img.xz", ".img.zst", ".img")
+ICON = "imagebuilder-icon.png"
+INIT_FORMAT = "cloudinit"
 # Imager's device tags (the `devices` of its manifest) and the boards behind them.
 DEVICES = {
     "arm64": [("Raspberry Pi 5", "pi5-64bit"), ("Raspberry Pi 4", "pi4-64bit"), ("Raspberry Pi 3", "pi3-64bit")],
@@ -51,49 +62,73 @@ def _extracted(image: Path) -> tuple[int, str]:
     return size, digest.hexdigest()
 
 
-def _url(name: str, base_url: str | None) -> str:
-    return f"{base_url.rstrip('/')}/{name}" if base_url else name
+def _url(path: Path, base_url: str | None) -> str:
+    """Absolute, as Imager needs: under base_url, or the file itself."""
+    return f"{base_url.rstrip('/')}/{path.name}" if base_url else path.resolve().as_uri()
 
 
-def describe_image(out_dir: Path, role: str, recipe: Recipe, base_url: str | None) -> dict[str, Any] | None:
-    """One os_list entry, or None when no image of that role was built."""
-    download = next((out_dir / f"{role}{form}" for form in DOWNLOAD_FORMS if (out_dir / f"{role}{form}").is_file()),
-                    None)
-    if download is None:
+def describe_image(out_dir: Path, role: str, recipe: Recipe, base_url: str | None,
+                   devices: list[str]) -> dict[str, Any] | None:
+    """One os_list entry (for role.img.xz), or None when no such image was made."""
+    download = out_dir / f"{role}.img.xz"
+    if not download.is_file():
         return None
     raw = out_dir / f"{role}.img"
     extract_size, extract_sha256 = _extracted(raw if raw.is_file() else download)
     mtime = datetime.datetime.fromtimestamp(download.stat().st_mtime, datetime.UTC)
-    return {
+    entry = {
         "name": f"{recipe.cluster.name}: {role}",
         "description": f"{role.capitalize()} of cluster {recipe.cluster.name} ({summary(recipe)}): "
                        f"{DESCRIPTIONS[role]}",
-        "url": _url(download.name, base_url),
+        "url": _url(download, base_url),
+        "icon": _url(out_dir / ICON, base_url),
         "extract_size": extract_size,
         "extract_sha256": extract_sha256,
         "image_download_size": download.stat().st_size,
         "image_download_sha256": sha256_of(download),
         "release_date": mtime.date().isoformat(),
-        "devices": [tag for _, tag in DEVICES[recipe.arch]],
+        "init_format": INIT_FORMAT,
+        "devices": devices,
     }
+    bmap = out_dir / f"{role}.img.bmap"
+    if bmap.is_file():
+        entry["bmap_url"] = _url(bmap, base_url)
+    return entry
 
 
-def render_os_list(out_dir: Path, recipe: Recipe, base_url: str | None = None) -> dict[str, Any]:
-    entries = [e for role in ROLES if (e := describe_image(out_dir, role, recipe, base_url)) is not None]
+def render_os_list(out_dir: Path, recipe: Recipe, base_url: str | None = None,
+                   boards: list[tuple[str, str]] | None = None) -> dict[str, Any]:
+    """boards: (name, Imager tag) the images are for; default: every board of the architecture."""
+    boards = boards if boards is not None else DEVICES[recipe.arch]
+    tags = [tag for _, tag in boards]
+    entries = [e for role in ROLES if (e := describe_image(out_dir, role, recipe, base_url, tags)) is not None]
     if not entries:
-        raise ImagerRepoError(f"{out_dir}: no master or worker image to list",
-                              f"build them first: imagebuilder build {recipe.source}")
+        raise ImagerRepoError(f"{out_dir}: no master.img.xz or worker.img.xz to list",
+                              f"build first (imagebuilder build {recipe.source}), then imagebuilder imager-repo")
     # A repository given with --repo replaces Imager's device list too; without one its device
     # picker is empty and entries filtered by device never show.
-    devices = [{"name": name, "tags": [tag], "description": "", "default": False}
-               for name, tag in DEVICES[recipe.arch]]
+    devices = [{"name": name, "tags": [tag], "description": "", "default": False} for name, tag in boards]
     return {"imager": {"devices": devices}, "os_list": entries}
 
 
 def write_os_list(out_dir: Path, recipe: Recipe, base_url: str | None = None) -> Path:
-    """Write out_dir/os_list.json for the images in out_dir; URLs relative to it unless base_url."""
+    """Write out_dir/os_list.json (and its icon) for the .img.xz images in out_dir."""
+    icon = out_dir / ICON
+    if not icon.is_file():
+        with atomic_output(icon) as tmp, resources.as_file(resources.files("imagebuilder") / "data/icon.png") as src:
+            shutil.copyfile(src, tmp)
     document = render_os_list(out_dir, recipe, base_url)
     final = out_dir / OS_LIST
     with atomic_output(final) as tmp:
         tmp.write_text(json.dumps(document, indent=2) + "\n")
     return final
+
+
+def make_imager_repo(ctx: Context, out_dir: Path, recipe: Recipe, base_url: str | None = None) -> Path:
+    """`imagebuilder imager-repo`: the .img.xz copies Imager downloads (made from the raw images when the
+    build wrote another format, cached by digest), then os_list.json."""
+    for role in ROLES:
+        raw = out_dir / f"{role}.img"
+        if raw.is_file() and not (out_dir / f"{role}.img.xz").is_file():
+            compress_cached(ctx, raw, sha256_of(raw), "xz")
+    return write_os_list(out_dir, recipe, base_url)

@@ -27,15 +27,16 @@ def cloud_init_for_base(recipe: Recipe, layout: Layout) -> tuple[tuple[str, ...]
 
 
 def user_data(recipe: Recipe, role: str, first_boot_packages: tuple[str, ...] = ()) -> dict[str, Any]:
-    """cloud-init user-data: users, keys, time zone; the master's hostname (a worker sets its own)."""
-    data: dict[str, Any] = {}
-    if role == "master":
-        data.update(hostname=recipe.master.hostname, fqdn=f"{recipe.master.hostname}.{recipe.cluster.domain}",
-                    prefer_fqdn_over_hostname=False, preserve_hostname=False, manage_etc_hosts=True)
-    else:
-        # The name comes from imagebuilder-hostname.service, before cloud-init starts; cloud-init must
-        # neither set it nor rewrite /etc/hosts, on the first boot or any later one.
-        data.update(preserve_hostname=True, manage_etc_hosts=False)
+    """The node's cloud-config: users, keys, time zone, growth, first-boot packages.
+
+    It is installed as system configuration (/etc/cloud/cloud.cfg.d/), not as the seed's user-data, so a
+    card whose seed files were replaced (Raspberry Pi Imager's OS customisation writes its own) keeps it;
+    such user-data is applied on top.
+    """
+    # The master's name is in its /etc/hostname; a worker's comes from imagebuilder-hostname.service, before
+    # cloud-init starts. cloud-init must neither set it nor rewrite /etc/hosts, on any boot, whatever
+    # user-data says (Imager gives every card it writes the same hostname).
+    data: dict[str, Any] = {"preserve_hostname": True, "manage_etc_hosts": False}
     users: list[dict[str, Any]] = []
     for user in recipe.users:
         entry: dict[str, Any] = {"name": user.name, "shell": "/bin/bash", "groups": ["sudo"],

@@ -12,7 +12,6 @@ import importlib.util
 import select
 import sys
 import time
-from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -20,8 +19,9 @@ import requests
 
 from imagebuilder.core.context import Context
 from imagebuilder.core.errors import ImageBuilderError
+from imagebuilder.layers.render import BUILTIN
 
-COLLECTOR = (Path(__file__).resolve().parents[2] / "overlays/master/root/usr/local/lib/imagebuilder/collector.py")
+COLLECTOR = BUILTIN / "master/root/usr/local/lib/imagebuilder/collector.py"
 
 
 class StatusError(ImageBuilderError):
