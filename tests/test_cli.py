@@ -61,3 +61,47 @@ def test_readme_reference_matches_declarations() -> None:
 
     readme = (ROOT / "README.md").read_text()
     assert "\n".join(describe(Recipe)) in readme, "README recipe reference is stale: regenerate it"
+
+
+def test_json_output_of_validate_and_images(recipe_file) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    ok = imagebuilder("validate", "--json", "recipes/cluster.yaml")
+    document = json.loads(ok.stdout)
+    assert ok.returncode == 0 and document["ok"] and [w["hostname"] for w in document["workers"]] == [
+        "node1", "node2", "node3"]
+    bad = imagebuilder("validate", "--json", str(recipe_file(VALID.replace("arch: arm64", "arch: sparc"))))
+    assert bad.returncode == 2 and json.loads(bad.stdout)["problems"][0].endswith(
+        "arch: 'sparc' is not one of arm64, armhf (line 4)")
+    names = [e["name"] for e in json.loads(imagebuilder("images", "--json").stdout)]
+    assert names == ["ubuntu-24.04-raspi", "raspios-lite-trixie", "raspios-lite-bookworm"]
+
+
+def test_verbose_shows_the_commands_run(recipe_file, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    path = recipe_file(VALID)
+    out = tmp_path / "out/testcluster"
+    out.mkdir(parents=True)
+    (out / "worker.img").write_bytes(b"\0" * 65536)
+    argv = ["--cache-dir", str(tmp_path / "cache"), "imager-repo", str(path)]
+    quiet = subprocess.run([sys.executable, "-m", "imagebuilder", *argv], capture_output=True, text=True,
+                           cwd=tmp_path, check=True)
+    assert "+ xz" not in quiet.stderr
+    (out / "worker.img.xz").unlink()
+    (out / "worker.img").write_bytes(b"\1" * 65536)  # another digest: the cached copy does not serve it
+    verbose = subprocess.run([sys.executable, "-m", "imagebuilder", "-v", *argv], capture_output=True, text=True,
+                             cwd=tmp_path, check=True)
+    assert "+ xz -T0 -6 -c " in verbose.stderr
+
+
+def test_failed_checks_have_an_exit_status_of_their_own(monkeypatch, capsys) -> None:  # type: ignore[no-untyped-def]
+    from imagebuilder.cli import boottest
+    from imagebuilder.cli.main import main
+    from imagebuilder.core.errors import ChecksFailed
+
+    def failing(ctx, recipe, options):  # type: ignore[no-untyped-def]
+        raise ChecksFailed("boot test of x: 1 of 9 checks failed")
+
+    monkeypatch.setattr(boottest, "run_boot_test", failing)
+    monkeypatch.setattr("imagebuilder.cli.main.is_root", lambda: True)
+    assert main(["boot-test", str(ROOT / "recipes/cluster.yaml")]) == 3
+    assert capsys.readouterr().err.startswith("imagebuilder: boot test of x")

@@ -36,7 +36,7 @@ from imagebuilder.boottest.qemu import (
 )
 from imagebuilder.boottest.ssh import Ssh, find_login_key, write_ssh_config
 from imagebuilder.core.context import Context
-from imagebuilder.core.errors import ImageBuilderError
+from imagebuilder.core.errors import ChecksFailed, ImageBuilderError
 from imagebuilder.core.log import log, step
 from imagebuilder.core.resources import temporary_directory
 from imagebuilder.core.run import find_program
@@ -152,7 +152,7 @@ def wait_for_rest(result: NodeResult, options: BootOptions, deadline: float) -> 
     log.info("%s: %s", result.node.name, ", ".join(
         f"{e} {t:.0f}s" if t is not None else f"{e} -" for e, t in result.times.items()))
 
-class BootTestFailed(ImageBuilderError):
+class BootTestFailed(ChecksFailed):
     """The cluster booted (or not) and some checks failed: the report above says which."""
 
     def __init__(self, report: BootReport, logs: Path | None) -> None:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 from imagebuilder.build.plan import BuildPlan, Inputs, plan_build, role_packages
 from imagebuilder.core.cache import prune_compressed, prune_stages
 from imagebuilder.core.context import Context
 from imagebuilder.core.errors import ImageBuilderError
-from imagebuilder.core.log import log, step
+from imagebuilder.core.log import VERBOSE, log, step
 from imagebuilder.engine.backends.interface import choose_backend
 from imagebuilder.engine.stages import StageResult, is_cached, realise
 from imagebuilder.outputs.emit import emit_outputs, emit_per_node
@@ -73,9 +74,12 @@ def build(ctx: Context, recipe: Recipe, *, per_node: bool = False,
     with step(f"build {recipe.cluster.name} ({chosen.name} backend)"):
         if not chosen.installs_packages:
             wanted = sorted({p for r in ("common", *ROLES) for p in role_packages(recipe, r)})
-            log.info("the %s backend cannot run the image's programs: cloud-init installs the packages at "
-                     "first boot instead (the nodes need the network then): %s", chosen.name,
-                     ", ".join(wanted) or "none")
+            why = "not running as root" if backend is None else "--backend guestfs"
+            log.warning("%s: building with the %s backend (libguestfs, no root). It cannot run the image's "
+                        "programs, so: cloud-init installs the packages at first boot (%s; the nodes need "
+                        "their mirror then), the generated files are not checked with the image's own tools, "
+                        "and each stage is slower. Run as root for the loop backend.", why, chosen.name,
+                        ", ".join(wanted) or "none")
         with step("base image"):
             base = resolve_base(ctx, recipe)
         if not chosen.installs_packages and cloud_init_for_base(recipe, base.layout)[1] is not None:
@@ -86,6 +90,11 @@ def build(ctx: Context, recipe: Recipe, *, per_node: bool = False,
         inputs = Inputs(base=base, token=k3s_token(ctx, recipe.cluster.name), k3s=k3s, backend=chosen.name,
                         installs_packages=chosen.installs_packages)
         plan = plan_build(recipe, inputs, ctx.cache("stages"))
+        for row in describe_plan(ctx, plan):
+            log.log(VERBOSE, "plan: stage %s %s (key %s, from %s; packages: %s; layers: %s)", row["stage"],
+                    row["action"], row["key"], Path(str(row["parent"])).name,
+                    ", ".join(map(str, row["packages"])) or "none",  # type: ignore[call-overload]
+                    ", ".join(map(str, row["layers"])) or "none")  # type: ignore[call-overload]
         debs = ctx.cache("debs", f"{recipe.arch}-{base.sha256[:16]}")
         made = {planned.stage.name: realise(ctx, planned.stage, debs) for planned in plan.stages}
         common = made["common"]

@@ -1,12 +1,14 @@
 """The command line: parse, set up logging and signals, run one command, map errors to exit codes.
 
-Exit status: 0 done; 2 a user's mistake or the machine's state (one line and a hint); 130/143
-interrupted (everything acquired was undone); 1 a bug (with its traceback).
+Exit status: 0 done; 2 a user's mistake or the machine's state (one line and a hint); 3 checks failed
+(boot-test, verify: the report says which); 130/143/129 interrupted (everything acquired was undone); 1 a
+bug (with its traceback).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -48,7 +50,7 @@ def build_parser(commands: Sequence[Command]) -> argparse.ArgumentParser:
 
 
 class _Signals:
-    """Turn SIGINT and SIGTERM into Interrupted, once: a second signal must not break the unwinding."""
+    """Turn SIGINT, SIGTERM and SIGHUP into Interrupted, once: a second signal must not break the unwinding."""
 
     def __init__(self) -> None:
         self.received: int | None = None
@@ -63,6 +65,8 @@ class _Signals:
     def install(self) -> None:
         signal.signal(signal.SIGINT, self)
         signal.signal(signal.SIGTERM, self)
+        # A closed ssh session or terminal: the same orderly unwinding, not a half-done build.
+        signal.signal(signal.SIGHUP, self)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -88,9 +92,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             log.exception("error")
         for line in e.lines():
             print(line, file=sys.stderr)
-        return 2
+        return e.exit_status
     except (Interrupted, KeyboardInterrupt) as e:
         signum = e.signum if isinstance(e, Interrupted) else signal.SIGINT
         print(f"imagebuilder: interrupted by {signal.Signals(signum).name}; everything acquired was undone",
               file=sys.stderr)
         return 128 + signum
+    except BrokenPipeError:
+        # The reader went away (`imagebuilder images | head`): stop quietly, as other tools do.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE

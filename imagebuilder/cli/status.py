@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 
 from imagebuilder.cli.command import Command
+from imagebuilder.cli.recipes import add_json_argument
 from imagebuilder.core.context import Context
 from imagebuilder.recipe.model import Monitoring
 from imagebuilder.status.table import Listener, StatusError, fetch_nodes, format_table
@@ -24,6 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="with --listen: how long to listen for beacons (default: %(default)s)")
     parser.add_argument("--watch", nargs="?", type=float, const=float(defaults.interval), default=None,
                         metavar="SECONDS", help="refresh every SECONDS (default %(const)s) until Ctrl-C")
+    add_json_argument(parser)
 
 
 def show_status(ctx: Context, args: argparse.Namespace) -> int:
@@ -37,12 +40,16 @@ def show_status(ctx: Context, args: argparse.Namespace) -> int:
             document = listener.collect(args.seconds if first else (args.watch or args.seconds))
         else:
             document = fetch_nodes(args.url)
-        table = format_table(document)
-        if args.watch is not None and sys.stdout.isatty():
-            table = "\x1b[H\x1b[2J" + table  # redraw in place
-        elif not first:
-            table = "\n" + table
-        print(table, flush=True)
+        if args.json:
+            # One JSON document per line, so --watch gives a stream a program reads line by line.
+            print(json.dumps(document), flush=True)
+        else:
+            table = format_table(document)
+            if args.watch is not None and sys.stdout.isatty():
+                table = "\x1b[H\x1b[2J" + table  # redraw in place
+            elif not first:
+                table = "\n" + table
+            print(table, flush=True)
         if args.watch is None:
             return 0
         first = False

@@ -10,6 +10,8 @@ from __future__ import annotations
 class ImageBuilderError(Exception):
     """An error the user can fix; `hint` says how."""
 
+    exit_status = 2
+
     def __init__(self, message: str, hint: str | None = None) -> None:
         super().__init__(message)
         self.message = message
@@ -20,6 +22,13 @@ class ImageBuilderError(Exception):
         if self.hint:
             out.append(f"  hint: {self.hint}")
         return out
+
+
+class ChecksFailed(ImageBuilderError):
+    """What was checked (a booted cluster, an image) is not right: exit status 3, apart from the user's
+    mistakes (2), so scripts can tell a broken image from a bad command line."""
+
+    exit_status = 3
 
 
 class RecipeError(ImageBuilderError):

@@ -17,6 +17,9 @@ from typing import Any
 from tqdm import tqdm
 
 log = logging.getLogger("imagebuilder")
+# -v: every command run and every stage decision; --debug adds the commands' own output and tracebacks.
+VERBOSE = 15
+logging.addLevelName(VERBOSE, "VERBOSE")
 
 
 
@@ -25,7 +28,7 @@ class _Nesting:
 
 
 def setup_logging(verbose: bool, debug: bool) -> None:
-    level = logging.DEBUG if debug else logging.INFO if verbose else logging.INFO
+    level = logging.DEBUG if debug else VERBOSE if verbose else logging.INFO
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(message)s"))
     log.handlers[:] = [handler]

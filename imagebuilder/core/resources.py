@@ -14,7 +14,7 @@ import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
-from imagebuilder.core.log import log
+from imagebuilder.core.log import VERBOSE, log
 from imagebuilder.core.run import find_program, output, run, terminate
 
 # Called with a description after each acquisition has registered its undo. The failure-injection
@@ -136,7 +136,7 @@ def spawned(argv: Sequence[str | os.PathLike[str]], *, stdout: int | None = None
     """Start a long-running program (a qemu guest, a server) that must end with the block."""
     args = [os.fspath(a) for a in argv]
     args[0] = find_program(args[0]) if "/" not in args[0] else args[0]
-    log.debug("+ %s &", " ".join(args))
+    log.log(VERBOSE, "+ %s &", " ".join(args))
     proc: subprocess.Popen[bytes] = subprocess.Popen(  # type: ignore[call-overload]
         args, stdin=subprocess.DEVNULL, stdout=stdout, **kwargs
     )

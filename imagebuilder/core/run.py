@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import IO
 
 from imagebuilder.core.errors import CommandFailed, ToolMissing
-from imagebuilder.core.log import log
+from imagebuilder.core.log import VERBOSE, log
 
 # Which Debian package provides a program, for the "not found: install X" line.
 PACKAGE_OF = {
@@ -66,21 +66,25 @@ def run(
     check: bool = True,
     stdout: IO[bytes] | None = None,
     on_line: Callable[[str], None] | None = None,
+    inherit_env: bool = True,
 ) -> subprocess.CompletedProcess[bytes]:
     """Run argv and wait for it.
 
     capture: return stdout as bytes (otherwise stdout goes to the debug log, or to `stdout`).
-    env: extra variables, added to ours.
+    env: extra variables, added to ours; with inherit_env=False, the whole environment (programs in a
+    chroot get only what the build gives them, never the caller's).
     on_line: called with every stderr and (uncaptured) stdout line, for progress.
     """
     args = [os.fspath(a) for a in argv]
     args[0] = find_program(args[0]) if "/" not in args[0] else args[0]
     shown = shlex.join([os.path.basename(args[0]), *args[1:]])
-    log.debug("+ %s", shown)
-    full_env = dict(os.environ)
-    full_env.setdefault("LC_ALL", "C.UTF-8")
-    if env:
-        full_env.update(env)
+    log.log(VERBOSE, "+ %s", shown)
+    if inherit_env:
+        full_env = dict(os.environ)
+        full_env.setdefault("LC_ALL", "C.UTF-8")
+        full_env.update(env or {})
+    else:
+        full_env = dict(env or {})
 
     tail: collections.deque[str] = collections.deque(maxlen=_TAIL_LINES)
 

@@ -71,12 +71,19 @@ def chroot_session(root: Path, arch: str) -> Iterator[Chroot]:
         yield Chroot(root)
 
 
+# The whole environment of a program in the chroot: nothing of the caller's (their PATH, proxy settings,
+# locale, TMPDIR pointing at the host) leaks into package scripts.
+CHROOT_ENV = {
+    "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root", "USER": "root",
+    "LOGNAME": "root", "LC_ALL": "C.UTF-8", "LANG": "C.UTF-8", "TERM": "dumb",
+    "DEBIAN_FRONTEND": "noninteractive", "DEBCONF_NONINTERACTIVE_SEEN": "true",
+}
+
+
 class Chroot:
     def __init__(self, root: Path) -> None:
         self.root = root
 
     def run(self, argv: Sequence[str], env: Mapping[str, str] | None = None, **kwargs: object) -> None:
-        full_env = {"DEBIAN_FRONTEND": "noninteractive", "DEBCONF_NONINTERACTIVE_SEEN": "true",
-                    "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C.UTF-8"}
-        full_env.update(env or {})
-        run(["chroot", self.root, *argv], env=full_env, **kwargs)  # type: ignore[arg-type]
+        run(["chroot", self.root, *argv], env={**CHROOT_ENV, **(env or {})}, inherit_env=False,
+            **kwargs)  # type: ignore[arg-type]
