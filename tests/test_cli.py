@@ -93,7 +93,7 @@ def test_verbose_shows_the_commands_run(recipe_file, tmp_path) -> None:  # type:
     assert "+ xz -T0 -6 -c " in verbose.stderr
 
 
-def test_failed_checks_have_an_exit_status_of_their_own(monkeypatch, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_failed_checks_have_an_exit_status_of_their_own(monkeypatch, capfd) -> None:  # type: ignore[no-untyped-def]
     from imagebuilder.cli import boottest
     from imagebuilder.cli.main import main
     from imagebuilder.core.errors import ChecksFailed
@@ -104,4 +104,4 @@ def test_failed_checks_have_an_exit_status_of_their_own(monkeypatch, capsys) -> 
     monkeypatch.setattr(boottest, "run_boot_test", failing)
     monkeypatch.setattr("imagebuilder.cli.main.is_root", lambda: True)
     assert main(["boot-test", str(ROOT / "recipes/cluster.yaml")]) == 3
-    assert capsys.readouterr().err.startswith("imagebuilder: boot test of x")
+    assert capfd.readouterr().err.startswith("imagebuilder: boot test of x")

@@ -6,7 +6,7 @@ import dataclasses
 from pathlib import Path
 
 from imagebuilder.build.plan import BuildPlan, Inputs, plan_build, role_packages
-from imagebuilder.core.cache import prune_compressed, prune_stages
+from imagebuilder.core.cache import prune_compressed, prune_stages, sweep
 from imagebuilder.core.context import Context
 from imagebuilder.core.errors import ImageBuilderError
 from imagebuilder.core.log import VERBOSE, log, step
@@ -69,6 +69,7 @@ def build(ctx: Context, recipe: Recipe, *, per_node: bool = False,
           backend: str | None = None) -> dict[str, StageResult]:
     """backend: "loop", "guestfs", or None for loop as root and guestfs otherwise."""
     chosen = choose_backend(backend)
+    sweep(ctx.cache_dir, recipe.output_dir)
     # Whatever happens, the cache keeps only the newest few stages and compressed copies.
     ctx.stack.callback(prune_cache, ctx)
     with step(f"build {recipe.cluster.name} ({chosen.name} backend)"):

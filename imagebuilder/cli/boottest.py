@@ -41,5 +41,5 @@ def boot_test(ctx: Context, args: argparse.Namespace) -> int:
 
 COMMANDS = [
     Command("boot-test", "boot the built images under qemu on a private LAN and check the cluster comes alive",
-            _boot_test_arguments, boot_test, needs_root=lambda args: True),
+            _boot_test_arguments, boot_test, needs_root=lambda args: True, isolate=lambda args: True),
 ]

@@ -100,7 +100,8 @@ def imager_repo(ctx: Context, args: argparse.Namespace) -> int:
 COMMANDS = [
     Command("fetch", "download, verify and cache a base image; print its path", _fetch_arguments, fetch),
     Command("build", "build the master and worker images of a recipe", _build_arguments, build,
-            needs_root=lambda args: args.backend == "loop" and not args.plan),
+            needs_root=lambda args: args.backend == "loop" and not args.plan,
+            isolate=lambda args: not args.plan and args.backend != "guestfs"),
     Command("imager-repo", "write os_list.json, a Raspberry Pi Imager repository of the built images (and "
             "the .img.xz copies it downloads)",
             _imager_repo_arguments, imager_repo),

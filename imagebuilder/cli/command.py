@@ -17,6 +17,8 @@ class Command:
     add_arguments: Callable[[argparse.ArgumentParser], None]
     run: Callable[[Context, argparse.Namespace], int]
     needs_root: Callable[[argparse.Namespace], bool] = lambda args: False
+    # Mounts, loop devices or processes that must not outlive it: run it in namespaces of its own (as root).
+    isolate: Callable[[argparse.Namespace], bool] = lambda args: False
 
 
 def add_recipe_argument(parser: argparse.ArgumentParser) -> None:

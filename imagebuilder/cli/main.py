@@ -20,6 +20,7 @@ from imagebuilder.cli import boottest, build, flash, recipes, status
 from imagebuilder.cli.command import Command
 from imagebuilder.core.context import Context, default_cache_dir, default_state_dir
 from imagebuilder.core.errors import ImageBuilderError, Interrupted, NeedsRoot
+from imagebuilder.core.isolation import isolated, run_isolated
 from imagebuilder.core.log import log, setup_logging
 from imagebuilder.core.run import is_root
 
@@ -79,20 +80,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.state_dir is not None:
         ctx.state_root = args.state_dir.resolve()
     command: Command = args._command
+    if command.needs_root(args) and not is_root():
+        return report(NeedsRoot(f"imagebuilder {command.name} needs root (loop devices, mounts, chroot)",
+                                f"run it as root: sudo imagebuilder {command.name} ..."), args.debug)
+    if is_root() and command.isolate(args) and not isolated():
+        try:
+            return run_isolated(lambda: run_command(ctx, command, args))
+        except ImageBuilderError as e:
+            return report(e, args.debug)
+    return run_command(ctx, command, args)
+
+
+def report(error: ImageBuilderError, debug: bool) -> int:
+    if debug:
+        log.exception("error")
+    for line in error.lines():
+        print(line, file=sys.stderr)
+    return error.exit_status
+
+
+def run_command(ctx: Context, command: Command, args: argparse.Namespace) -> int:
+    """Run one command on its ExitStack; map what ends it to an exit status."""
     signals = _Signals()
     signals.install()
     try:
-        if command.needs_root(args) and not is_root():
-            raise NeedsRoot(f"imagebuilder {command.name} needs root (loop devices, mounts, chroot)",
-                            f"run it as root: sudo imagebuilder {command.name} ...")
         with ctx.stack:
             return command.run(ctx, args)
     except ImageBuilderError as e:
-        if args.debug:
-            log.exception("error")
-        for line in e.lines():
-            print(line, file=sys.stderr)
-        return e.exit_status
+        return report(e, args.debug)
     except (Interrupted, KeyboardInterrupt) as e:
         signum = e.signum if isinstance(e, Interrupted) else signal.SIGINT
         print(f"imagebuilder: interrupted by {signal.Signals(signum).name}; everything acquired was undone",

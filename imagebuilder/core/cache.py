@@ -15,9 +15,22 @@ from collections import defaultdict
 from pathlib import Path
 
 from imagebuilder.core.log import log
+from imagebuilder.core.resources import sweep_partials
 
 KEEP_STAGES = 2  # per stage name (common, master-packages, master, ...)
 KEEP_COMPRESSED = 6
+
+
+# The cache's folders that hold entries written through atomic_output or temporary directories.
+SWEPT = ("tmp", "stages", "bases", "raw", "compressed", "downloads")
+
+
+def sweep(cache_dir: Path, *others: Path) -> int:
+    """Remove what killed builds left (partial files, temporary trees) in the cache and in `others`."""
+    removed = [p for d in (*(cache_dir / name for name in SWEPT), *others) for p in sweep_partials(d)]
+    for path in removed:
+        log.info("removed %s, left by a build that did not finish", path)
+    return len(removed)
 
 
 def touch(path: Path) -> None:

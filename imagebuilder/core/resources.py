@@ -8,9 +8,13 @@ the command; see `Context.stack`.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
+import secrets
+import signal
 import subprocess
 import tempfile
+import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -27,12 +31,22 @@ def acquired(what: str) -> None:
         hook(what)
 
 
+# Partial outputs and temporary directories are locked (flock) by the process that writes them while it
+# lives; a lock that can be taken means its writer is gone, and the next run sweeps the leftover.
+PARTIAL = ".partial-"
+
+
 @contextlib.contextmanager
 def temporary_directory(prefix: str = "imagebuilder-", parent: Path | None = None) -> Iterator[Path]:
     path = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
     try:
-        acquired(f"temporary directory {path}")
-        yield path
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            acquired(f"temporary directory {path}")
+            yield path
+        finally:
+            os.close(fd)
     finally:
         remove_tree(path)
 
@@ -50,16 +64,56 @@ def remove_tree(path: Path) -> None:
 
 @contextlib.contextmanager
 def atomic_output(final: Path) -> Iterator[Path]:
-    """Yield a temporary path beside `final`; rename it into place only if the block succeeds."""
+    """Yield a temporary file beside `final`; when the block succeeds, flush it to the disk and rename it
+    into place (and flush the directory), so that after a power cut `final` is either whole or absent."""
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(f".{final.name}.partial-{os.getpid()}")
+    tmp = final.with_name(f".{final.name}{PARTIAL}{secrets.token_hex(4)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
         yield tmp
+        sync_path(tmp)
+        os.replace(tmp, final)
+        sync_path(final.parent)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             remove_tree(tmp)
         raise
-    os.replace(tmp, final)
+    finally:
+        os.close(fd)
+
+
+def sync_path(path: Path) -> None:
+    """fsync a file or a directory (a directory's entry of a renamed file)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def sweep_partials(directory: Path) -> list[Path]:
+    """Remove the partial outputs and temporary directories in `directory` whose writer is gone (a build
+    that was killed or lost its power). Returns what was removed."""
+    removed: list[Path] = []
+    if not directory.is_dir():
+        return removed
+    for path in directory.iterdir():
+        if not (PARTIAL in path.name or (path.is_dir() and directory.name == "tmp")):
+            continue
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            continue  # its writer is alive
+        finally:
+            os.close(fd)
+        remove_tree(path)
+        removed.append(path)
+    return removed
 
 
 @contextlib.contextmanager
@@ -119,15 +173,50 @@ def bind_mount(source: Path, target: Path, *, read_only: bool = False) -> Iterat
 
 
 def unmount(target: Path, *, recursive: bool = False) -> None:
+    """Unmount; when busy, end the processes still running inside it and try once more.
+
+    A lazy unmount never counts as success: it would hide a file system that is still being written.
+    """
     argv: list[str | os.PathLike[str]] = ["umount"]
     if recursive:
         argv.append("--recursive")
+    if run([*argv, target], check=False).returncode == 0:
+        return
+    killed = kill_processes_in(target)
+    if killed:
+        log.warning("killed %d process(es) left running in %s: %s", len(killed), target, ", ".join(killed))
+    run([*argv, target])
+
+
+def kill_processes_in(root: Path) -> list[str]:
+    """SIGKILL every process whose root or working directory is at or below `root` (a chroot's leftovers:
+    a daemon a package script started); wait until they are gone. Returns "pid name" of each."""
+    prefix = os.path.realpath(root)
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            places = [os.readlink(entry / "root"), os.readlink(entry / "cwd")]
+            name = (entry / "comm").read_text().strip()
+        except OSError:
+            continue
+        if any(p == prefix or p.startswith(prefix + "/") for p in places):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(entry.name), signal.SIGKILL)
+                found.append(f"{entry.name} {name}")
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(_running(int(f.split()[0])) for f in found):
+        time.sleep(0.1)
+    return found
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (a killed process waiting for its parent to reap it holds nothing)."""
     try:
-        run([*argv, target])
-    except Exception:
-        # Busy (a process still has a file open): detach lazily so nothing stays visible.
-        log.warning("umount %s failed; detaching it lazily", target)
-        run([*argv, "--lazy", target])
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
 
 
 @contextlib.contextmanager
@@ -156,11 +245,6 @@ def network_namespace(name: str) -> Iterator[str]:
         yield name
     finally:
         run(["ip", "netns", "delete", name], check=False)
-
-
-def copy_sparse(source: Path, target: Path) -> None:
-    """Copy keeping holes, with a reflink where the filesystem offers one."""
-    run(["cp", "--reflink=auto", "--sparse=always", source, target])
 
 
 @contextlib.contextmanager

@@ -12,8 +12,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from imagebuilder.core.log import log
-from imagebuilder.core.resources import bind_mount, loop_device, mounted, temporary_directory
+from imagebuilder.core.resources import bind_mount, mounted, temporary_directory
 from imagebuilder.core.run import run
+from imagebuilder.disk.ext4 import grow_root
 from imagebuilder.disk.fat import MTOOLS_ENV, fat_serial, make_fat
 from imagebuilder.disk.partitions import Partition, boot_and_root
 from imagebuilder.recipe.catalogue import Layout
@@ -27,6 +28,11 @@ def kernel_has_vfat() -> bool:
     return "\tvfat\n" in Path("/proc/filesystems").read_text()
 
 
+def mounted_partition(image: Path, part: Partition, target: Path,
+                      fstype: str) -> contextlib.AbstractContextManager[Path]:
+    return mounted(image, target, fstype=fstype, options=("loop", f"offset={part.start}", f"sizelimit={part.size}"))
+
+
 @contextlib.contextmanager
 def mounted_image(image: Path, layout: Layout, workdir: Path, *, grow_fs: bool = False) -> Iterator[Path]:
     """Mount root and boot partitions of `image` under workdir; yield the root.
@@ -36,15 +42,14 @@ def mounted_image(image: Path, layout: Layout, workdir: Path, *, grow_fs: bool =
     """
     boot, root = boot_and_root(image)
     with contextlib.ExitStack() as stack:
-        device = stack.enter_context(loop_device(image, offset=root.start, size=root.size))
         if grow_fs:
-            run(["e2fsck", "-f", "-p", device])
-            run(["resize2fs", device])
-        mnt = stack.enter_context(mounted(device, workdir / "root", fstype="ext4"))
+            grow_root(image, root)
+        # mount -o loop sets the loop device to clear itself when unmounted, so a build that dies cannot
+        # leave one attached (its mounts live in the build's own mount namespace and die with it).
+        mnt = stack.enter_context(mounted_partition(image, root, workdir / "root", "ext4"))
         boot_dir = mnt / layout.boot_mount.lstrip("/")
         if kernel_has_vfat():
-            boot_device = stack.enter_context(loop_device(image, offset=boot.start, size=boot.size))
-            stack.enter_context(mounted(boot_device, boot_dir, fstype="vfat"))
+            stack.enter_context(mounted_partition(image, boot, boot_dir, "vfat"))
         else:
             stack.enter_context(staged_fat(image, boot, boot_dir, layout.boot_label, workdir))
         yield mnt

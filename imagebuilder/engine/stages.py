@@ -10,14 +10,18 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from imagebuilder import __version__
 from imagebuilder.core.cache import touch
 from imagebuilder.core.context import Context
-from imagebuilder.core.log import log, step
-from imagebuilder.core.resources import atomic_output, copy_sparse, file_lock, temporary_directory
+from imagebuilder.core.errors import ImageBuilderError
+from imagebuilder.core.log import Progress, log, step
+from imagebuilder.core.resources import atomic_output, file_lock, temporary_directory
+from imagebuilder.disk.copy import Copied, copy_image
 from imagebuilder.disk.ext4 import shrink_root
 from imagebuilder.disk.image import check_filesystems
 from imagebuilder.disk.partitions import grow_image
@@ -74,8 +78,32 @@ def stage_image(stage_dir: Path, stage: Stage) -> Path:
 
 
 def is_cached(stage_dir: Path, stage: Stage) -> bool:
-    image = stage_image(stage_dir, stage)
-    return image.exists() and image.with_suffix(".json").exists()
+    return cached_record(stage_image(stage_dir, stage)) is not None
+
+
+def cached_record(image: Path) -> dict[str, Any] | None:
+    """The record of a cache entry (a stage or a base image), if the entry is whole: the record exists and
+    the image has the size it gives. Its digest is checked whenever the image is read (see copy_checked)."""
+    try:
+        record: dict[str, Any] = json.loads(image.with_suffix(".json").read_text())
+        if image.stat().st_size != record.get("size", image.stat().st_size):
+            return None
+    except (OSError, ValueError):
+        return None
+    return record
+
+
+def copy_checked(source: Path, target: Path, extents: Sequence[tuple[int, int]] = (),
+                 progress: Progress | None = None) -> Copied:
+    """Copy a cache entry, checking on the way that it still is what its record says (one pass)."""
+    copied = copy_image(source, target, extents, progress)
+    expected = (cached_record(source) or {}).get("sha256")
+    if expected and copied.sha256 != expected:
+        source.with_suffix(".json").unlink(missing_ok=True)
+        source.unlink(missing_ok=True)
+        raise ImageBuilderError(f"{source}: the cached image does not match its record (damaged on disk); "
+                                "it was removed", "build again: it is made anew")
+    return copied
 
 
 def realise(ctx: Context, stage: Stage, debs: Path) -> StageResult:
@@ -84,7 +112,7 @@ def realise(ctx: Context, stage: Stage, debs: Path) -> StageResult:
     image = stage_image(ctx.cache("stages"), stage)
     record = image.with_suffix(".json")
     with file_lock(image.with_suffix(".lock"), f"the {stage.name} stage"):
-        if image.exists() and record.exists():
+        if cached_record(image) is not None:
             log.info("stage %s: cached (%s)", stage.name, key[:12])
             touch(image)
         else:
@@ -98,7 +126,7 @@ def _build(ctx: Context, stage: Stage, image: Path, record: Path, debs: Path) ->
     backend = choose_backend(stage.backend)
     check_rendered(stage.layers, stage.layout.boot_mount)
     with temporary_directory(f"stage-{stage.name}-", ctx.cache("tmp")) as work, atomic_output(image) as tmp:
-        copy_sparse(stage.parent, tmp)
+        copy_checked(stage.parent, tmp)
         grown = grow_image(tmp, stage.size or tmp.stat().st_size + (GIB if stage.packages else 0))
         with backend.open(tmp, stage.layout, stage.arch, work, grow_fs=grown) as tree:
             if stage.packages:
@@ -125,5 +153,5 @@ def _build(ctx: Context, stage: Stage, image: Path, record: Path, debs: Path) ->
         check_filesystems(tmp, work)
         digest = sha256_of(tmp)
         with atomic_output(record) as rec:
-            rec.write_text(json.dumps({"packages": packages, "files": files, "units": units, "sha256": digest},
-                                      indent=1))
+            rec.write_text(json.dumps({"packages": packages, "files": files, "units": units, "sha256": digest,
+                                       "size": tmp.stat().st_size}, indent=1))

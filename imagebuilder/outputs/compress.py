@@ -4,12 +4,13 @@ unchanged image must not pay it twice."""
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 from imagebuilder.core.cache import touch
 from imagebuilder.core.context import Context
 from imagebuilder.core.log import step
-from imagebuilder.core.resources import atomic_output, copy_sparse, file_lock
+from imagebuilder.core.resources import atomic_output, file_lock
 from imagebuilder.core.run import run
 from imagebuilder.sources.checksums import sha256_of
 
@@ -40,5 +41,5 @@ def compress_cached(ctx: Context, raw: Path, digest: str, fmt: str) -> tuple[Pat
         try:
             os.link(cached, tmp)
         except OSError:  # another filesystem
-            copy_sparse(cached, tmp)
+            shutil.copyfile(cached, tmp)
     return target, compressed_digest

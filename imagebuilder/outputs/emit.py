@@ -10,18 +10,20 @@ compressed again, which makes a rebuild without changes take about a second.
 from __future__ import annotations
 
 import datetime
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
 
 from imagebuilder import __version__
 from imagebuilder.core.context import Context
-from imagebuilder.core.log import log, step
-from imagebuilder.core.resources import atomic_output, copy_sparse, temporary_directory
-from imagebuilder.core.run import run
-from imagebuilder.disk.image import check_filesystems
+from imagebuilder.core.log import Progress, log, step
+from imagebuilder.core.resources import atomic_output
+from imagebuilder.disk.bmap import bmap_document, make_bmap, range_extents
+from imagebuilder.disk.copy import copy_image
 from imagebuilder.disk.seed import write_hostname_seed
-from imagebuilder.engine.stages import StageResult
+from imagebuilder.disk.usage import image_usage
+from imagebuilder.engine.stages import StageResult, copy_checked
 from imagebuilder.outputs.compress import COMPRESSORS, compress_cached, extension
 from imagebuilder.outputs.imager import OS_LIST, write_os_list
 from imagebuilder.recipe.catalogue import Layout
@@ -109,25 +111,32 @@ def emit_image(ctx: Context, recipe: Recipe, role: str, result: StageResult, out
         log.info("%s.img: unchanged (stage %s), outputs kept", role, result.key[:12])
         return previous
     raw = out / f"{role}.img"
-    with atomic_output(raw) as tmp:
-        copy_sparse(result.image, tmp)
-        if result.sha256 is None:  # a stage made before stages were checked when they are built
-            with temporary_directory("check-", ctx.cache("tmp")) as scratch:
-                check_filesystems(tmp, scratch)
-    digest = result.sha256 or sha256_of(raw)
+    # What the file systems use, from the stage itself: the bmap maps exactly that (issue: used blocks of
+    # zeros left out of a bmap kept a used card's old bytes).
+    usage = image_usage(result.image)
+    extents = range_extents(usage) if recipe.output.bmap else []
+    # One pass: the copy (holes only where the stage has them), its digest and the bmap's range digests.
+    with atomic_output(raw) as tmp, Progress(f"write {raw.name}", result.image.stat().st_size) as progress:
+        copied = copy_checked(result.image, tmp, extents, progress)
+    digest = copied.sha256
     files: dict[str, dict[str, Any]] = {raw.name: {"sha256": digest, "signature": signature(raw)}}
     if recipe.output.bmap:
         bmap = raw.with_name(raw.name + ".bmap")
+        document = bmap_document(usage, list(copied.range_sha256))
         with atomic_output(bmap) as tmp:
-            run(["bmaptool", "create", "-o", tmp, raw])
-        files[bmap.name] = {"sha256": sha256_of(bmap), "signature": signature(bmap)}
+            tmp.write_bytes(document)
+        files[bmap.name] = {"sha256": hashlib.sha256(document).hexdigest(), "signature": signature(bmap)}
+        log.info("%s: maps %d MiB of %d MiB (%.1f%%); its file systems hold %d MiB", bmap.name,
+                 usage.used_bytes // 2**20, usage.size // 2**20, 100 * usage.used_bytes / usage.size,
+                 usage.data // 2**20)
     for fmt in COMPRESSORS:
         stale = raw.with_name(f"{raw.name}.{extension(fmt)}")
         if fmt != recipe.output.compress:
             stale.unlink(missing_ok=True)
     if recipe.output.compress != "none":
-        compressed, compressed_digest = compress_cached(ctx, raw, digest, recipe.output.compress)
-        files[compressed.name] = {"sha256": compressed_digest, "signature": signature(compressed)}
+        compressed, _ = compress_cached(ctx, raw, digest, recipe.output.compress)
+        # The digest of the emitted file itself, never a record of where it came from.
+        files[compressed.name] = {"sha256": sha256_of(compressed), "signature": signature(compressed)}
     log.info("%s: %d MiB raw, sha256 %s", raw.name, raw.stat().st_size // 2**20, digest[:16])
     for entry in files.values():
         entry["size"] = entry["signature"][0]
@@ -153,11 +162,11 @@ def emit_per_node(ctx: Context, recipe: Recipe, layout: Layout) -> list[Path]:
         for worker in recipe.workers:
             image = out / f"{worker.hostname}.img"
             with atomic_output(image) as tmp:
-                copy_sparse(out / "worker.img", tmp)
+                copy_image(out / "worker.img", tmp)
                 write_hostname_seed(tmp, worker.hostname)
             if recipe.output.bmap:
                 with atomic_output(image.with_name(image.name + ".bmap")) as tmp:
-                    run(["bmaptool", "create", "-o", tmp, image])
+                    tmp.write_bytes(make_bmap(image, image_usage(image)))
             written.append(image)
     names = [Path(line.split("  ", 1)[1]) for line in (out / "SHA256SUMS").read_text().splitlines()]
     names += [p.relative_to(out) for image in written for p in (image, image.with_name(image.name + ".bmap"))

@@ -109,7 +109,8 @@ def build_base(ctx: Context, spec: Bootstrap, arch: str, image: Path, meta: Path
         check_filesystems(tmp, work)
         digest = sha256_of(tmp)
         with atomic_output(meta) as meta_tmp:
-            meta_tmp.write_text(json.dumps({"sha256": digest, "packages": packages, "suite": spec.suite,
+            meta_tmp.write_text(json.dumps({"sha256": digest, "size": tmp.stat().st_size, "packages": packages,
+                                            "suite": spec.suite,
                                             "arch": arch, "layout": spec.layout}, indent=1, sort_keys=True))
     log.info("base image %s (%d MiB, root tree %d MiB)", image.name, image.stat().st_size // 2**20, used // 2**20)
 
