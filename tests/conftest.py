@@ -68,6 +68,35 @@ def mounts() -> str:
     return Path("/proc/self/mountinfo").read_text()
 
 
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid`, nearest first."""
+    parents: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            parents.setdefault(ppid, []).append(int(entry.name))
+    found, queue = [], [pid]
+    while queue:
+        children = parents.get(queue.pop(0), [])
+        found += children
+        queue += children
+    return found
+
+
+def build_mounts(pid: int) -> str:
+    """The mounts a running imagebuilder (started as `pid`) sees: builds run in a mount namespace of their
+    own, invisible from the test's."""
+    for child in reversed(descendants(pid)):
+        try:
+            return Path(f"/proc/{child}/mountinfo").read_text()
+        except OSError:
+            continue
+    return ""
+
+
 def leftovers(*markers: str) -> list[str]:
     """Loop devices and mounts that involve any of `markers` (paths a test owns).
 

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from imagebuilder.build.execute import build
 from imagebuilder.core import resources
@@ -20,7 +21,7 @@ from imagebuilder.disk.seed import read_hostname_seed
 from imagebuilder.layers import nevership
 from imagebuilder.recipe.load import load_recipe
 from imagebuilder.sources.checksums import sha256_of
-from tests.conftest import ROOT, leftovers, mounts, require_programs
+from tests.conftest import ROOT, build_mounts, leftovers, require_programs
 from tests.images import arm64_base, make_context
 
 RECIPE = """\
@@ -175,7 +176,7 @@ def test_signal_during_build_unwinds(built: Path, tmp_path: Path, signum: int) -
         if "‣ stage worker" in line:
             break
     deadline = time.monotonic() + 60
-    while not any("stage-worker" in line and "/proc " in line for line in mounts().splitlines()):
+    while not any("stage-worker" in line and "/proc " in line for line in build_mounts(proc.pid).splitlines()):
         assert time.monotonic() < deadline, "the stage never mounted"
         time.sleep(0.05)
     proc.send_signal(signum)
@@ -207,9 +208,10 @@ def test_roles_enabled_and_boot_configured(built: Path) -> None:
     boot, _ = boot_and_root(built / "master.img")
     assert "cgroup_memory=1 cgroup_enable=memory" in fat_read(built / "master.img", boot, "cmdline.txt")
     for role, units in (("master", ["nftables.service", "k3s.service", "imagebuilder-beacon.service",
-                                    "imagebuilder-dashboard.service", "dnsmasq.service"]),
+                                    "imagebuilder-dashboard.service", "dnsmasq.service",
+                                    "imagebuilder-seed.service"]),
                         ("worker", ["imagebuilder-hostname.service", "imagebuilder-jobs-ready.service",
-                                    "srv-jobs.automount", "k3s-agent.service"])):
+                                    "srv-jobs.automount", "k3s-agent.service", "imagebuilder-seed.service"])):
         image = built / f"{role}.img"
         wants = "".join(
             subprocess.run(["debugfs", "-R", f"ls /etc/systemd/system/{target}.wants",
@@ -218,7 +220,10 @@ def test_roles_enabled_and_boot_configured(built: Path) -> None:
             for target in ("multi-user.target", "sysinit.target", "remote-fs.target", "cloud-init.target"))
         for unit in units:
             assert unit in wants, (role, unit, wants)
-    assert "seed" not in fat_read(built / "worker.img", boot, "user-data")
+    # The seed's user-data is empty; the node's cloud-config is system configuration in the root.
+    assert yaml.safe_load(fat_read(built / "worker.img", boot, "user-data")) == {}
+    config = yaml.safe_load(read_root_file(built / "worker.img", "/etc/cloud/cloud.cfg.d/90-imagebuilder.cfg"))
+    assert config["preserve_hostname"] is True and config["locale"] == "C.UTF-8"
     manifest = json.loads((built / "manifest.json").read_text())
     assert manifest["k3s_binary"] == "included" or manifest["k3s_binary"].startswith("missing: ")
 

@@ -18,8 +18,9 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
+from imagebuilder.core import loopdev
 from imagebuilder.core.log import VERBOSE, log
-from imagebuilder.core.run import find_program, output, run, terminate
+from imagebuilder.core.run import find_program, run, terminate
 
 # Called with a description after each acquisition has registered its undo. The failure-injection
 # tests put a hook here that raises at the N-th acquisition, to prove that every later point unwinds.
@@ -120,20 +121,17 @@ def sweep_partials(directory: Path) -> list[Path]:
 def loop_device(
     image: Path, *, offset: int | None = None, size: int | None = None, read_only: bool = False,
 ) -> Iterator[Path]:
-    """Attach `image` (or the byte range offset..offset+size of it) to a free loop device."""
-    argv: list[str | os.PathLike[str]] = ["losetup", "--find", "--show"]
-    if offset is not None:
-        argv += ["--offset", str(offset)]
-    if size is not None:
-        argv += ["--sizelimit", str(size)]
-    if read_only:
-        argv.append("--read-only")
-    device = Path(output([*argv, image]))
+    """Attach `image` (or the byte range offset..offset+size of it) to a free loop device.
+
+    The device clears itself at its last close (loopdev.py): when the block ends, when this process dies,
+    or when a mount made on it during the block is unmounted.
+    """
+    device, fd = loopdev.attach(image, offset or 0, size or 0, read_only)
     try:
         acquired(f"loop device {device}")
         yield device
     finally:
-        run(["losetup", "--detach", device])
+        os.close(fd)
 
 
 @contextlib.contextmanager

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from imagebuilder.core.resources import loop_device
 from imagebuilder.core.run import output, run
 from imagebuilder.disk.partitions import SECTOR, Partition, boot_and_root
 
@@ -15,19 +16,15 @@ def make_ext4(image: Path, part: Partition, label: str, content: Path) -> None:
          image, f"{part.size // 1024}k"])
 
 
-def in_image(image: Path, part: Partition) -> str:
-    """The file system in `part` as e2fsprogs name it: the image file and the partition's offset."""
-    return f"{image}?offset={part.start}"
-
-
 def grow_root(image: Path, part: Partition) -> None:
     """Grow the ext4 file system to fill its partition (offline: not every kernel resizes a mounted one).
 
-    The size is always given: resize2fs at an offset would otherwise fill the file, not the partition.
+    Through a loop device: resize2fs given `image?offset=` resizes the image file to the file system's
+    size, without the offset, cutting the partition short.
     """
-    fs = in_image(image, part)
-    run(["e2fsck", "-f", "-p", fs])
-    run(["resize2fs", fs, f"{part.size // 1024}K"])
+    with loop_device(image, offset=part.start, size=part.size) as device:
+        run(["e2fsck", "-f", "-p", device])
+        run(["resize2fs", device])
 
 
 def shrink_root(image: Path, headroom: int = 256 * 2**20) -> None:
@@ -38,16 +35,15 @@ def shrink_root(image: Path, headroom: int = 256 * 2**20) -> None:
     is grown to the whole card at first boot anyway.
     """
     _, root = boot_and_root(image)
-    # e2fsprogs open a file system at an offset inside the image: no loop device to leave behind.
-    fs = in_image(image, root)
-    run(["e2fsck", "-f", "-p", fs])
-    text = output(["resize2fs", "-P", fs])
-    minimum = int(re.search(r"minimum size of the filesystem:\s*(\d+)", text).group(1))  # type: ignore[union-attr]
-    block = int(re.search(r"Block size:\s*(\d+)", output(["dumpe2fs", "-h", fs])).group(1))  # type: ignore[union-attr]
-    target = (minimum * block + headroom + 2**20 - 1) // 2**20 * 2**20
-    if target >= root.size - 64 * 2**20:
-        return  # not worth it
-    run(["resize2fs", fs, f"{target // 1024}K"])
+    with loop_device(image, offset=root.start, size=root.size) as device:
+        run(["e2fsck", "-f", "-p", device])
+        text = output(["resize2fs", "-P", device])
+        minimum = int(re.search(r"minimum size of the filesystem:\s*(\d+)", text).group(1))  # type: ignore[union-attr]
+        block = int(re.search(r"Block size:\s*(\d+)", output(["dumpe2fs", "-h", device])).group(1))  # type: ignore[union-attr]
+        target = (minimum * block + headroom + 2**20 - 1) // 2**20 * 2**20
+        if target >= root.size - 64 * 2**20:
+            return  # not worth it
+        run(["resize2fs", device, f"{target // 1024}K"])
     run(["sfdisk", "--quiet", "--no-reread", "--no-tell-kernel", "-N", str(root.number), image],
         input=f",{target // SECTOR}\n".encode())
     with open(image, "r+b") as f:

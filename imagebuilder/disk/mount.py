@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from imagebuilder.core.log import log
-from imagebuilder.core.resources import bind_mount, mounted, temporary_directory
+from imagebuilder.core.resources import bind_mount, loop_device, mounted, temporary_directory
 from imagebuilder.core.run import run
 from imagebuilder.disk.ext4 import grow_root
 from imagebuilder.disk.fat import MTOOLS_ENV, fat_serial, make_fat
@@ -28,9 +28,12 @@ def kernel_has_vfat() -> bool:
     return "\tvfat\n" in Path("/proc/filesystems").read_text()
 
 
-def mounted_partition(image: Path, part: Partition, target: Path,
-                      fstype: str) -> contextlib.AbstractContextManager[Path]:
-    return mounted(image, target, fstype=fstype, options=("loop", f"offset={part.start}", f"sizelimit={part.size}"))
+@contextlib.contextmanager
+def mounted_partition(image: Path, part: Partition, target: Path, fstype: str) -> Iterator[Path]:
+    """A partition of the image mounted at target, through a loop device at its offset (any kernel)."""
+    with loop_device(image, offset=part.start, size=part.size) as device, \
+            mounted(device, target, fstype=fstype) as mnt:
+        yield mnt
 
 
 @contextlib.contextmanager
@@ -44,8 +47,8 @@ def mounted_image(image: Path, layout: Layout, workdir: Path, *, grow_fs: bool =
     with contextlib.ExitStack() as stack:
         if grow_fs:
             grow_root(image, root)
-        # mount -o loop sets the loop device to clear itself when unmounted, so a build that dies cannot
-        # leave one attached (its mounts live in the build's own mount namespace and die with it).
+        # The loop devices clear themselves, and the mounts live in the build's own mount namespace: a
+        # build that dies leaves neither (core/isolation.py, core/loopdev.py).
         mnt = stack.enter_context(mounted_partition(image, root, workdir / "root", "ext4"))
         boot_dir = mnt / layout.boot_mount.lstrip("/")
         if kernel_has_vfat():

@@ -31,7 +31,7 @@ from imagebuilder.layers.render import RenderedLayer
 from imagebuilder.recipe.catalogue import Layout
 from imagebuilder.sources.checksums import sha256_of
 
-FORMAT = 2  # 2: stages shrink to what they hold
+FORMAT = 4  # 2: stages shrink to what they hold; 3: copied hole for hole; 4: trimmed after the chroot
 GIB = 2**30
 
 

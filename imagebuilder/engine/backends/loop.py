@@ -45,13 +45,21 @@ class LoopTree:
         return installed_packages(self.root)
 
     def tidy(self) -> None:
-        """Nothing that identifies a machine or the build may ship (layers/nevership.py); then trim free space."""
+        """Nothing that identifies a machine or the build may ship (layers/nevership.py)."""
         forget_identity(self.root, self.layout.machine_id)
-        # Free blocks read as zeros afterwards, so the bmap and the compressed images carry only data.
-        # A host filesystem without hole punching makes fstrim fail: the image is still right, only larger
-        # to compress and flash, so say so rather than stop.
-        if run(["fstrim", self.root], check=False).returncode != 0:
-            log.warning("fstrim %s failed: free blocks keep old data, so outputs compress less well", self.root)
+
+
+def trim(root: Path) -> None:
+    """Discard the free blocks, so they read as zeros: no old content (the build's resolv.conf, package
+    lists) stays in them, and compressed images carry only data.
+
+    Blocks freed in the journal's running transaction are not free for fstrim until it commits: sync
+    first. A host file system without hole punching makes fstrim fail: the image is still right, only
+    larger to compress, so say so rather than stop.
+    """
+    run(["sync", "--file-system", root])
+    if run(["fstrim", root], check=False).returncode != 0:
+        log.warning("fstrim %s failed: free blocks keep old data, so outputs compress less well", root)
 
 
 class LoopBackend:
@@ -61,6 +69,8 @@ class LoopBackend:
     @contextlib.contextmanager
     def open(self, image: Path, layout: Layout, arch: str, workdir: Path, *,
              grow_fs: bool) -> Iterator[LoopTree]:
-        with mounted_image(image, layout, workdir, grow_fs=grow_fs) as root, \
-                chroot_session(root, arch) as chroot:
-            yield LoopTree(root, chroot, layout)
+        with mounted_image(image, layout, workdir, grow_fs=grow_fs) as root:
+            with chroot_session(root, arch) as chroot:
+                yield LoopTree(root, chroot, layout)
+            # After the chroot's own build-time files (resolv.conf, policy-rc.d) are gone.
+            trim(root)
