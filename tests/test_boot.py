@@ -20,7 +20,7 @@ from imagebuilder.boottest.plan import BootOptions, BootReport, plan_nodes
 from imagebuilder.boottest.qemu import GuestSpec, Uplink, qemu_argv, user_netdev
 from imagebuilder.boottest.report import format_report, report_data, write_json
 from imagebuilder.recipe.load import load_recipe
-from tests.conftest import ROOT, VALID, require_programs
+from tests.conftest import ROOT, VALID, descendants, require_programs
 from tests.images import arm64_base, make_context
 
 RECIPE = """\
@@ -224,6 +224,12 @@ def test_ctrl_c_while_booting_removes_guests_namespace_and_files(cluster: tuple[
 
 
 def qemu_children(parent: int) -> list[int]:
-    text = subprocess.run(["ps", "-o", "pid=,comm=", "--ppid", str(parent)], capture_output=True, text=True,
-                          check=False).stdout
-    return [int(pid) for pid, comm in (line.split(None, 1) for line in text.splitlines()) if "qemu" in comm]
+    """qemu processes below `parent` (the boot test runs them in namespaces of its own, a few levels down)."""
+    found = []
+    for pid in descendants(parent):
+        try:
+            if "qemu" in Path(f"/proc/{pid}/comm").read_text():
+                found.append(pid)
+        except OSError:
+            continue
+    return found

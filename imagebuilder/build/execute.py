@@ -6,10 +6,11 @@ import dataclasses
 from pathlib import Path
 
 from imagebuilder.build.plan import BuildPlan, Inputs, plan_build, role_packages
-from imagebuilder.core.cache import prune_compressed, prune_stages, sweep
+from imagebuilder.core.cache import prune, record_use, sweep
 from imagebuilder.core.context import Context
-from imagebuilder.core.errors import ImageBuilderError
+from imagebuilder.core.errors import CommandFailed, ImageBuilderError
 from imagebuilder.core.log import VERBOSE, log, step
+from imagebuilder.core.resources import disk_full, free_space
 from imagebuilder.engine.backends.interface import choose_backend
 from imagebuilder.engine.stages import StageResult, is_cached, realise
 from imagebuilder.outputs.emit import emit_outputs, emit_per_node
@@ -31,9 +32,10 @@ def resolve_base(ctx: Context, recipe: Recipe) -> BaseImage:
 
 
 def prune_cache(ctx: Context) -> None:
-    removed = prune_stages(ctx.cache("stages")) + prune_compressed(ctx.cache("compressed"))
+    removed = prune(ctx.cache_dir)
     if removed:
-        log.info("removed %d old entries from the cache", removed)
+        log.info("removed %d entries no recent build uses from the cache (%d MiB)", len(removed),
+                 sum(e.size for e in removed) // 2**20)
 
 
 def read_plan(ctx: Context, recipe: Recipe, backend: str | None = None) -> BuildPlan:
@@ -68,10 +70,24 @@ def describe_plan(ctx: Context, plan: BuildPlan) -> list[dict[str, object]]:
 def build(ctx: Context, recipe: Recipe, *, per_node: bool = False,
           backend: str | None = None) -> dict[str, StageResult]:
     """backend: "loop", "guestfs", or None for loop as root and guestfs otherwise."""
+    try:
+        return _build(ctx, recipe, per_node=per_node, backend=backend)
+    except CommandFailed as e:
+        if not any("No space left on device" in line for line in e.stderr_tail):
+            raise
+        # A program ran out of space: name the folder that did (the fuller of the cache and the output).
+        fuller = min((ctx.cache_dir, recipe.output_dir), key=free_space)
+        raise disk_full(fuller, f"its step ({e.message.removeprefix('command failed ')})") from None
+
+
+def _build(ctx: Context, recipe: Recipe, *, per_node: bool, backend: str | None) -> dict[str, StageResult]:
     chosen = choose_backend(backend)
     sweep(ctx.cache_dir, recipe.output_dir)
-    # Whatever happens, the cache keeps only the newest few stages and compressed copies.
+    # Whatever happens, the cache keeps only what the recent builds of each recipe use: this build's
+    # entries are recorded first (even when it fails: its stages serve the next attempt), then pruned.
     ctx.stack.callback(prune_cache, ctx)
+    used: list[Path] = []
+    ctx.stack.callback(lambda: record_use(ctx.cache_dir, recipe.source, recipe.cluster.name, used))
     with step(f"build {recipe.cluster.name} ({chosen.name} backend)"):
         if not chosen.installs_packages:
             wanted = sorted({p for r in ("common", *ROLES) for p in role_packages(recipe, r)})
@@ -83,6 +99,7 @@ def build(ctx: Context, recipe: Recipe, *, per_node: bool = False,
                         ", ".join(wanted) or "none")
         with step("base image"):
             base = resolve_base(ctx, recipe)
+        used += [base.path, *base.origin]
         if not chosen.installs_packages and cloud_init_for_base(recipe, base.layout)[1] is not None:
             raise ImageBuilderError(f"{recipe.base.image} has no cloud-init, and the {chosen.name} backend "
                                     "cannot install it", "build as root (the loop backend)")
@@ -97,12 +114,16 @@ def build(ctx: Context, recipe: Recipe, *, per_node: bool = False,
                     ", ".join(map(str, row["packages"])) or "none",  # type: ignore[call-overload]
                     ", ".join(map(str, row["layers"])) or "none")  # type: ignore[call-overload]
         debs = ctx.cache("debs", f"{recipe.arch}-{base.sha256[:16]}")
-        made = {planned.stage.name: realise(ctx, planned.stage, debs) for planned in plan.stages}
+        used.append(debs)
+        made = {}
+        for planned in plan.stages:
+            made[planned.stage.name] = realise(ctx, planned.stage, debs)
+            used.append(made[planned.stage.name].image)
         common = made["common"]
         # Each role's image carries what the common stage wrote, then its own.
         results = {role: dataclasses.replace(made[role], files=common.files + made[role].files,
                                              units=common.units + made[role].units) for role in ROLES}
-        emit_outputs(ctx, recipe, base, results, k3s_missing=k3s.missing)
+        used += emit_outputs(ctx, recipe, base, results, k3s_missing=k3s.missing)
         if per_node:
             emit_per_node(ctx, recipe, base.layout)
     log.info("images in %s", recipe.output_dir)

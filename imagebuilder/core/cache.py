@@ -1,28 +1,52 @@
-"""Keep the cache from growing without end: the newest few entries of each kind stay, older ones go.
+"""The cache: what is in it, what each recipe's builds use, and pruning that keeps exactly that.
 
-Stage images are a few GiB apiece; every recipe change makes new ones. Entries are ranked by when
-they were last used (realise and compress touch them), and an entry another build holds locked
-right now is never removed.
+  bases/       bootstrapped base images        downloads/  published images as downloaded
+  raw/         downloads decompressed          stages/     stage images (a few GiB each)
+  compressed/  .img.xz / .img.zst copies       debs/       .deb files kept per base
+  recipes/     per recipe: the entries its last two builds used, and when
+  tmp/         work trees of running builds (and of killed ones, until the next build sweeps them)
+
+Every build records what it used (its base, download, stages, compressed copies, .deb folder). Pruning
+keeps what a recipe built in the last KEEP_DAYS used in one of its last two builds, and whatever was
+used in the last GRACE seconds (a build running now); everything else goes, unless a running build
+holds its lock. So one recipe's entries are never evicted by another's, and raw/, downloads/ and debs/
+are bounded like the stages.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
+import json
 import os
-import re
-from collections import defaultdict
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from imagebuilder.core.log import log
-from imagebuilder.core.resources import sweep_partials
+from imagebuilder.core.resources import atomic_output, remove_tree, sweep_partials
 
-KEEP_STAGES = 2  # per stage name (common, master-packages, master, ...)
-KEEP_COMPRESSED = 6
-
-
+KINDS = ("bases", "downloads", "raw", "stages", "compressed", "debs")
 # The cache's folders that hold entries written through atomic_output or temporary directories.
 SWEPT = ("tmp", "stages", "bases", "raw", "compressed", "downloads")
+KEEP_DAYS = 30
+BUILDS_KEPT = 2  # per recipe: an edit undone finds the previous build's stages still there
+GRACE = 3600.0
+
+
+@dataclass
+class Entry:
+    kind: str
+    path: Path  # the entry itself: an image, a compressed copy, a folder of .debs
+    companions: list[Path] = field(default_factory=list)  # its record, checksum, lock
+    size: int = 0  # bytes on disk, companions included
+    last_used: float = 0.0
+    users: list[str] = field(default_factory=list)  # clusters whose recorded builds use it
+
+    @property
+    def name(self) -> str:
+        return f"{self.kind}/{self.path.name}"
 
 
 def sweep(cache_dir: Path, *others: Path) -> int:
@@ -39,42 +63,127 @@ def touch(path: Path) -> None:
         os.utime(path)
 
 
-def prune_stages(stages: Path, keep: int = KEEP_STAGES) -> int:
-    groups: dict[str, list[Path]] = defaultdict(list)
-    for image in stages.glob("*.img"):
-        name = re.sub(r"-[0-9a-f]{24}\.img$", "", image.name)
-        groups[name].append(image)
-    removed = 0
-    for images in groups.values():
-        for image in sorted(images, key=_last_used, reverse=True)[keep:]:
-            removed += _remove_entry(image, (image.with_suffix(".json"),))
-    return removed
-
-
-def prune_compressed(compressed: Path, keep: int = KEEP_COMPRESSED) -> int:
-    files = [p for p in compressed.iterdir() if p.name.endswith((".img.xz", ".img.zst"))]
-    removed = 0
-    for path in sorted(files, key=_last_used, reverse=True)[keep:]:
-        removed += _remove_entry(path, (path.with_name(path.name + ".sha256"),))
-    return removed
-
-
-def _last_used(path: Path) -> float:
+def _allocated(path: Path) -> int:
+    if path.is_dir() and not path.is_symlink():
+        return sum(_allocated(p) for p in path.iterdir())
     try:
-        return path.stat().st_mtime
+        return path.lstat().st_blocks * 512
     except FileNotFoundError:
-        return 0.0
+        return 0
 
 
-def _remove_entry(main: Path, companions: tuple[Path, ...]) -> int:
-    lock = main.with_suffix(".lock")
-    with open(lock, "a+") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return 0  # in use by another build
-        for path in (main, *companions):
-            path.unlink(missing_ok=True)
-        lock.unlink(missing_ok=True)
-    log.debug("pruned %s from the cache", main.name)
-    return 1
+def _entry(kind: str, path: Path, companions: list[Path]) -> Entry:
+    present = [c for c in companions if c.exists()]
+    try:
+        used = path.stat().st_mtime
+    except FileNotFoundError:
+        used = 0.0
+    return Entry(kind, path, present, _allocated(path) + sum(_allocated(c) for c in present), used)
+
+
+def list_entries(cache_dir: Path) -> list[Entry]:
+    """Every entry of the cache, with what belongs to it."""
+    found: list[Entry] = []
+    for kind in KINDS:
+        folder = cache_dir / kind
+        if not folder.is_dir():
+            continue
+        for path in sorted(folder.iterdir()):
+            name = path.name
+            if kind == "debs" and path.is_dir():
+                found.append(_entry(kind, path, []))
+            elif kind in ("bases", "stages") and name.endswith(".img") and not name.startswith("."):
+                found.append(_entry(kind, path, [path.with_suffix(".json"), path.with_suffix(".lock")]))
+            elif kind == "raw" and name.endswith(".img") and not name.startswith("."):
+                digest = name.removesuffix(".img")
+                found.append(_entry(kind, path, [path.with_suffix(".json"), folder / f".lock-{digest}"]))
+            elif kind == "compressed" and name.endswith((".img.xz", ".img.zst")):
+                found.append(_entry(kind, path, [path.with_name(name + ".sha256")]))
+            elif kind == "downloads" and path.is_file() and not name.endswith((".json", ".lock")):
+                # A published image, or an interrupted download kept for resuming (.partial-<sha256>).
+                found.append(_entry(kind, path, [path.with_name(name + ".json"), path.with_name(name + ".lock")]))
+    return found
+
+
+def recipe_id(recipe_path: Path) -> str:
+    return hashlib.sha256(str(recipe_path.resolve()).encode()).hexdigest()[:16]
+
+
+def record_use(cache_dir: Path, recipe_path: Path, cluster: str, used: list[Path]) -> None:
+    """Remember what a build of this recipe used (the entries it must keep), beside its previous builds."""
+    path = cache_dir / "recipes" / f"{recipe_id(recipe_path)}.json"
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        record = {"builds": []}
+    names = sorted({str(p.relative_to(cache_dir)) for p in used if p.is_relative_to(cache_dir)})
+    builds = [{"at": time.time(), "uses": names}, *record.get("builds", [])][:BUILDS_KEPT]
+    with atomic_output(path) as tmp:
+        tmp.write_text(json.dumps({"recipe": str(recipe_path.resolve()), "cluster": cluster, "builds": builds},
+                                  indent=1) + "\n")
+
+
+def recipe_records(cache_dir: Path) -> list[dict[str, object]]:
+    records = []
+    for path in sorted((cache_dir / "recipes").glob("*.json")):
+        with contextlib.suppress(OSError, ValueError):
+            records.append({**json.loads(path.read_text()), "file": path})
+    return records
+
+
+def in_use(cache_dir: Path, now: float, keep_days: float = KEEP_DAYS) -> dict[str, list[str]]:
+    """Entry name (kind/file) -> clusters whose builds of the last keep_days use it."""
+    users: dict[str, list[str]] = {}
+    for record in recipe_records(cache_dir):
+        builds = record.get("builds")
+        if not isinstance(builds, list) or not builds:
+            continue
+        if now - float(builds[0].get("at", 0)) > keep_days * 86400:
+            continue
+        for build in builds:
+            for name in build.get("uses", []):
+                users.setdefault(str(name), []).append(str(record.get("cluster", "?")))
+    return users
+
+
+def prune(cache_dir: Path, *, keep_days: float = KEEP_DAYS, everything: bool = False,
+          now: float | None = None) -> list[Entry]:
+    """Remove the entries no recent build of any recipe uses (everything: all of them); never one whose
+    lock a running build holds, nor one used in the last GRACE seconds unless `everything`."""
+    now = time.time() if now is None else now
+    users = {} if everything else in_use(cache_dir, now, keep_days)
+    removed = []
+    for entry in list_entries(cache_dir):
+        if entry.name in users or (not everything and now - entry.last_used < GRACE):
+            continue
+        if _remove(entry):
+            removed.append(entry)
+    for record in recipe_records(cache_dir):
+        builds = record.get("builds")
+        newest = float(builds[0].get("at", 0)) if isinstance(builds, list) and builds else 0.0
+        if everything or now - newest > keep_days * 86400:
+            Path(str(record["file"])).unlink(missing_ok=True)
+    return removed
+
+
+def _remove(entry: Entry) -> bool:
+    """Remove an entry unless a build holds its lock (then it is in use: keep it)."""
+    lock = next((c for c in entry.companions if ".lock" in c.name), None)
+    handle = None
+    try:
+        if lock is not None:
+            handle = os.open(lock, os.O_RDONLY)
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False
+        for path in (entry.path, *entry.companions):
+            if path.is_dir() and not path.is_symlink():
+                remove_tree(path)
+            else:
+                path.unlink(missing_ok=True)
+    finally:
+        if handle is not None:
+            os.close(handle)
+    log.debug("pruned %s from the cache", entry.name)
+    return True

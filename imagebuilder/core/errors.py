@@ -59,6 +59,10 @@ class NeedsRoot(ImageBuilderError):
     """The command needs root and we are not."""
 
 
+class DiskFull(ImageBuilderError):
+    """A folder ran out of space (the cache or the output folder)."""
+
+
 class ChecksumMismatch(ImageBuilderError):
     """A download or file whose digest is not the published one."""
 

@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from imagebuilder.core import loopdev
+from imagebuilder.core.errors import DiskFull
 from imagebuilder.core.log import VERBOSE, log
 from imagebuilder.core.run import find_program, run, terminate
 
@@ -82,6 +83,37 @@ def atomic_output(final: Path) -> Iterator[Path]:
         raise
     finally:
         os.close(fd)
+
+
+def free_space(directory: Path) -> int:
+    """Bytes an unprivileged user may still write on the file system holding `directory`."""
+    while not directory.exists():
+        directory = directory.parent
+    st = os.statvfs(directory)
+    return st.f_bavail * st.f_frsize
+
+
+def ensure_space(directory: Path, needed: int, what: str) -> None:
+    """Stop before a step that needs `needed` bytes in `directory` and would not find them."""
+    free = free_space(directory)
+    if free < needed:
+        raise DiskFull(f"{directory}: not enough space for {what}: it needs about {needed // 2**20} MiB there, "
+                       f"{free // 2**20} MiB are free",
+                       "free some space there (imagebuilder cache prune for the cache), or choose another "
+                       "folder (--cache-dir, or output.dir in the recipe)")
+
+
+def disk_full(directory: Path, what: str) -> DiskFull:
+    """The error for a write that failed with ENOSPC in `directory`."""
+    return DiskFull(f"{directory}: no space left on its file system while writing {what} "
+                    f"({free_space(directory) // 2**20} MiB free now); nothing partial was kept",
+                    "free some space there (imagebuilder cache prune for the cache), or choose another "
+                    "folder (--cache-dir, or output.dir in the recipe)")
+
+
+def allocated(path: Path) -> int:
+    """Bytes a file takes on disk (its holes take none)."""
+    return path.stat().st_blocks * 512
 
 
 def sync_path(path: Path) -> None:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from imagebuilder.core.log import Progress
+from imagebuilder.core.resources import disk_full
 
 CHUNK = 1 << 20
 _ZEROS = memoryview(bytes(CHUNK))
@@ -79,6 +80,15 @@ def data_extents(fd: int, size: int) -> list[tuple[int, int]]:
 def copy_image(source: Path, target: Path, ranges: Sequence[tuple[int, int]] = (),
                progress: Progress | None = None) -> Copied:
     """Copy source into target (created or truncated), holes for holes; hash the whole and each range."""
+    try:
+        return _copy(source, target, ranges, progress)
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise disk_full(target.parent, f"a copy of {source.name}") from None
+        raise
+
+
+def _copy(source: Path, target: Path, ranges: Sequence[tuple[int, int]], progress: Progress | None) -> Copied:
     hashes = _Hashes(ranges)
     buffer = memoryview(bytearray(CHUNK))
     copied = 0

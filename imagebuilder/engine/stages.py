@@ -20,7 +20,7 @@ from imagebuilder.core.cache import touch
 from imagebuilder.core.context import Context
 from imagebuilder.core.errors import ImageBuilderError
 from imagebuilder.core.log import Progress, log, step
-from imagebuilder.core.resources import atomic_output, file_lock, temporary_directory
+from imagebuilder.core.resources import allocated, atomic_output, ensure_space, file_lock, temporary_directory
 from imagebuilder.disk.copy import Copied, copy_image
 from imagebuilder.disk.ext4 import shrink_root
 from imagebuilder.disk.image import check_filesystems
@@ -125,6 +125,9 @@ def realise(ctx: Context, stage: Stage, debs: Path) -> StageResult:
 def _build(ctx: Context, stage: Stage, image: Path, record: Path, debs: Path) -> None:
     backend = choose_backend(stage.backend)
     check_rendered(stage.layers, stage.layout.boot_mount)
+    # The copy of the parent, what apt may add, and some room for the file system's own growth.
+    ensure_space(image.parent, allocated(stage.parent) + (GIB if stage.packages else 0) + 64 * 2**20,
+                 f"the {stage.name} stage")
     with temporary_directory(f"stage-{stage.name}-", ctx.cache("tmp")) as work, atomic_output(image) as tmp:
         copy_checked(stage.parent, tmp)
         grown = grow_image(tmp, stage.size or tmp.stat().st_size + (GIB if stage.packages else 0))

@@ -10,7 +10,7 @@ import hashlib
 import os
 from dataclasses import dataclass
 
-from imagebuilder.core.errors import ImageBuilderError
+from imagebuilder.core.errors import ChecksFailed
 from imagebuilder.core.log import Progress
 from imagebuilder.disk.bmap import Bmap
 from imagebuilder.disk.imagefile import ImageStream
@@ -19,8 +19,8 @@ CHUNK = 1 << 20
 FLUSH_EVERY = 64 << 20
 
 
-class VerifyFailed(ImageBuilderError):
-    """What the card holds is not what the image says."""
+class VerifyFailed(ChecksFailed):
+    """What the card holds is not what the image says (exit 3: the card or the image, not a mistake)."""
 
 
 @dataclass(frozen=True)
@@ -129,7 +129,8 @@ def verify_whole(fd: int, written: Written, progress: Progress) -> None:
     assert written.sha256 is not None
     _drop_cache(fd)
     if read_digest(fd, 0, written.nbytes, "sha256", progress) != written.sha256:
-        raise VerifyFailed("the card does not read back what was written (sha256 differs)",
+        raise VerifyFailed(f"verification failed: the card does not read back the {written.nbytes} bytes written "
+                           "(sha256 differs)",
                            "the card or the reader may be failing: try another card")
 
 
@@ -141,5 +142,6 @@ def verify_mapped(fd: int, bmap: Bmap, progress: Progress) -> None:
     for r in bmap.ranges:
         start, length = bmap.range_bytes(r)
         if read_digest(fd, start, length, bmap.checksum_type, progress) != r.checksum:
-            raise VerifyFailed(f"the card does not read back blocks {r.first}-{r.last} as written",
+            raise VerifyFailed(f"verification failed: the card does not read back blocks {r.first}-{r.last} "
+                               f"(bytes {start}-{start + length - 1}) as written",
                                "the card or the reader may be failing: try another card")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import errno
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -18,9 +19,13 @@ from imagebuilder.disk import seed as cardseed
 from imagebuilder.disk.bmap import Bmap, load_bmap
 from imagebuilder.disk.imagefile import FORMS, extract_size, find_bmap, open_image, raw_name
 from imagebuilder.flash import blockcopy
-from imagebuilder.flash.devices import Target, TargetRefused, check_target
+from imagebuilder.flash.devices import Target, TargetRefused, check_same_device, check_target
 from imagebuilder.recipe.load import load_recipe
 from imagebuilder.roles.table import ROLES
+
+# Called with the card's descriptor between writing and reading back. Tests put a card that lies here
+# (bytes changed behind the write) to prove the read-back catches it.
+AFTER_WRITE_HOOKS: list[Callable[[int], None]] = []
 
 
 class FlashError(ImageBuilderError):
@@ -131,8 +136,10 @@ def flash(ctx: Context, options: FlashOptions) -> int:
         bmap_path, bmap = None, None
     size = _image_size(image, bmap)
     target = check_target(options.device, image_size=size, force=options.force, to_file=options.to_file)
-    _confirm(image, target, options.yes)
+    # Opened (exclusively) before the question, and checked after it to be the device that was shown.
     card = ctx.stack.enter_context(_open_target(target))
+    _confirm(image, target, options.yes)
+    check_same_device(target, card.fileno())
     if target.is_file and target.size < size:
         # A file stands in for a card of the image's size; the bmap's holes then read as zeros.
         os.ftruncate(card.fileno(), size)
@@ -140,6 +147,8 @@ def flash(ctx: Context, options: FlashOptions) -> int:
              target.path)
     try:
         written = _write(ctx, image, bmap, size, card.fileno())
+        for hook in AFTER_WRITE_HOOKS:
+            hook(card.fileno())
         how = _verify(bmap, written, card.fileno())
         if options.hostname is not None:
             with step(f"seed hostname {options.hostname}"):

@@ -59,6 +59,11 @@ class Target:
     size: int
     model: str = ""
     partitions: list[CardPartition] = field(default_factory=list)
+    # Which device this is, to tell after the question whether it is still the one shown: its device
+    # number, and the disk sequence number the kernel gives every new medium (Linux 5.15 and later).
+    rdev: int | None = None
+    diskseq: str = ""
+    sysfs: Path | None = None
 
     def describe(self) -> str:
         if self.is_file:
@@ -181,19 +186,40 @@ def mounts_on(disk: str, view: SystemView) -> list[str]:
     return [m.mountpoint for m in parse_mountinfo(view.mountinfo) if disk in disks_under(_mount_devno(m), view)]
 
 
-def is_removable(disk_dir: Path) -> bool:
-    """A card in a reader: removable flag, a USB or MMC bus, or a loop device over a plain file.
+# The largest SD card (SDXC) holds 2 TB; a bigger device is a disk.
+CARD_MAX = 2 * 10**12
 
-    Built-in SD readers (mmcblk) and many USB readers say removable=0, so the flag alone would refuse
-    the very devices this command is for. A loop device over a regular file is a stand-in card: writing
-    it cannot touch a disk.
+
+def transport(disk_dir: Path) -> str:
+    """The bus the disk hangs on, from its place in sysfs: usb, mmc, nvme, ata, virtual or unknown."""
+    path = str(disk_dir.resolve())
+    for bus in ("usb", "mmc", "nvme", "ata", "virtual"):
+        if f"/{bus}" in path:
+            return bus
+    return "unknown"
+
+
+def card_verdict(disk_dir: Path) -> str | None:
+    """None when the device looks like an SD card (so flash needs no --force), else why it does not.
+
+    A card is: on an SD host controller (mmcblk: built-in readers), or removable media of at most 2 TB
+    (a USB card reader says removable=1; a USB disk or stick enclosure that says removable=0 is an
+    external drive), or a loop device over a plain file (a stand-in card: writing it touches no disk).
+    A USB card reader that hides its removable flag needs --force.
     """
-    if _read(disk_dir / "removable") == "1" or disk_dir.name.startswith("mmcblk"):
-        return True
-    if "/usb" in str(disk_dir.resolve()):
-        return True
+    size = int(_read(disk_dir / "size", "0")) * 512
+    if disk_dir.name.startswith("mmcblk"):
+        return None
     backing = _read(disk_dir / "loop" / "backing_file")
-    return bool(backing) and Path(backing).is_file()
+    if backing:
+        return None if Path(backing).is_file() else f"a loop device over {backing}, not over an image file"
+    if _read(disk_dir / "removable") != "1":
+        bus = transport(disk_dir)
+        return (f"a fixed {bus.upper() if bus in ('usb', 'ata', 'nvme') else bus} disk (it does not say it holds "
+                "removable media, as card readers do)")
+    if size > CARD_MAX:
+        return f"removable, but {size / 10**12:.1f} TB: larger than any SD card"
+    return None
 
 
 def _model(disk_dir: Path) -> str:
@@ -247,7 +273,22 @@ def check_target(
     if size < image_size:
         raise TargetRefused(f"{shown} is too small: {size} bytes, the image needs {image_size}",
                             "use a larger card")
-    if not force and not is_removable(block):
-        raise TargetRefused(f"{shown} is not a removable disk",
+    verdict = card_verdict(block)
+    if not force and verdict is not None:
+        raise TargetRefused(f"{shown} is not a removable disk: {verdict}",
                             "if it really is the card (some readers hide it), add --force")
-    return Target(real, is_file=False, size=size, model=_model(block), partitions=_partitions(block))
+    return Target(real, is_file=False, size=size, model=_model(block), partitions=_partitions(block),
+                  rdev=st.st_rdev, diskseq=_read(block / "diskseq"), sysfs=block)
+
+
+def check_same_device(target: Target, fd: int) -> None:
+    """Refuse if the open device is not the one that was shown (a card swapped while the user read)."""
+    if target.is_file or target.sysfs is None:
+        return
+    now = os.fstat(fd).st_rdev
+    size = int(_read(target.sysfs / "size", "0")) * 512
+    diskseq = _read(target.sysfs / "diskseq")
+    if now != target.rdev or size != target.size or diskseq != target.diskseq:
+        raise TargetRefused(f"{target.path} changed since it was shown (size {size} was {target.size}, disk "
+                            f"sequence {diskseq or '?'} was {target.diskseq or '?'}): another card?",
+                            "run the command again and check the device it shows")

@@ -18,7 +18,7 @@ from typing import Any
 from imagebuilder import __version__
 from imagebuilder.core.context import Context
 from imagebuilder.core.log import Progress, log, step
-from imagebuilder.core.resources import atomic_output
+from imagebuilder.core.resources import allocated, atomic_output, ensure_space
 from imagebuilder.disk.bmap import bmap_document, make_bmap, range_extents
 from imagebuilder.disk.copy import copy_image
 from imagebuilder.disk.seed import write_hostname_seed
@@ -35,7 +35,8 @@ STATE = ".imagebuilder-emit.json"
 
 
 def emit_outputs(ctx: Context, recipe: Recipe, base: BaseImage, results: dict[str, StageResult], *,
-                 k3s_missing: str | None = None) -> None:
+                 k3s_missing: str | None = None) -> list[Path]:
+    """Write every output; return the cache entries they came from (the compressed copies)."""
     out = recipe.output_dir
     out.mkdir(parents=True, exist_ok=True)
     previous = read_state(out)
@@ -72,6 +73,10 @@ def emit_outputs(ctx: Context, recipe: Recipe, base: BaseImage, results: dict[st
             write_os_list(out, recipe)
         with atomic_output(out / STATE) as tmp:
             tmp.write_text(json.dumps(state, indent=1, sort_keys=True) + "\n")
+    if recipe.output.compress == "none":
+        return []
+    return [ctx.cache_dir / "compressed" / f"{record['files'][f'{role}.img']['sha256']}.img."
+            f"{extension(recipe.output.compress)}" for role, record in state["images"].items()]
 
 
 def describe_base(recipe: Recipe) -> str:
@@ -111,6 +116,7 @@ def emit_image(ctx: Context, recipe: Recipe, role: str, result: StageResult, out
         log.info("%s.img: unchanged (stage %s), outputs kept", role, result.key[:12])
         return previous
     raw = out / f"{role}.img"
+    ensure_space(out, allocated(result.image), raw.name)
     # What the file systems use, from the stage itself: the bmap maps exactly that (issue: used blocks of
     # zeros left out of a bmap kept a used card's old bytes).
     usage = image_usage(result.image)
@@ -134,6 +140,8 @@ def emit_image(ctx: Context, recipe: Recipe, role: str, result: StageResult, out
         if fmt != recipe.output.compress:
             stale.unlink(missing_ok=True)
     if recipe.output.compress != "none":
+        # Compressed copies take well under half of the data (zstd about a quarter, xz less).
+        ensure_space(ctx.cache("compressed"), allocated(raw) // 2, f"the {recipe.output.compress} copy of {raw.name}")
         compressed, _ = compress_cached(ctx, raw, digest, recipe.output.compress)
         # The digest of the emitted file itself, never a record of where it came from.
         files[compressed.name] = {"sha256": sha256_of(compressed), "signature": signature(compressed)}

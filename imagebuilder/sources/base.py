@@ -14,3 +14,4 @@ class BaseImage:
     sha256: str
     layout: Layout
     packages: dict[str, str]  # name -> version
+    origin: tuple[Path, ...] = ()  # the cache entries it was made from (a download), which must stay with it

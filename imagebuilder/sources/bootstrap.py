@@ -18,7 +18,7 @@ from imagebuilder import __version__
 from imagebuilder.core.binfmt import ensure_binfmt
 from imagebuilder.core.context import Context
 from imagebuilder.core.log import log, step
-from imagebuilder.core.resources import atomic_output, file_lock, temporary_directory
+from imagebuilder.core.resources import atomic_output, ensure_space, file_lock, temporary_directory
 from imagebuilder.core.run import output, run
 from imagebuilder.disk.image import assemble, check_filesystems
 from imagebuilder.layers.nevership import forget_identity
@@ -91,6 +91,8 @@ def bootstrap_base(ctx: Context, spec: Bootstrap, arch: str) -> BaseImage:
 
 def build_base(ctx: Context, spec: Bootstrap, arch: str, image: Path, meta: Path) -> None:
     layout = LAYOUTS[spec.layout]
+    # The unpacked tree (about 1 GiB), the image made from it, and mmdebstrap's own downloads.
+    ensure_space(ctx.cache("tmp"), 3 * 2**30, f"bootstrapping Debian {spec.suite} {arch}")
     ensure_binfmt(arch)
     mirrors = Mirrors(spec.mirror, None) if spec.mirror else host_mirrors()
     work = ctx.stack.enter_context(temporary_directory("imagebuilder-bootstrap-", ctx.cache("tmp")))

@@ -72,8 +72,9 @@ def fetch_base(ctx: Context, recipe: Recipe, *, offline: bool = False, refresh: 
 
 def prepare_base(ctx: Context, recipe: Recipe, *, offline: bool = False) -> BaseImage:
     """The recipe's published base as a raw image in the cache, for the build."""
-    raw = decompress_to_cache(ctx, fetch_base(ctx, recipe, offline=offline))
-    return BaseImage(raw.path, raw.sha256, _layout(recipe, raw.path), {})
+    download = fetch_base(ctx, recipe, offline=offline)
+    raw = decompress_to_cache(ctx, download)
+    return BaseImage(raw.path, raw.sha256, _layout(recipe, raw.path), {}, origin=(download,))
 
 
 def cached_base(cache_dir: Path, recipe: Recipe) -> BaseImage | None:
@@ -83,7 +84,9 @@ def cached_base(cache_dir: Path, recipe: Recipe) -> BaseImage | None:
     """
     download = _lookup(cache_dir / "downloads", spec_for_base(recipe))
     raw = cached_raw(cache_dir, download) if download is not None else None
-    return BaseImage(raw.path, raw.sha256, _layout(recipe, raw.path), {}) if raw is not None else None
+    if raw is None or download is None:
+        return None
+    return BaseImage(raw.path, raw.sha256, _layout(recipe, raw.path), {}, origin=(download,))
 
 
 def _layout(recipe: Recipe, raw: Path) -> Layout:
