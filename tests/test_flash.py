@@ -347,7 +347,8 @@ def test_image_changed_after_its_bmap_is_caught(images: dict[str, Path], tmp_pat
         byte = f.read(1)
         f.seek(-1, 1)
         f.write(bytes([byte[0] ^ 0xFF]))
-    assert main(["flash", str(image), str(tmp_path / "card.bin"), "--yes", "--to-file"]) == 2
+    # A damaged image is found by the checks (exit 3), not a mistake on the command line (2).
+    assert main(["flash", str(image), str(tmp_path / "card.bin"), "--yes", "--to-file"]) == 3
     err = capsys.readouterr().err
     assert "do not match the bmap's checksum" in err and "is incomplete" in err
 

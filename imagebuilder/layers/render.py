@@ -85,6 +85,27 @@ def _to_yaml(value: Any) -> str:
     return yaml.safe_dump(value, default_flow_style=False, sort_keys=False, width=1000)
 
 
+def systemd_escape(value: str, path: bool = False) -> str:
+    """A string as systemd writes it inside a unit name (what `systemd-escape [--path]` prints).
+
+    An interface `br-lan` has the device unit sys-subsystem-net-devices-br\\x2dlan.device: a plain '-'
+    there would mean a '/'.
+    """
+    if path:
+        value = "/".join(part for part in value.split("/") if part) or "-"
+        if value == "-":
+            return value
+    out = []
+    for i, char in enumerate(value):
+        if char == "/":
+            out.append("-")
+        elif (char.isascii() and (char.isalnum() or char in ":_.")) and not (char == "." and i == 0):
+            out.append(char)
+        else:
+            out.append("".join(f"\\x{byte:02x}" for byte in char.encode()))
+    return "".join(out)
+
+
 def render_layer(name: str, directory: Path, variables: dict[str, Any]) -> RenderedLayer:
     """Read and render the layer at `directory`: its root/ and boot/ trees and its layer.yaml."""
     if not directory.is_dir():
@@ -98,6 +119,7 @@ def render_layer(name: str, directory: Path, variables: dict[str, Any]) -> Rende
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(directory), undefined=jinja2.StrictUndefined,
                              keep_trailing_newline=True, autoescape=False)
     env.filters["to_yaml"] = _to_yaml
+    env.filters["systemd_escape"] = systemd_escape
     files: list[OverlayFile] = []
     for tree in TREES:
         top = directory / tree

@@ -15,8 +15,10 @@ from typing import Any
 from imagebuilder.recipe.catalogue import LAYOUTS
 from imagebuilder.recipe.fields import (
     check_cluster_name,
+    check_country,
     check_domain,
     check_hostname,
+    check_interface,
     check_interval,
     check_ipv4,
     check_k3s_assets,
@@ -25,10 +27,12 @@ from imagebuilder.recipe.fields import (
     check_multicast_group,
     check_one_of,
     check_password_hash,
+    check_path,
     check_port,
     check_psk,
     check_sha256,
     check_size,
+    check_ssid,
     check_subnet,
     check_timezone,
     check_unknown_pattern,
@@ -73,15 +77,16 @@ class Base:
 
 @dataclass(frozen=True, kw_only=True)
 class Wifi:
-    ssid: str = setting(help="network name")
+    ssid: str = setting(help="network name", check=check_ssid)
     psk: str = setting(help="WPA passphrase", check=check_psk)
-    country: str = setting(default="GB", help="regulatory domain (two letters)")
+    country: str = setting(default="GB", help="regulatory domain (two letters)", check=check_country)
 
 
 @dataclass(frozen=True, kw_only=True)
 class Network:
-    lan_interface: str = setting(default="eth0", help="the cluster LAN interface on every node")
-    uplink_interface: str | None = setting(default=None,
+    lan_interface: str = setting(default="eth0", help="the cluster LAN interface on every node",
+                                 check=check_interface)
+    uplink_interface: str | None = setting(default=None, check=check_interface,
                                            help="master's way out; omit for an isolated cluster")
     wifi: Wifi | None = setting(default=None, help="credentials when the uplink is wireless")
     subnet: str = setting(default="10.0.0.0/24", help="the cluster LAN", check=check_subnet)
@@ -140,7 +145,8 @@ class Packages:
 
 @dataclass(frozen=True, kw_only=True)
 class Output:
-    dir: str = setting(default="out", help="where images go (relative to the current directory), under <cluster>/")
+    dir: str = setting(default="out", check=check_path,
+                       help="where images go (relative to the current directory), under <cluster>/")
     compress: str = setting(default="xz", check=check_one_of("xz", "zstd", "none"),
                             help="compressed copies: xz, zstd or none")
     bmap: bool = setting(default=True, help="write .bmap files for bmaptool")

@@ -8,11 +8,12 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import ipaddress
+import re
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 from imagebuilder.recipe.catalogue import load_catalogue
-from imagebuilder.recipe.fields import check_ipv4, check_package, check_ssh_key
+from imagebuilder.recipe.fields import check_ipv4, check_package, check_path, check_ssh_key, printable, shown
 from imagebuilder.recipe.model import Recipe, Worker
 from imagebuilder.recipe.schema import Loader
 
@@ -38,6 +39,7 @@ def check_cluster(recipe: Recipe, loader: Loader) -> Recipe:
     """
     _check_base(recipe, loader.problem)
     _check_names(recipe, loader.problem)
+    _check_k3s_config(recipe, loader.problem)
     if any(loader.failed(f"network.{k}") for k in ("subnet", "master_ip", "dhcp_range")):
         return recipe
     return _check_addresses(recipe, loader)
@@ -101,7 +103,9 @@ def _check_names(recipe: Recipe, problem: Problem) -> None:
             if (msg := check_package(pkg)) is not None:
                 problem(f"packages.{role}[{i}]", msg)
     for i, d in enumerate(recipe.overlays):
-        if not (recipe.source.parent / d).is_dir():
+        if (msg := check_path(d)) is not None:
+            problem(f"overlays[{i}]", msg)
+        elif not (recipe.source.parent / d).is_dir():
             problem(f"overlays[{i}]", f"{recipe.source.parent / d} is not a directory")
     network = recipe.network
     for i, dns in enumerate(network.upstream_dns):
@@ -111,6 +115,33 @@ def _check_names(recipe: Recipe, problem: Problem) -> None:
         problem("network.wifi", "Wi-Fi credentials need network.uplink_interface (e.g. wlan0)")
     if network.uplink_interface is not None and network.uplink_interface == network.lan_interface:
         problem("network.uplink_interface", "must differ from lan_interface")
+
+
+# k3s configuration keys the build sets itself: the join secrets must stay the build's (a recipe value
+# would put the server's token on every worker card, or break the join).
+K3S_OWN_KEYS = ("token", "token-file", "agent-token", "agent-token-file", "server", "node-ip", "flannel-iface")
+
+
+def _check_k3s_config(recipe: Recipe, problem: Problem) -> None:
+    """k3s.extra_config is written into the master's config.yaml (YAML-dumped, so it cannot break the file's
+    syntax); its keys are k3s flag names, its values scalars or lists of them, on one line each."""
+    for key, value in recipe.k3s.extra_config.items():
+        path = f"k3s.extra_config.{key}"
+        if not isinstance(key, str) or not re.fullmatch(r"[a-z0-9][a-z0-9-]{0,63}", key):
+            problem("k3s.extra_config", f"{shown(key)} is not a k3s option name (as on its command line, "
+                                        "without the dashes, e.g. node-label)")
+            continue
+        if key in K3S_OWN_KEYS:
+            problem(path, "is set by imagebuilder (the cluster's secrets and addresses): remove it")
+            continue
+        items = list(enumerate(value)) if isinstance(value, list) else [(None, value)]
+        for i, item in items:
+            if isinstance(item, bool | int | float) or (isinstance(item, str) and printable(item)
+                                                           and len(item) <= 4096):
+                continue
+            problem(path if i is None else f"{path}[{i}]",
+                    f"{shown(item)} is not a k3s option value: a string on one line, a number, true/false, "
+                    "or a list of them")
 
 
 def _check_addresses(recipe: Recipe, loader: Loader) -> Recipe:

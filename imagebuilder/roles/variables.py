@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from imagebuilder.layers.render import systemd_escape
 from imagebuilder.recipe.model import Recipe
 from imagebuilder.roles.cloudinit import meta_data, network_config, user_data
 from imagebuilder.roles.k3s import k3s_config
@@ -25,7 +26,7 @@ def template_variables(recipe: Recipe, role: str, *, token: str, boot_mount: str
                        first_boot_packages: tuple[str, ...] = ()) -> dict[str, Any]:
     """Everything the overlay templates of `role` may use."""
     variables: dict[str, Any] = {"recipe": recipe, "role": role, "boot_mount": boot_mount,
-                                 "boot_mount_unit": boot_mount.strip("/").replace("/", "-") + ".mount"}
+                                 "boot_mount_unit": systemd_escape(boot_mount, path=True) + ".mount"}
     if role in ROLES:
         ud = user_data(recipe, role, first_boot_packages)
         nc = network_config(recipe, role)
