@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from imagebuilder.core.context import Context
-from imagebuilder.core.errors import ChecksumMismatch, DownloadError
+from imagebuilder.core.errors import ChecksumMismatch, DownloadError, ImageBuilderError
 from imagebuilder.sources.checksums import digest_for, newest_matching, parse_listing
 from imagebuilder.sources.download import Policy
 from imagebuilder.sources.fetch import Spec, apply_mirror, fetch_spec, fetch_url
@@ -124,14 +124,25 @@ class Server(ThreadingHTTPServer):
         return f"http://127.0.0.1:{self.server_address[1]}{path}"
 
 
-@pytest.fixture
-def server() -> Iterator[Server]:
+def running_server() -> Iterator[Server]:
     srv = Server()
     thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     yield srv
     srv.shutdown()
     srv.server_close()
+
+
+@pytest.fixture
+def server() -> Iterator[Server]:
+    """The publisher, on 127.0.0.1."""
+    yield from running_server()
+
+
+@pytest.fixture
+def mirror() -> Iterator[Server]:
+    """A second server on 127.0.0.1: a lab's mirror beside the publisher (`server`)."""
+    yield from running_server()
 
 
 @pytest.fixture
@@ -218,13 +229,13 @@ def test_fetch_verifies_caches_and_second_fetch_asks_nobody(server: Server, ctx:
 def test_checksum_listing_then_index_means_no_io(server: Server, ctx: Context) -> None:
     url = serve_image(server, "/rel/pi-2.img.xz")
     server.behaviour.files["/rel/SHA256SUMS"] = (f"{'0' * 64}  pi-1.img.xz\n{DIGEST} *pi-2.img.xz\n").encode()
-    path = fetch_url(ctx, url, checksum_url=server.url("/rel/SHA256SUMS"), policy=FAST)
+    path = fetch_url(ctx, url, checksum_url=server.url("/rel/SHA256SUMS"), policy=FAST, allow_http=True)
     assert path.name == f"{DIGEST}.img.xz"
     before = len(server.behaviour.log)
-    assert fetch_url(ctx, url, checksum_url=server.url("/rel/SHA256SUMS"), policy=FAST) == path
+    assert fetch_url(ctx, url, checksum_url=server.url("/rel/SHA256SUMS"), policy=FAST, allow_http=True) == path
     assert len(server.behaviour.log) == before
     # --refresh reads the listing again but does not download what is already there.
-    fetch_url(ctx, url, checksum_url=server.url("/rel/SHA256SUMS"), refresh=True, policy=FAST)
+    fetch_url(ctx, url, checksum_url=server.url("/rel/SHA256SUMS"), refresh=True, policy=FAST, allow_http=True)
     assert [p for m, p, _ in server.behaviour.log[before:]] == ["/rel/SHA256SUMS"]
 
 
@@ -290,30 +301,87 @@ def test_5xx_is_retried_404_is_not(server: Server, ctx: Context) -> None:
     assert len(server.behaviour.gets("/nothing.img.xz")) == 1
 
 
-def test_redirect_and_sibling_checksum(server: Server, ctx: Context) -> None:
-    """The catalogue's `sibling` scheme: `latest` redirects; the digest is beside the final URL."""
-    serve_image(server, "/raspios/2025-10-01/pi-lite.img.xz")
+def test_redirect_and_sibling_checksum(server: Server, mirror: Server, ctx: Context) -> None:
+    """The catalogue's `sibling` scheme: `latest` redirects; the digest is beside the final URL. With a mirror,
+    `latest` and the digest come from the publisher, the bytes from the mirror."""
+    for srv in (server, mirror):
+        serve_image(srv, "/raspios/2025-10-01/pi-lite.img.xz")
     server.behaviour.files["/raspios/2025-10-01/pi-lite.img.xz.sha256"] = f"{DIGEST}  pi-lite.img.xz\n".encode()
     server.behaviour.redirects["/latest"] = "/raspios/2025-10-01/pi-lite.img.xz"
-    spec = Spec(url="https://downloads.example.invalid/latest", sibling=True)
-    path = fetch_spec(ctx, spec, mirror=server.url("/"), policy=FAST)
+    spec = Spec(url=server.url("/latest"), sibling=True, allow_http=True)
+    path = fetch_spec(ctx, spec, mirror=mirror.url("/"), policy=FAST)
     assert path.name == f"{DIGEST}.img.xz" and path.read_bytes() == IMAGE
-    before = len(server.behaviour.log)
-    assert fetch_spec(ctx, spec, mirror=server.url("/"), offline=True) == path
-    assert len(server.behaviour.log) == before
+    assert mirror.behaviour.gets("/raspios/2025-10-01/pi-lite.img.xz")
+    assert not server.behaviour.gets("/raspios/2025-10-01/pi-lite.img.xz")  # the bytes came from the mirror
+    before = len(server.behaviour.log) + len(mirror.behaviour.log)
+    assert fetch_spec(ctx, spec, mirror=mirror.url("/"), offline=True) == path
+    assert len(server.behaviour.log) + len(mirror.behaviour.log) == before
 
 
-def test_pick_newest_from_listing_and_pin(server: Server, ctx: Context) -> None:
+def test_pick_newest_from_listing_and_pin(server: Server, mirror: Server, ctx: Context) -> None:
     old = os.urandom(1000)
-    serve_image(server, "/rel/img-24.04.2.img.xz")
-    server.behaviour.files["/rel/img-24.04.img.xz"] = old
+    for srv in (server, mirror):
+        serve_image(srv, "/rel/img-24.04.2.img.xz")
+        srv.behaviour.files["/rel/img-24.04.img.xz"] = old
     server.behaviour.files["/rel/SHA256SUMS"] = (f"{hashlib.sha256(old).hexdigest()} *img-24.04.img.xz\n"
                                                  f"{DIGEST} *img-24.04.2.img.xz\n").encode()
-    spec = Spec(url="https://cd.example.invalid/rel/", checksum_url="https://cd.example.invalid/rel/SHA256SUMS",
-                pick=r"img-24\.04(\.\d+)?\.img\.xz")
-    assert fetch_spec(ctx, spec, mirror=server.url(""), policy=FAST).read_bytes() == IMAGE
-    pinned = Spec(url=spec.url, checksum_url=spec.checksum_url, pick=spec.pick, sha256=hashlib.sha256(old).hexdigest())
-    assert fetch_spec(ctx, pinned, mirror=server.url(""), policy=FAST).read_bytes() == old
+    spec = Spec(url=server.url("/rel/"), checksum_url=server.url("/rel/SHA256SUMS"),
+                pick=r"img-24\.04(\.\d+)?\.img\.xz", allow_http=True)
+    assert fetch_spec(ctx, spec, mirror=mirror.url(""), policy=FAST).read_bytes() == IMAGE
+    pinned = Spec(url=spec.url, checksum_url=spec.checksum_url, pick=spec.pick, sha256=hashlib.sha256(old).hexdigest(),
+                  allow_http=True)
+    assert fetch_spec(ctx, pinned, mirror=mirror.url(""), policy=FAST).read_bytes() == old
+
+
+# --- a mirror does not vouch for itself ------------------------------------------------------------
+
+
+def tampered_mirror(server: Server, mirror: Server, path: str) -> bytes:
+    """The publisher serves the image and its digest; the mirror a changed image with a digest to match."""
+    serve_image(server, path)
+    server.behaviour.files[path + ".sha256"] = f"{DIGEST}  {path.rsplit('/', 1)[1]}\n".encode()
+    evil = IMAGE[:-1] + b"!"
+    mirror.behaviour.files[path] = evil
+    mirror.behaviour.files[path + ".sha256"] = f"{hashlib.sha256(evil).hexdigest()}  x\n".encode()
+    return evil
+
+
+def test_tampered_mirror_is_caught_by_the_publishers_digest(server: Server, mirror: Server, ctx: Context) -> None:
+    tampered_mirror(server, mirror, "/raspios/pi-lite.img.xz")
+    server.behaviour.redirects["/latest"] = "/raspios/pi-lite.img.xz"
+    spec = Spec(url=server.url("/latest"), sibling=True, allow_http=True)
+    with pytest.raises(ChecksumMismatch):
+        fetch_spec(ctx, spec, mirror=mirror.url("/"), policy=FAST)
+    assert not mirror.behaviour.gets("/raspios/pi-lite.img.xz.sha256")  # the mirror's digest is never asked
+    assert downloads(ctx) == []
+
+
+def test_mirror_without_the_publisher_needs_a_pinned_digest(mirror: Server, ctx: Context) -> None:
+    evil = tampered_mirror(mirror, mirror, "/raspios/pi-lite.img.xz")
+    with socket.socket() as closed:  # a publisher that does not answer: a port nobody listens on
+        closed.bind(("127.0.0.1", 0))
+        publisher = f"http://127.0.0.1:{closed.getsockname()[1]}/raspios/pi-lite.img.xz"
+    spec = Spec(url=publisher, sibling=True, allow_http=True)
+    with pytest.raises(ImageBuilderError, match="cannot read the publisher's checksum .* does not vouch for it"):
+        fetch_spec(ctx, spec, mirror=mirror.url("/"), policy=FAST)
+    # Pinned: the right digest fetches the genuine image from the mirror; the mirror's changed one is refused.
+    mirror.behaviour.files["/raspios/pi-lite.img.xz"] = IMAGE
+    assert fetch_spec(ctx, Spec(url=publisher, sha256=DIGEST), mirror=mirror.url("/"), policy=FAST).read_bytes() \
+        == IMAGE
+    mirror.behaviour.files["/raspios/pi-lite.img.xz"] = evil
+    with pytest.raises(ChecksumMismatch):
+        fetch_spec(Context(cache_dir=ctx.cache_dir / "other"), Spec(url=publisher, sha256=DIGEST),
+                   mirror=mirror.url("/"), policy=FAST)
+
+
+def test_checksums_over_plain_http_need_the_users_word(server: Server, ctx: Context) -> None:
+    url = serve_image(server)
+    server.behaviour.files["/SHA256SUMS"] = f"{DIGEST}  pi.img.xz\n".encode()
+    with pytest.raises(ImageBuilderError, match="a checksum read over plain http can be changed on the way"):
+        fetch_url(ctx, url, checksum_url=server.url("/SHA256SUMS"), policy=FAST)
+    assert server.behaviour.log == []  # refused before asking
+    assert fetch_url(ctx, url, checksum_url=server.url("/SHA256SUMS"), policy=FAST, allow_http=True).read_bytes() \
+        == IMAGE
 
 
 def test_mirror_from_environment(server: Server, ctx: Context, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -392,8 +460,10 @@ def test_cli_fetches_a_catalogue_image_through_the_recipe_mirror(server: Server,
     server.behaviour.files[final + ".sha256"] = (
         f"{hashlib.sha256(packed).hexdigest()}  2025-10-01-raspios-trixie-arm64-lite.img.xz\n").encode()
     server.behaviour.redirects["/raspios_lite_arm64_latest"] = final
+    # A lab without a route to the publisher pins the digest; the mirror alone is asked, never the publisher.
     recipe = recipe_file(VALID.replace("  bootstrap: {suite: bookworm}",
-                                       f"  image: raspios-lite-trixie\n  mirror: {server.url('/')}"))
+                                       f"  image: raspios-lite-trixie\n  mirror: {server.url('/')}\n"
+                                       f"  sha256: {hashlib.sha256(packed).hexdigest()}"))
     result = imagebuilder(tmp_path / "cache", str(recipe), "--raw")
     assert result.returncode == 0, result.stderr
     out = Path(result.stdout.strip())

@@ -46,7 +46,8 @@ def read_plan(ctx: Context, recipe: Recipe, backend: str | None = None) -> Build
     else:
         base = cached_base(ctx.cache_dir, recipe)
     inputs = Inputs(base=base, token=read_k3s_token(ctx, recipe.cluster.name),
-                    k3s=fetch_k3s(ctx, recipe.k3s, recipe.arch, offline=True),
+                    k3s=fetch_k3s(ctx, recipe.k3s, recipe.arch, offline=True,
+                                  allow_http=recipe.base.allow_http_checksums),
                     backend=chosen.name, installs_packages=chosen.installs_packages)
     return plan_build(recipe, inputs, ctx.cache_dir / "stages")
 
@@ -104,7 +105,7 @@ def _build(ctx: Context, recipe: Recipe, *, per_node: bool, backend: str | None)
             raise ImageBuilderError(f"{recipe.base.image} has no cloud-init, and the {chosen.name} backend "
                                     "cannot install it", "build as root (the loop backend)")
         with step("k3s release assets"):
-            k3s = fetch_k3s(ctx, recipe.k3s, recipe.arch)
+            k3s = fetch_k3s(ctx, recipe.k3s, recipe.arch, allow_http=recipe.base.allow_http_checksums)
         inputs = Inputs(base=base, token=k3s_token(ctx, recipe.cluster.name), k3s=k3s, backend=chosen.name,
                         installs_packages=chosen.installs_packages)
         plan = plan_build(recipe, inputs, ctx.cache("stages"))

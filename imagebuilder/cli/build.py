@@ -30,6 +30,8 @@ def _fetch_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--refresh", action="store_true",
                         help="ask the publisher for the current checksum again instead of trusting the cache")
     parser.add_argument("--raw", action="store_true", help="also decompress; print the raw image's path")
+    parser.add_argument("--allow-http-checksums", action="store_true",
+                        help="accept a checksum listing over plain http (only on a network you trust)")
 
 
 def fetch(ctx: Context, args: argparse.Namespace) -> int:
@@ -37,11 +39,13 @@ def fetch(ctx: Context, args: argparse.Namespace) -> int:
         raise ImageBuilderError("fetch: give a RECIPE or --url", "imagebuilder fetch --url URL --sha256 HEX")
     if args.url is not None:
         path = fetch_url(ctx, args.url, sha256=args.sha256, checksum_url=args.checksum_url, mirror=args.mirror,
-                         offline=args.offline, refresh=args.refresh)
+                         offline=args.offline, refresh=args.refresh, allow_http=args.allow_http_checksums)
     else:
         recipe = load_recipe(args.recipe)
-        if args.mirror:
-            recipe = dataclasses.replace(recipe, base=dataclasses.replace(recipe.base, mirror=args.mirror))
+        if args.mirror or args.allow_http_checksums:
+            recipe = dataclasses.replace(recipe, base=dataclasses.replace(
+                recipe.base, mirror=args.mirror or recipe.base.mirror,
+                allow_http_checksums=recipe.base.allow_http_checksums or args.allow_http_checksums))
         path = fetch_base(ctx, recipe, offline=args.offline, refresh=args.refresh)
     print(decompress_to_cache(ctx, path).path if args.raw else path)
     return 0

@@ -73,6 +73,9 @@ class Base:
                                  help="rewrites the download host (a lab's local mirror); "
                                       "also IMAGEBUILDER_MIRROR")
     bootstrap: Bootstrap | None = setting(default=None, help="build the base from Debian packages")
+    allow_http_checksums: bool = setting(
+        default=False, help="accept checksum listings over plain http (for the base and k3s.assets); "
+                            "otherwise only https, a file, or a pinned sha256")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -47,6 +47,7 @@ class Spec:
     checksum_url: str | None = None  # a sha256sum listing holding the digest
     sibling: bool = False  # the digest is in <url after redirects>.sha256
     pick: str | None = None  # the newest name in the listing matching this pattern is the image
+    allow_http: bool = False  # a checksum listing over plain http is accepted (the user said so)
 
     def key(self) -> str:
         text = json.dumps(dataclasses.asdict(self), sort_keys=True)
@@ -101,19 +102,20 @@ def _layout(recipe: Recipe, raw: Path) -> Layout:
 
 def fetch_url(ctx: Context, url: str, *, sha256: str | None = None, checksum_url: str | None = None,
               mirror: str | None = None, offline: bool = False, refresh: bool = False,
-              policy: Policy = DEFAULT_POLICY) -> Path:
+              policy: Policy = DEFAULT_POLICY, allow_http: bool = False) -> Path:
     """A verified file from a URL (http, https, file:// or a local path) and its sha256 or listing."""
     if (sha256 is None) == (checksum_url is None):
         raise ImageBuilderError(f"{url}: give exactly one of a sha256 or a checksum URL",
                                 "the download is only kept if it can be verified")
-    spec = Spec(url=url, sha256=sha256.lower() if sha256 else None, checksum_url=checksum_url)
+    spec = Spec(url=url, sha256=sha256.lower() if sha256 else None, checksum_url=checksum_url, allow_http=allow_http)
     return fetch_spec(ctx, spec, mirror=mirror, offline=offline, refresh=refresh, policy=policy)
 
 
 def spec_for_base(recipe: Recipe) -> Spec:
     base = recipe.base
     if base.url is not None:
-        return Spec(url=base.url, sha256=base.sha256, checksum_url=base.checksum_url)
+        return Spec(url=base.url, sha256=base.sha256, checksum_url=base.checksum_url,
+                    allow_http=base.allow_http_checksums)
     assert base.image is not None
     source = load_catalogue()[base.image].arches[recipe.arch]
     checksum = base.checksum_url or (None if source.checksum == "sibling" else source.checksum)
@@ -121,7 +123,7 @@ def spec_for_base(recipe: Recipe) -> Spec:
     keep_listing = source.pick is not None or base.sha256 is None
     return Spec(url=source.url, sha256=base.sha256, checksum_url=checksum if keep_listing else None,
                 sibling=source.checksum == "sibling" and not base.checksum_url and not base.sha256,
-                pick=source.pick)
+                pick=source.pick, allow_http=base.allow_http_checksums)
 
 
 def apply_mirror(url: str, mirror: str | None) -> str:
@@ -185,11 +187,16 @@ def _record(downloads: Path, spec: Spec, target: _Target, path: Path) -> None:
 
 
 def _resolve(session: requests.Session, spec: Spec, mirror: str | None, policy: Policy) -> _Target:
-    """Find the image URL and its expected digest, reading the publisher's checksums where needed."""
+    """Find the image URL and its expected digest, reading the publisher's checksums where needed.
+
+    A mirror serves the image, never its digest: that is the pinned sha256, or read from the publisher's
+    own listing, or from a checksum URL the user named. A hostile or broken mirror could otherwise serve
+    any image with a listing to match.
+    """
     url = apply_mirror(spec.url, mirror)
     if spec.pick is not None:
-        listing_url = apply_mirror(spec.checksum_url or urljoin(spec.url, "SHA256SUMS"), mirror)
-        listing = parse_listing(read_text(session, listing_url, policy))
+        listing_url = spec.checksum_url or urljoin(spec.url, "SHA256SUMS")
+        listing = _read_listing(session, listing_url, spec, mirror, policy)
         if spec.sha256 is not None:
             # A pinned image: the listing's entry with that digest, even when newer releases sit beside it.
             names = [n for n, d in listing.items() if d == spec.sha256]
@@ -203,13 +210,38 @@ def _resolve(session: requests.Session, spec: Spec, mirror: str | None, policy: 
     if spec.sha256 is not None:
         return _Target(url, spec.sha256, "the given sha256")
     if spec.sibling:
-        url = final_url(session, url, policy)
-        listing_url = url + ".sha256"
+        # Which release `latest` is, and its digest, from the publisher; the bytes from the mirror.
+        try:
+            final = final_url(session, spec.url, policy)
+        except DownloadError as e:
+            raise _no_publisher(spec.url, e, mirror) from None
+        listing_url, url = final + ".sha256", apply_mirror(final, mirror)
     else:
         assert spec.checksum_url is not None
-        listing_url = apply_mirror(spec.checksum_url, mirror)
-    listing = parse_listing(read_text(session, listing_url, policy))
+        listing_url = spec.checksum_url
+    listing = _read_listing(session, listing_url, spec, mirror, policy)
     return _Target(url, digest_for(listing, file_name(url), listing_url), listing_url)
+
+
+def _read_listing(session: requests.Session, listing_url: str, spec: Spec, mirror: str | None,
+                  policy: Policy) -> dict[str, str]:
+    if urlsplit(listing_url).scheme == "http" and not spec.allow_http:
+        raise ImageBuilderError(
+            f"{listing_url}: a checksum read over plain http can be changed on the way, and then any image "
+            "passes", "use https, pin the digest (base.sha256), or say you trust this network: "
+                      "base.allow_http_checksums: true (fetch --allow-http-checksums)")
+    try:
+        return parse_listing(read_text(session, listing_url, policy))
+    except DownloadError as e:
+        raise _no_publisher(listing_url, e, mirror) from None
+
+
+def _no_publisher(url: str, error: DownloadError, mirror: str | None) -> ImageBuilderError:
+    if mirror is None:
+        return error
+    return ImageBuilderError(f"{url}: cannot read the publisher's checksum ({error.message}); the mirror "
+                             f"{mirror} serves the image but does not vouch for it",
+                             "pin the image's digest in the recipe, base.sha256 (README: offline labs)")
 
 
 def _download(session: requests.Session, downloads: Path, target: _Target, policy: Policy) -> Path:

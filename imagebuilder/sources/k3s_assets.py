@@ -46,7 +46,7 @@ def asset_base(setting: str, version: str) -> str | None:
     return chosen if "://" in chosen else Path(chosen).expanduser().resolve().as_uri()
 
 
-def fetch_k3s(ctx: Context, k3s: K3s, arch: str, *, offline: bool = False) -> K3sAssets:
+def fetch_k3s(ctx: Context, k3s: K3s, arch: str, *, offline: bool = False, allow_http: bool = False) -> K3sAssets:
     """The assets as a layer; offline: from the cache only, and missing (not an error) when not there."""
     binary, images, sums = NAMES[arch]
     base = asset_base(k3s.assets, k3s.version)
@@ -60,7 +60,7 @@ def fetch_k3s(ctx: Context, k3s: K3s, arch: str, *, offline: bool = False) -> K3
     policy = Policy() if explicit else Policy(attempts=2, connect_timeout=10)
     try:
         paths = {name: fetch_url(ctx, f"{base}/{name}", checksum_url=f"{base}/{sums}", policy=policy,
-                                 offline=offline)
+                                 offline=offline, allow_http=allow_http)
                  for name in (binary, images)}
     except ImageBuilderError as e:
         if offline:
