@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from imagebuilder.roles.secrets import K3sSecrets
+
 ROOT = Path(__file__).resolve().parent.parent
 
 VALID = """\
@@ -23,6 +25,11 @@ workers:
   - {hostname: node1, mac: "b8:27:eb:00:00:01", ip: 10.0.0.11}
   - {hostname: node2, mac: "b8:27:eb:00:00:02", ip: 10.0.0.12}
 """
+
+
+# Stand-in secrets for rendering tests (the real ones are made per cluster in the state directory).
+SECRETS = K3sSecrets("s" * 64, "a" * 64, "-----BEGIN CERTIFICATE-----\nTEST\n-----END CERTIFICATE-----\n",
+                     "-----BEGIN EC PRIVATE KEY-----\nTEST\n-----END EC PRIVATE KEY-----\n")
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from imagebuilder.layers.render import render_layer
 from imagebuilder.layers.write import write_layer
 from imagebuilder.recipe.load import load_recipe
 from imagebuilder.roles.variables import template_variables
-from tests.conftest import ROOT, VALID
+from tests.conftest import ROOT, SECRETS, VALID
 
 BEACON = ROOT / "overlays/common/root/usr/local/lib/imagebuilder/beacon.py"
 COLLECTOR = ROOT / "overlays/master/root/usr/local/lib/imagebuilder/collector.py"
@@ -173,7 +173,7 @@ def render_overlay(template: Path, recipe: Any, role: str) -> str:
     """One file of a built-in layer, rendered by the build's own overlay code."""
     layer_dir = next(p for p in template.parents if p.parent == ROOT / "overlays")
     rel = template.relative_to(layer_dir).as_posix().removesuffix(".j2")  # root/... or boot/...
-    variables = template_variables(recipe, role, token="0" * 64, boot_mount="/boot/firmware")
+    variables = template_variables(recipe, role, secrets=SECRETS, boot_mount="/boot/firmware")
     layer = render_layer(layer_dir.name, layer_dir, variables)
     return next(f.data.decode() for f in layer.files if f.tree_path == rel)
 
@@ -184,7 +184,7 @@ def test_config_rendered_from_recipe(recipe_file: Any, tmp_path: Path) -> None:
         # As the build does: the common layer once, then the role's layer on top.
         tree = tmp_path / role
         for layer in ("common", role):
-            variables = template_variables(recipe, role, token="0" * 64, boot_mount="/boot/firmware")
+            variables = template_variables(recipe, role, secrets=SECRETS, boot_mount="/boot/firmware")
             write_layer(render_layer(layer, ROOT / "overlays" / layer, variables), tree)
         config = beacon.load_config(tree / "etc/imagebuilder/monitoring.json")
         if role == "worker":

@@ -20,6 +20,7 @@ from imagebuilder.disk.partitions import boot_and_root
 from imagebuilder.disk.seed import read_hostname_seed
 from imagebuilder.layers import nevership
 from imagebuilder.recipe.load import load_recipe
+from imagebuilder.roles.secrets import read_k3s_secrets
 from imagebuilder.sources.checksums import sha256_of
 from tests.conftest import ROOT, build_mounts, leftovers, require_programs
 from tests.images import arm64_base, make_context
@@ -229,11 +230,39 @@ def test_roles_enabled_and_boot_configured(built: Path) -> None:
 
 
 @pytest.mark.integration
-def test_token_never_printed(built: Path) -> None:
-    token = (make_context().state_dir("buildtest") / "k3s-token").read_text().strip()
+def test_secrets_never_printed_and_workers_carry_no_server_secret(built: Path) -> None:
+    secrets = read_k3s_secrets(make_context(), "buildtest")
+    assert secrets is not None
     recipe = load_recipe(make_recipe(built.parent.parent))
     result = subprocess.run([sys.executable, "-m", "imagebuilder", "build", recipe.source], cwd=ROOT,
                             capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert token not in result.stdout + result.stderr
-    assert token in read_root_file(built / "master.img", "/etc/rancher/k3s/config.yaml")
+    for value in (secrets.server_token, secrets.agent_token, secrets.ca_key):
+        assert value not in result.stdout + result.stderr
+    master = yaml.safe_load(read_root_file(built / "master.img", "/etc/rancher/k3s/config.yaml"))
+    assert master["token"] == secrets.server_token and master["agent-token"] == secrets.agent_token
+    worker = yaml.safe_load(read_root_file(built / "worker.img", "/etc/rancher/k3s/config.yaml"))
+    assert worker["token"] == secrets.worker_token
+    # Not anywhere on a worker card: every byte of the image, the boot partition and free blocks included.
+    server_token, key = secrets.server_token.encode(), secrets.ca_key.strip().splitlines()[1].encode()
+    for image in (built / "worker.img", built / "node1.img"):
+        with open(image, "rb") as f:
+            previous = b""
+            while chunk := f.read(1 << 24):
+                window = previous[-200:] + chunk
+                assert server_token not in window and key not in window, image
+                previous = chunk
+    assert read_root_file(built / "master.img", "/var/lib/rancher/k3s/server/tls/server-ca.crt") == secrets.ca_cert
+    _, root = boot_and_root(built / "master.img")
+    stat = subprocess.run(["debugfs", "-R", "stat /var/lib/rancher/k3s/server/tls/server-ca.key",
+                           f"{built / 'master.img'}?offset={root.start}"], capture_output=True, text=True,
+                          check=True).stdout
+    assert "Mode:  0600" in stat
+
+
+@pytest.mark.integration
+def test_outputs_are_for_their_owner_only(built: Path) -> None:
+    assert built.stat().st_mode & 0o777 == 0o700
+    for path in built.iterdir():
+        if path.is_file() and not path.name.startswith("."):
+            assert path.stat().st_mode & 0o077 == 0, path

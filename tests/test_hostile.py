@@ -23,7 +23,7 @@ from imagebuilder.core.errors import RecipeError
 from imagebuilder.layers.render import systemd_escape
 from imagebuilder.recipe.load import load_recipe
 from imagebuilder.roles.variables import template_variables
-from tests.conftest import require_programs
+from tests.conftest import SECRETS, require_programs
 
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOps ops@desk"
 HASH = "$6$saltsalt$" + "a" * 86
@@ -73,7 +73,7 @@ def render_all(recipe_path: Path) -> dict[str, str]:
     recipe = load_recipe(recipe_path)
     files = {}
     for role in ("common", "master", "worker"):
-        variables = template_variables(recipe, role, token="t" * 64, boot_mount="/boot/firmware")
+        variables = template_variables(recipe, role, secrets=SECRETS, boot_mount="/boot/firmware")
         for layer in render_layers(recipe, role, variables):
             for f in layer.files:
                 if not f.symlink and not f.tree_path.endswith(".py"):

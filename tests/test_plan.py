@@ -20,16 +20,17 @@ from imagebuilder.layers.description import CHECK_TOOLS, load_description
 from imagebuilder.layers.render import BUILTIN, render_layer
 from imagebuilder.recipe.catalogue import LAYOUTS
 from imagebuilder.recipe.load import load_recipe
+from imagebuilder.roles.secrets import K3sSecrets
 from imagebuilder.sources.base import BaseImage
 from imagebuilder.sources.k3s_assets import K3sAssets
-from tests.conftest import VALID
+from tests.conftest import SECRETS, VALID
 
 BASE = BaseImage(Path("/cache/bases/base.img"), "ab" * 32, LAYOUTS["raspios"], {})
 NO_K3S = K3sAssets(None, "k3s.assets is none")
 
 
-def inputs(base: BaseImage | None = BASE, token: str | None = "t" * 64, backend: str = "loop") -> Inputs:
-    return Inputs(base=base, token=token, k3s=NO_K3S, backend=backend, installs_packages=backend == "loop")
+def inputs(base: BaseImage | None = BASE, secrets: K3sSecrets | None = SECRETS, backend: str = "loop") -> Inputs:
+    return Inputs(base=base, secrets=secrets, k3s=NO_K3S, backend=backend, installs_packages=backend == "loop")
 
 
 def keys(text: str, recipe_file: Any, **kw: Any) -> dict[str, str]:
@@ -67,10 +68,10 @@ def test_an_added_package_rebuilds_its_role_from_the_packages_stage(recipe_file:
 
 
 def test_what_is_not_made_yet_is_said(recipe_file: Any) -> None:
-    plan = plan_build(load_recipe(recipe_file(VALID)), inputs(base=None, token=None), Path("/cache/stages"))
+    plan = plan_build(load_recipe(recipe_file(VALID)), inputs(base=None, secrets=None), Path("/cache/stages"))
     assert not any(p.known for p in plan.stages)
-    assert any("base image" in n for n in plan.notes) and any("token" in n for n in plan.notes)
-    plan = plan_build(load_recipe(recipe_file(VALID)), inputs(token=None), Path("/cache/stages"))
+    assert any("base image" in n for n in plan.notes) and any("secrets" in n for n in plan.notes)
+    plan = plan_build(load_recipe(recipe_file(VALID)), inputs(secrets=None), Path("/cache/stages"))
     assert {p.stage.name: p.known for p in plan.stages} == {
         "common": True, "master-packages": True, "master": False, "worker": False}
 

@@ -3,9 +3,11 @@ Wi-Fi; checked for content and, where the tool is installed, with the real tool.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import stat
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +23,9 @@ from imagebuilder.layers.render import BUILTIN, RenderedLayer
 from imagebuilder.layers.write import write_layer
 from imagebuilder.recipe.catalogue import LAYOUTS
 from imagebuilder.recipe.load import load_recipe
-from imagebuilder.roles.secrets import k3s_token
+from imagebuilder.roles.secrets import k3s_secrets, read_k3s_secrets
 from imagebuilder.roles.variables import template_variables
-from tests.conftest import require_programs
+from tests.conftest import SECRETS, require_programs
 
 CLUSTER = """\
 cluster: {name: lab, domain: lab.example}
@@ -43,12 +45,11 @@ workers:
   - {hostname: w3, mac: "dc:a6:32:00:00:03"}
 unknown_workers: {hostname: "spare-{mac6}"}
 """
-TOKEN = "0" * 64
 
 
 def rendered(recipe_text: str, role: str, tmp_path: Path, recipe_file: Any) -> dict[str, RenderedLayer]:
     recipe = load_recipe(recipe_file(recipe_text))
-    variables = template_variables(recipe, role, token=TOKEN, boot_mount="/boot/firmware")
+    variables = template_variables(recipe, role, secrets=SECRETS, boot_mount="/boot/firmware")
     return {layer.name: layer for layer in render_layers(recipe, role, variables)}
 
 
@@ -164,11 +165,20 @@ def test_worker_table_and_units(worker: dict[str, str]) -> None:
 
 def test_k3s_configs(master: dict[str, str], worker: dict[str, str]) -> None:
     server = yaml.safe_load(master["root/etc/rancher/k3s/config.yaml"])
-    assert server == {"token": TOKEN, "node-ip": "192.168.77.1", "flannel-iface": "eth0",
-                      "tls-san": ["master", "master.lab.example", "192.168.77.1"],
+    assert server == {"token": SECRETS.server_token, "agent-token": SECRETS.agent_token, "node-ip": "192.168.77.1",
+                      "flannel-iface": "eth0", "tls-san": ["master", "master.lab.example", "192.168.77.1"],
                       "write-kubeconfig-mode": "0600", "disable": ["traefik"], "node-label": ["site=lab"]}
     agent = yaml.safe_load(worker["root/etc/rancher/k3s/config.yaml"])
-    assert agent == {"server": "https://192.168.77.1:6443", "token": TOKEN, "flannel-iface": "eth0"}
+    # The agent token alone, pinned to the cluster CA's hash: K10<sha256 of server-ca.crt>::node:<password>.
+    assert agent == {"server": "https://192.168.77.1:6443", "flannel-iface": "eth0",
+                     "token": f"K10{hashlib.sha256(SECRETS.ca_cert.encode()).hexdigest()}::node:{SECRETS.agent_token}"}
+    assert master["root/var/lib/rancher/k3s/server/tls/server-ca.crt"] == SECRETS.ca_cert
+    assert master["root/var/lib/rancher/k3s/server/tls/server-ca.key"] == SECRETS.ca_key
+
+
+def test_workers_carry_no_server_secret(worker: dict[str, str]) -> None:
+    for name, text in worker.items():
+        assert SECRETS.server_token not in text and "PRIVATE KEY" not in text, name
 
 
 def test_k3s_config_is_private_in_the_tree(tmp_path: Path, recipe_file: Any) -> None:
@@ -194,18 +204,41 @@ def test_exports_for_the_subnet_only(master: dict[str, str]) -> None:
         check_exports("/srv/jobs *(rw,no_such_option)\n")
 
 
-def test_token_made_once_private_and_reused(tmp_path: Path) -> None:
+def test_secrets_made_once_private_and_reused(tmp_path: Path) -> None:
+    require_programs("openssl")
     ctx = Context(state_root=tmp_path / "state")
-    first = k3s_token(ctx, "lab")
-    path = tmp_path / "state" / "lab" / "k3s-token"
-    assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
-    assert len(first) == 64 and k3s_token(ctx, "lab") == first
+    first = k3s_secrets(ctx, "lab")
+    state = tmp_path / "state" / "lab"
+    for name in ("k3s-token", "k3s-agent-token", "k3s-server-ca/server-ca.key", "k3s-server-ca/server-ca.crt"):
+        assert stat.S_IMODE((state / name).stat().st_mode) == 0o600, name
+    assert stat.S_IMODE(state.stat().st_mode) == 0o700
+    assert len(first.server_token) == len(first.agent_token) == 64 and first.server_token != first.agent_token
+    assert k3s_secrets(ctx, "lab") == first == read_k3s_secrets(ctx, "lab")
+    # A CA that verifies itself, whose key is the certificate's (what k3s checks when it takes them).
+    cert, key = state / "k3s-server-ca/server-ca.crt", state / "k3s-server-ca/server-ca.key"
+    subprocess.run(["openssl", "verify", "-CAfile", cert, cert], check=True, capture_output=True)
+    text = subprocess.run(["openssl", "x509", "-in", cert, "-noout", "-text"], capture_output=True, text=True,
+                          check=True).stdout
+    assert "CA:TRUE" in text and "Certificate Sign" in text and "prime256v1" in text
+    pub = [subprocess.run(argv, capture_output=True, check=True).stdout for argv in (
+        ["openssl", "x509", "-in", cert, "-noout", "-pubkey"], ["openssl", "pkey", "-in", key, "-pubout"])]
+    assert pub[0] == pub[1]
+
+
+def test_two_first_builds_at_once_end_with_one_secret(tmp_path: Path) -> None:
+    """Each process makes its own value; the one linked first is the one both keep."""
+    script = ("import sys; from pathlib import Path; from imagebuilder.roles.secrets import secret; "
+              "print(secret(Path(sys.argv[1]), lambda: __import__('secrets').token_hex(32)))")
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(tmp_path / "token")], stdout=subprocess.PIPE,
+                              text=True) for _ in range(8)]
+    values = {p.communicate()[0].strip() for p in procs}
+    assert len(values) == 1 and (tmp_path / "token").read_text().strip() in values
+    assert [p.name for p in tmp_path.iterdir()] == ["token"]
 
 
 def test_rootless_build_defers_packages_and_their_units(tmp_path: Path, recipe_file: Any) -> None:
     recipe = load_recipe(recipe_file(CLUSTER))
-    variables = template_variables(recipe, "master", token=TOKEN, boot_mount="/boot/firmware",
+    variables = template_variables(recipe, "master", secrets=SECRETS, boot_mount="/boot/firmware",
                                    first_boot_packages=("nfs-common", "dnsmasq", "nftables"))
     data = variables["user_data"]
     assert data["packages"] == ["nfs-common", "dnsmasq", "nftables"] and data["package_update"] is True

@@ -6,6 +6,7 @@ does not hide the state of the others. The names are the issue's list.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import shlex
@@ -194,20 +195,31 @@ def read_k3s_config(ssh: Ssh, host: str) -> dict[str, object]:
 
 def check_k3s(recipe: Recipe, master: NodeResult, workers: list[NodeResult], ssh: Ssh, options: BootOptions,
               deadline: float) -> Iterator[CheckResult]:
-    """Server and agent units enabled with the right config and token; with the assets, every node Ready."""
+    """Server and agent units enabled with the right config; the master holds the server and agent tokens and
+    the cluster CA, each worker only the agent token pinned to that CA; with the assets, every node Ready."""
     server = read_k3s_config(ssh, master.host)
-    token = server.get("token")
+    token, agent_token = server.get("token"), server.get("agent-token")
+    ca = ssh.text(master.host, "sudo cat /var/lib/rancher/k3s/server/tls/server-ca.crt")
     enabled = ssh.text(master.host, "systemctl is-enabled k3s.service")
-    yield CheckResult("k3s server", master.node.name, enabled == "enabled" and bool(token),
-                f"k3s.service {enabled}; token {'set' if token else 'missing'}")
+    yield CheckResult("k3s server", master.node.name, enabled == "enabled" and bool(token) and bool(agent_token)
+                      and bool(ca), f"k3s.service {enabled}; token {'set' if token else 'missing'}; agent-token "
+                                    f"{'set' if agent_token else 'missing'}; CA {'present' if ca else 'missing'}")
     want_server = f"https://{recipe.network.master_ip}:6443"
+    # The file's bytes as k3s hashes them (ssh.text strips the final newline the PEM file ends with).
+    ca_hash = hashlib.sha256((ca or "").encode() + b"\n").hexdigest()
+    want_token = f"K10{ca_hash}::node:{agent_token}"
     for w in workers:
         agent = read_k3s_config(ssh, w.host)
         enabled = ssh.text(w.host, "systemctl is-enabled k3s-agent.service")
-        ok = enabled == "enabled" and agent.get("server") == want_server and bool(token) and agent.get("token") == token
+        pinned = bool(ca and agent_token) and agent.get("token") == want_token
+        ok = enabled == "enabled" and agent.get("server") == want_server and pinned
         yield CheckResult("k3s agent", w.node.name, ok,
-                    f"k3s-agent.service {enabled}; server {agent.get('server')!r} (want {want_server!r}); "
-                    f"token {'matches the server' if token and agent.get('token') == token else 'differs'}")
+                          f"k3s-agent.service {enabled}; server {agent.get('server')!r} (want {want_server!r}); "
+                          f"token {'is the agent token pinned to the master CA' if pinned else 'differs'}")
+        secret = ssh.text(w.host, f"sudo grep -rlF -e {shlex.quote(str(token))} /etc /var/lib/rancher 2>/dev/null")
+        yield CheckResult("no server secret", w.node.name, bool(token) and not secret,
+                          "the server token is nowhere in /etc or /var/lib/rancher" if not secret
+                          else f"the server token is in {secret}")
     if options.k3s_assets:
         yield wait_nodes_ready(ssh, master, [master, *workers], deadline)
 

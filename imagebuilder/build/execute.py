@@ -16,7 +16,7 @@ from imagebuilder.engine.stages import StageResult, is_cached, realise
 from imagebuilder.outputs.emit import emit_outputs, emit_per_node
 from imagebuilder.recipe.model import Recipe
 from imagebuilder.roles.cloudinit import cloud_init_for_base
-from imagebuilder.roles.secrets import k3s_token, read_k3s_token
+from imagebuilder.roles.secrets import k3s_secrets, read_k3s_secrets
 from imagebuilder.roles.table import ROLES
 from imagebuilder.sources.base import BaseImage
 from imagebuilder.sources.bootstrap import bootstrap_base, cached_bootstrap
@@ -45,7 +45,7 @@ def read_plan(ctx: Context, recipe: Recipe, backend: str | None = None) -> Build
         base = cached_bootstrap(ctx.cache_dir, recipe.base.bootstrap, recipe.arch)
     else:
         base = cached_base(ctx.cache_dir, recipe)
-    inputs = Inputs(base=base, token=read_k3s_token(ctx, recipe.cluster.name),
+    inputs = Inputs(base=base, secrets=read_k3s_secrets(ctx, recipe.cluster.name),
                     k3s=fetch_k3s(ctx, recipe.k3s, recipe.arch, offline=True,
                                   allow_http=recipe.base.allow_http_checksums),
                     backend=chosen.name, installs_packages=chosen.installs_packages)
@@ -106,7 +106,7 @@ def _build(ctx: Context, recipe: Recipe, *, per_node: bool, backend: str | None)
                                     "cannot install it", "build as root (the loop backend)")
         with step("k3s release assets"):
             k3s = fetch_k3s(ctx, recipe.k3s, recipe.arch, allow_http=recipe.base.allow_http_checksums)
-        inputs = Inputs(base=base, token=k3s_token(ctx, recipe.cluster.name), k3s=k3s, backend=chosen.name,
+        inputs = Inputs(base=base, secrets=k3s_secrets(ctx, recipe.cluster.name), k3s=k3s, backend=chosen.name,
                         installs_packages=chosen.installs_packages)
         plan = plan_build(recipe, inputs, ctx.cache("stages"))
         for row in describe_plan(ctx, plan):

@@ -20,13 +20,15 @@ from imagebuilder.layers.render import BUILTIN, RenderedLayer, render_layer
 from imagebuilder.recipe.catalogue import LAYOUTS, Layout, load_catalogue
 from imagebuilder.recipe.model import Recipe
 from imagebuilder.roles.cloudinit import cloud_init_for_base
+from imagebuilder.roles.secrets import K3sSecrets
 from imagebuilder.roles.table import K3S_UNIT, ROLES
 from imagebuilder.roles.variables import template_variables
 from imagebuilder.sources.base import BaseImage
 from imagebuilder.sources.k3s_assets import K3sAssets
 
-# A stand-in for the token when it is not made yet; a plan holding it says its role stages are to be built.
-UNKNOWN_TOKEN = "(made on the first build)"
+# A stand-in for the secrets when they are not made yet; a plan holding them says its role stages are to
+# be built.
+UNKNOWN_SECRETS = K3sSecrets(*(["(made on the first build)"] * 4))
 
 
 @dataclass(frozen=True)
@@ -34,7 +36,7 @@ class Inputs:
     """What the plan needs that has a cost or a side effect to get."""
 
     base: BaseImage | None  # None: not in the cache yet
-    token: str | None  # None: the cluster's first build makes it
+    secrets: K3sSecrets | None  # None: the cluster's first build makes them
     k3s: K3sAssets
     backend: str
     installs_packages: bool
@@ -101,19 +103,19 @@ def plan_build(recipe: Recipe, inputs: Inputs, stage_dir: Path) -> BuildPlan:
     """base -> common (packages + files) -> per role: packages stage, files stage."""
     base = inputs.base
     layout = base.layout if base is not None else expected_layout(recipe)
-    token = inputs.token or UNKNOWN_TOKEN
+    secrets = inputs.secrets or UNKNOWN_SECRETS
     installs = inputs.installs_packages
     notes: list[str] = []
     if inputs.base is None:
         notes.append("the base image is not in the cache: it is made first, and every stage after it")
-    if inputs.token is None:
-        notes.append("the cluster has no k3s token yet: the first build makes it (the role stages hold it)")
+    if inputs.secrets is None:
+        notes.append("the cluster has no k3s secrets yet: the first build makes them (the role stages hold them)")
     if inputs.k3s.missing:
         notes.append(f"no k3s binary in the images: {inputs.k3s.missing}")
     size = parse_size(recipe.output.image_size)
     base_packages, cloud_init_layer = cloud_init_for_base(recipe, layout)
     common_layers = render_layers(recipe, "common", template_variables(
-        recipe, "common", token=token, boot_mount=layout.boot_mount))
+        recipe, "common", secrets=secrets, boot_mount=layout.boot_mount))
     if inputs.k3s.layer is not None:
         common_layers += (inputs.k3s.layer,)
     if cloud_init_layer is not None:
@@ -130,8 +132,8 @@ def plan_build(recipe: Recipe, inputs: Inputs, stage_dir: Path) -> BuildPlan:
         packages = role_packages(recipe, role)
         first_boot = () if installs else (*role_packages(recipe, "common"), *packages)
         layers = render_layers(recipe, role, template_variables(
-            recipe, role, token=token, boot_mount=layout.boot_mount, first_boot_packages=first_boot))
-        known = inputs.base is not None and inputs.token is not None
+            recipe, role, secrets=secrets, boot_mount=layout.boot_mount, first_boot_packages=first_boot))
+        known = inputs.base is not None and inputs.secrets is not None
         # Packages and files in separate stages, so an overlay edit never redoes the install.
         parent = common
         if packages and installs:

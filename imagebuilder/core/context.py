@@ -27,6 +27,9 @@ class Context:
     stack: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
 
     def cache(self, *parts: str) -> Path:
+        # The cache holds images with the clusters' secrets in them: its owner's only.
+        if not self.cache_dir.exists():
+            self.cache_dir.mkdir(parents=True, mode=0o700)
         path = self.cache_dir.joinpath(*parts)
         path.mkdir(parents=True, exist_ok=True)
         return path

@@ -65,12 +65,15 @@ def remove_tree(path: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_output(final: Path) -> Iterator[Path]:
+def atomic_output(final: Path, mode: int = 0o666) -> Iterator[Path]:
     """Yield a temporary file beside `final`; when the block succeeds, flush it to the disk and rename it
-    into place (and flush the directory), so that after a power cut `final` is either whole or absent."""
+    into place (and flush the directory), so that after a power cut `final` is either whole or absent.
+
+    mode: of the new file (less the umask); 0o600 for what holds secrets.
+    """
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.with_name(f".{final.name}{PARTIAL}{secrets.token_hex(4)}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield tmp

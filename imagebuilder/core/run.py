@@ -32,7 +32,7 @@ PACKAGE_OF = {
     "qemu-system-aarch64": "qemu-system-arm", "qemu-system-arm": "qemu-system-arm",
     "qemu-img": "qemu-utils", "dnsmasq": "dnsmasq-base", "nft": "nftables",
     "cloud-init": "cloud-init", "systemd-analyze": "systemd", "exportfs": "nfs-kernel-server",
-    "unzip": "unzip", "unshare": "util-linux", "fstrim": "util-linux", "apt-config": "apt",
+    "unzip": "unzip", "openssl": "openssl", "unshare": "util-linux", "fstrim": "util-linux", "apt-config": "apt",
 }
 
 # Programs live in sbin too, which a user's PATH may lack.

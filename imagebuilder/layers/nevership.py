@@ -23,7 +23,11 @@ NEVER_SHIP: tuple[tuple[str, str], ...] = (
     ("var/lib/apt/lists/*_*", "package lists (the node fetches current ones)"),
     ("var/cache/apt/*.bin", "apt's caches of those lists"),
     ("var/log/journal/*", "the build's journal"),
-    ("var/lib/rancher/k3s/server", "k3s server state: the node makes its own cluster identity"),
+    # k3s never runs in the build; what its first start makes must be the node's own. (The server CA the
+    # master image carries in server/tls is the cluster's, made once for it: not in this list.)
+    ("var/lib/rancher/k3s/server/db", "k3s's datastore"),
+    ("var/lib/rancher/k3s/server/token", "k3s's token file of a server that ran"),
+    ("var/lib/rancher/k3s/agent/*.kubeconfig", "an agent's credentials"),
     ("etc/rancher/node", "the k3s node password: duplicated, it makes the server refuse the node"),
     ("root/.bash_history", "the build's shell history"),
 )

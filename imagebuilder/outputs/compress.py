@@ -28,17 +28,20 @@ def compress_cached(ctx: Context, raw: Path, digest: str, fmt: str) -> tuple[Pat
     cached_sum = cached.with_name(cached.name + ".sha256")
     with file_lock(cached.with_suffix(".lock"), f"the {fmt} copy of {raw.name}"):
         if not cached.exists():
-            with step(f"compress {raw.name} ({fmt}, all cores)"), atomic_output(cached) as tmp, \
+            with step(f"compress {raw.name} ({fmt}, all cores)"), atomic_output(cached, 0o600) as tmp, \
                     open(tmp, "wb") as sink:
                 run([*COMPRESSORS[fmt], raw], stdout=sink)
         touch(cached)
+        cached.chmod(0o600)  # an image holds the cluster's secrets (and the emitted copy is this file)
         if not cached_sum.exists():
             with atomic_output(cached_sum) as tmp:
                 tmp.write_text(sha256_of(cached) + "\n")
         compressed_digest = cached_sum.read_text().strip()
     target = raw.with_name(f"{raw.name}.{extension(fmt)}")
-    with atomic_output(target) as tmp:
+    with atomic_output(target, 0o600) as tmp:
         try:
+            # The cached copy itself, linked: no second copy of hundreds of MB.
+            tmp.unlink()
             os.link(cached, tmp)
         except OSError:  # another filesystem
             shutil.copyfile(cached, tmp)

@@ -32,13 +32,17 @@ from imagebuilder.sources.base import BaseImage
 from imagebuilder.sources.checksums import sha256_of
 
 STATE = ".imagebuilder-emit.json"
+# The images hold the agent token, password hashes and the Wi-Fi passphrase, the master the cluster's CA key
+# and server token: the output folder and everything in it are for its owner only.
+PRIVATE = 0o600
 
 
 def emit_outputs(ctx: Context, recipe: Recipe, base: BaseImage, results: dict[str, StageResult], *,
                  k3s_missing: str | None = None) -> list[Path]:
     """Write every output; return the cache entries they came from (the compressed copies)."""
     out = recipe.output_dir
-    out.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True, mode=0o700)
+    out.chmod(0o700)
     previous = read_state(out)
     state: dict[str, Any] = {"recipe": recipe.digest, "images": {}}
     images: dict[str, dict[str, object]] = {}
@@ -62,7 +66,7 @@ def emit_outputs(ctx: Context, recipe: Recipe, base: BaseImage, results: dict[st
             "base": {"sha256": base.sha256, "source": describe_base(recipe), "packages": len(base.packages)},
             "images": images,
         }
-        with atomic_output(out / "manifest.json") as tmp:
+        with atomic_output(out / "manifest.json", PRIVATE) as tmp:
             tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
         # Imager downloads .img.xz: with that format the build keeps os_list.json current (it digests every
         # image again, so only when an image or the recipe changed); with another, `imagebuilder
@@ -71,7 +75,7 @@ def emit_outputs(ctx: Context, recipe: Recipe, base: BaseImage, results: dict[st
             (out / OS_LIST).unlink(missing_ok=True)
         elif state != previous or not (out / OS_LIST).exists():
             write_os_list(out, recipe)
-        with atomic_output(out / STATE) as tmp:
+        with atomic_output(out / STATE, PRIVATE) as tmp:
             tmp.write_text(json.dumps(state, indent=1, sort_keys=True) + "\n")
     if recipe.output.compress == "none":
         return []
@@ -122,14 +126,14 @@ def emit_image(ctx: Context, recipe: Recipe, role: str, result: StageResult, out
     usage = image_usage(result.image)
     extents = range_extents(usage) if recipe.output.bmap else []
     # One pass: the copy (holes only where the stage has them), its digest and the bmap's range digests.
-    with atomic_output(raw) as tmp, Progress(f"write {raw.name}", result.image.stat().st_size) as progress:
+    with atomic_output(raw, PRIVATE) as tmp, Progress(f"write {raw.name}", result.image.stat().st_size) as progress:
         copied = copy_checked(result.image, tmp, extents, progress)
     digest = copied.sha256
     files: dict[str, dict[str, Any]] = {raw.name: {"sha256": digest, "signature": signature(raw)}}
     if recipe.output.bmap:
         bmap = raw.with_name(raw.name + ".bmap")
         document = bmap_document(usage, list(copied.range_sha256))
-        with atomic_output(bmap) as tmp:
+        with atomic_output(bmap, PRIVATE) as tmp:
             tmp.write_bytes(document)
         files[bmap.name] = {"sha256": hashlib.sha256(document).hexdigest(), "signature": signature(bmap)}
         log.info("%s: maps %d MiB of %d MiB (%.1f%%); its file systems hold %d MiB", bmap.name,
@@ -155,7 +159,7 @@ def write_checksums(out: Path, names: list[Path], known: dict[str, str] | None =
     """SHA256SUMS for `names` (relative to out); digests in `known` are not computed again."""
     known = known or {}
     lines = [f"{known.get(str(name)) or sha256_of(out / name)}  {name}\n" for name in sorted(names)]
-    with atomic_output(out / "SHA256SUMS") as tmp:
+    with atomic_output(out / "SHA256SUMS", PRIVATE) as tmp:
         tmp.write_text("".join(lines))
 
 
@@ -169,11 +173,11 @@ def emit_per_node(ctx: Context, recipe: Recipe, layout: Layout) -> list[Path]:
     with step(f"write {len(recipe.workers)} per-node images"):
         for worker in recipe.workers:
             image = out / f"{worker.hostname}.img"
-            with atomic_output(image) as tmp:
+            with atomic_output(image, PRIVATE) as tmp:
                 copy_image(out / "worker.img", tmp)
                 write_hostname_seed(tmp, worker.hostname)
             if recipe.output.bmap:
-                with atomic_output(image.with_name(image.name + ".bmap")) as tmp:
+                with atomic_output(image.with_name(image.name + ".bmap"), PRIVATE) as tmp:
                     tmp.write_bytes(make_bmap(image, image_usage(image)))
             written.append(image)
     names = [Path(line.split("  ", 1)[1]) for line in (out / "SHA256SUMS").read_text().splitlines()]

@@ -5,18 +5,22 @@ from __future__ import annotations
 from typing import Any
 
 from imagebuilder.recipe.model import Recipe
+from imagebuilder.roles.secrets import K3sSecrets
 
 
-def k3s_config(recipe: Recipe, role: str, token: str) -> dict[str, Any]:
+def k3s_config(recipe: Recipe, role: str, secrets: K3sSecrets) -> dict[str, Any]:
+    """The master gets the server token and the agents' one; a worker only its CA-pinned agent token."""
     net = recipe.network
     if role == "master":
         name = recipe.master.hostname
         config: dict[str, Any] = {
-            "token": token, "node-ip": net.master_ip, "flannel-iface": net.lan_interface,
+            "token": secrets.server_token, "agent-token": secrets.agent_token,
+            "node-ip": net.master_ip, "flannel-iface": net.lan_interface,
             "tls-san": [name, f"{name}.{recipe.cluster.domain}", net.master_ip],
             "write-kubeconfig-mode": "0600",
         }
         config.update(recipe.k3s.extra_config)
         return config
     # node-ip comes from the lease at boot (a drop-in written before the agent starts).
-    return {"server": f"https://{net.master_ip}:6443", "token": token, "flannel-iface": net.lan_interface}
+    return {"server": f"https://{net.master_ip}:6443", "token": secrets.worker_token,
+            "flannel-iface": net.lan_interface}

@@ -8,6 +8,7 @@ from imagebuilder.layers.render import systemd_escape
 from imagebuilder.recipe.model import Recipe
 from imagebuilder.roles.cloudinit import meta_data, network_config, user_data
 from imagebuilder.roles.k3s import k3s_config
+from imagebuilder.roles.secrets import K3sSecrets
 from imagebuilder.roles.table import ROLES
 
 
@@ -22,7 +23,7 @@ def cluster_table(recipe: Recipe, boot_mount: str) -> dict[str, Any]:
     }
 
 
-def template_variables(recipe: Recipe, role: str, *, token: str, boot_mount: str,
+def template_variables(recipe: Recipe, role: str, *, secrets: K3sSecrets, boot_mount: str,
                        first_boot_packages: tuple[str, ...] = ()) -> dict[str, Any]:
     """Everything the overlay templates of `role` may use."""
     variables: dict[str, Any] = {"recipe": recipe, "role": role, "boot_mount": boot_mount,
@@ -32,6 +33,9 @@ def template_variables(recipe: Recipe, role: str, *, token: str, boot_mount: str
         nc = network_config(recipe, role)
         variables.update(
             user_data=ud, network_config=nc, meta_data=meta_data(recipe, role, {"u": ud, "n": nc}),
-            k3s_config=k3s_config(recipe, role, token), cluster_table=cluster_table(recipe, boot_mount),
+            k3s_config=k3s_config(recipe, role, secrets), cluster_table=cluster_table(recipe, boot_mount),
         )
+    if role == "master":
+        # The server CA k3s takes as its own at first start (its key only ever in the master image).
+        variables.update(k3s_ca_cert=secrets.ca_cert, k3s_ca_key=secrets.ca_key)
     return variables
