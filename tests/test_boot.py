@@ -187,6 +187,19 @@ def test_worker_reaches_the_uplink_through_the_masters_nat(booted: tuple[BootRep
 
 
 @pytest.mark.boot
+def test_every_node_made_its_own_machine_id_and_host_keys(booted: tuple[BootReport, Path]) -> None:
+    check(booted[0], "own identity")
+
+
+@pytest.mark.boot
+def test_masters_edge_is_closed_on_the_uplink_and_open_on_the_lan(booted: tuple[BootReport, Path]) -> None:
+    """ssh, DNS, NFS, the dashboard and k3s's ports: each answers from the LAN, none from the uplink."""
+    check(booted[0], "edge: LAN side open")
+    check(booted[0], "edge: uplink side closed")
+    assert len([c for c in booted[0].checks if c.name == "edge: uplink side closed"]) >= 8
+
+
+@pytest.mark.boot
 def test_dashboard_lists_every_node_up(booted: tuple[BootReport, Path]) -> None:
     check(booted[0], "dashboard")
 
@@ -195,6 +208,7 @@ def test_dashboard_lists_every_node_up(booted: tuple[BootReport, Path]) -> None:
 def test_k3s_units_enabled_with_config_and_token(booted: tuple[BootReport, Path]) -> None:
     check(booted[0], "k3s server")
     check(booted[0], "k3s agent")
+    check(booted[0], "no server secret")
     if os.environ.get("IMAGEBUILDER_K3S_ASSETS"):
         check(booted[0], "k3s nodes Ready")
 
@@ -208,12 +222,18 @@ def test_ctrl_c_while_booting_removes_guests_namespace_and_files(cluster: tuple[
     assert proc.stderr is not None
     with contextlib.ExitStack() as undo:
         undo.callback(lambda: proc.poll() is None and proc.kill())
+        seen = []
         for line in proc.stderr:
+            seen.append(line)
             if "power on master" in line:
                 break
+        else:
+            raise AssertionError("boot-test ended before powering on the master:\n" + "".join(seen[-20:]))
         time.sleep(2)  # qemu is running in the namespace by now
         qemus = qemu_children(proc.pid)
-        assert qemus, "no qemu was started"
+        tree = [(pid, Path(f"/proc/{pid}/comm").read_text().strip()) for pid in descendants(proc.pid)
+                if Path(f"/proc/{pid}").exists()]
+        assert qemus, f"no qemu was started: {tree}"
         proc.send_signal(signal.SIGINT)
         rest = proc.stderr.read()
         assert proc.wait(timeout=60) == 128 + signal.SIGINT, rest

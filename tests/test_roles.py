@@ -96,7 +96,8 @@ def test_dnsmasq_accepts_the_config(master: dict[str, str], tmp_path: Path) -> N
 
 def test_isolated_cluster_has_no_nat_and_a_default_route(master: dict[str, str], tmp_path: Path) -> None:
     rules = master["root/etc/nftables.conf"]
-    assert "masquerade" not in rules and "drop" not in rules
+    # No NAT and no uplink: only the LAN's own filter (tests/test_firewall.py tries it with packets).
+    assert "masquerade" not in rules and "eth1" not in rules and 'iifname "eth0" drop' in rules
     route = master["root/etc/systemd/system/imagebuilder-default-route.service"]
     assert "ip route add default dev eth0" in route and "ConditionPathExists" not in route
     network = yaml.safe_load(master["boot/network-config"])
@@ -111,6 +112,7 @@ def test_uplink_masquerades_out_and_drops_in(tmp_path: Path, recipe_file: Any) -
     rules = files["root/etc/nftables.conf"]
     assert 'oifname "eth1" ip saddr 192.168.77.0/24 masquerade' in rules
     assert 'iifname "eth1" ct state established,related accept' in rules and 'iifname "eth1" drop' in rules
+    assert 'iifname "eth1" tcp dport 22 accept' not in rules  # ssh from the uplink only when asked
     assert "ConditionPathExists" in files["root/etc/systemd/system/imagebuilder-default-route.service"]
     assert yaml.safe_load(files["boot/network-config"])["ethernets"]["eth1"] == {"dhcp4": True}
     require_programs("nft", "unshare")

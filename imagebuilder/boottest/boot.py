@@ -7,7 +7,6 @@ the temporary files go on the command's ExitStack, so they are removed on succes
 
 from __future__ import annotations
 
-import os
 import re
 import secrets
 import time
@@ -15,11 +14,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 from imagebuilder.boottest.checks import run_checks
+from imagebuilder.boottest.edge import edge_ports
 from imagebuilder.boottest.lan import (
-    DASHBOARD_PORT,
-    SSH_PORT,
+    UPLINK_PROBE_BASE,
     UPLINK_SERVER,
     guestfwd_relay,
+    observer_address,
     private_lan,
     uplink_server,
 )
@@ -70,13 +70,14 @@ def boot_test(ctx: Context, recipe: Recipe, options: BootOptions) -> BootReport:
     logs.mkdir(parents=True, exist_ok=True)
     with step("kernels"):
         kernels = {role: boot_files(images[role], work / role, options) for role in images}
-    lan = ctx.stack.enter_context(private_lan(f"ib-boot-{os.getpid()}"))
+    # A name of its own: in the build's PID namespace every boot test is process 2.
+    lan = ctx.stack.enter_context(private_lan(f"ib-boot-{secrets.token_hex(4)}", observer_address(recipe)))
     nonce = secrets.token_hex(8)
     served = work / "served"
     served.mkdir()
     (served / "uplink-check").write_text(nonce + "\n")
     ctx.stack.enter_context(uplink_server(lan, served, logs / "uplink-server.log"))
-    ssh = Ssh(lan, write_ssh_config(work / "ssh_config", recipe.users[0].name, key))
+    ssh = Ssh(lan, write_ssh_config(work / "ssh_config", recipe.users[0].name, key, str(recipe.network.master_ip)))
 
     def power_on(node: Node) -> NodeResult:
         role_image = images[node.role]
@@ -84,7 +85,8 @@ def boot_test(ctx: Context, recipe: Recipe, options: BootOptions) -> BootReport:
         spec = GuestSpec(
             name=node.name, arch=recipe.arch, disk=make_overlay(role_image, work / f"{node.tap}.qcow2"),
             kernel=kernel, initrd=initrd, append=kernel_append(role_image), lan_tap=lan.add_tap(node.tap),
-            lan_mac=node.mac, uplink=master_uplink() if node.role == "master" else None,
+            lan_mac=node.mac, uplink=master_uplink(recipe) if node.role == "master" and recipe.network.uplink_interface
+            else None,
         )
         log.info("power on %s (%s, %s)", node.name, node.role, node.mac)
         guest = ctx.stack.enter_context(running_guest(spec, logs / f"serial-{node.name}.log", lan.exec_argv([])))
@@ -110,8 +112,12 @@ def boot_files(image: Path, dest: Path, options: BootOptions) -> tuple[Path, Pat
     return kernel, options.initrd.resolve() if options.initrd else initrd
 
 
-def master_uplink() -> Uplink:
-    return Uplink(hostfwd={22: SSH_PORT, 8080: DASHBOARD_PORT}, guestfwd=(UPLINK_SERVER, 80, guestfwd_relay()))
+def master_uplink(recipe: Recipe) -> Uplink:
+    """The master's way out (qemu user networking, restricted), with forwards of the ports the test knocks on
+    from the uplink side (checks.check_edge); and the test's HTTP server behind it, for the NAT check."""
+    tcp, udp = edge_ports(recipe)
+    return Uplink(hostfwd={p: UPLINK_PROBE_BASE + p for p in tcp}, udp_hostfwd={p: UPLINK_PROBE_BASE + p for p in udp},
+                  guestfwd=(UPLINK_SERVER, 80, guestfwd_relay()))
 
 
 def cloud_init_done(line: str) -> bool:

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 
 import yaml
 
+from imagebuilder.boottest.edge import check_edge
 from imagebuilder.boottest.lan import UPLINK_SERVER
 from imagebuilder.boottest.plan import BootOptions, CheckResult, NodeResult
 from imagebuilder.boottest.qemu import sentinel, sentinel_detail
@@ -35,7 +36,8 @@ def run_checks(recipe: Recipe, results: list[NodeResult], ssh: Ssh, nonce: str,
     master, workers = results[0], results[1:]
     if not ssh.wait_until_up(master.host, deadline):
         checks.append(CheckResult("ssh login", master.node.name, False,
-                            f"no ssh login to the master on its uplink forward (user {recipe.users[0].name})"))
+                                  f"no ssh login to the master at {recipe.network.master_ip} on the LAN "
+                                  f"(user {recipe.users[0].name})"))
         return checks
     checks += check_leases(results, ssh)
     for result in results:
@@ -49,7 +51,26 @@ def run_checks(recipe: Recipe, results: list[NodeResult], ssh: Ssh, nonce: str,
     checks += check_nat(recipe, workers, ssh, nonce)
     checks += check_dashboard(recipe, results, ssh, deadline)
     checks += check_k3s(recipe, master, workers, ssh, options, deadline)
+    checks += check_identity(reachable, ssh)
+    checks += check_edge(recipe, master, ssh)
     return checks
+
+
+def check_identity(results: list[NodeResult], ssh: Ssh) -> Iterator[CheckResult]:
+    """Every node made its own machine-id and SSH host key at first boot: none shares one with another."""
+    seen: dict[str, list[str]] = {}
+    for r in results:
+        machine_id = ssh.text(r.host, "cat /etc/machine-id") or ""
+        host_key = (ssh.text(r.host, "cut -d' ' -f2 /etc/ssh/ssh_host_ed25519_key.pub") or "").strip()
+        for kind, value in (("machine-id", machine_id), ("host key", host_key)):
+            seen.setdefault(f"{kind}:{value}", []).append(r.node.name)
+        ok = len(machine_id) == 32 and bool(host_key)
+        yield CheckResult("own identity", r.node.name, ok,
+                          f"machine-id {machine_id[:8] or 'missing'}..., ed25519 host key "
+                          f"{host_key[:12] or 'missing'}...")
+    shared = {k.split(":", 1)[0]: names for k, names in seen.items() if len(names) > 1}
+    yield CheckResult("own identity", "", not shared,
+                      "every machine-id and host key differs" if not shared else f"shared: {shared}")
 
 
 def check_consoles(results: list[NodeResult]) -> Iterator[CheckResult]:

@@ -49,7 +49,8 @@ MACHINES = {
 class Uplink:
     """qemu user-mode networking as the master's way out, restricted so nothing leaves the machine."""
 
-    hostfwd: dict[int, int]  # guest port -> port on the loopback of the namespace qemu runs in
+    hostfwd: dict[int, int]  # guest TCP port -> port on the loopback of the namespace qemu runs in
+    udp_hostfwd: dict[int, int] = field(default_factory=dict)  # the same for UDP
     guestfwd: tuple[str, int, Sequence[str]] | None = None  # guest address, port, argv run per connection
     mac: str = "52:54:00:12:34:56"
 
@@ -97,6 +98,7 @@ def user_netdev(uplink: Uplink) -> str:
     # restrict=on: slirp routes nothing out of qemu; only the forwards below connect anywhere.
     parts = ["user", "id=uplink", "restrict=on", "net=10.0.2.0/24"]
     parts += [f"hostfwd=tcp:127.0.0.1:{host}-:{guest}" for guest, host in sorted(uplink.hostfwd.items())]
+    parts += [f"hostfwd=udp:127.0.0.1:{host}-:{guest}" for guest, host in sorted(uplink.udp_hostfwd.items())]
     if uplink.guestfwd is not None:
         address, port, argv = uplink.guestfwd
         # libslirp splits `cmd:` with g_shell_parse_argv and execs it (no shell); qemu needs ',' doubled.

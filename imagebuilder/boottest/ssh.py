@@ -1,21 +1,21 @@
-"""Logging in to the boot test's guests: the master through its uplink's forward, workers through the master.
+"""Logging in to the boot test's guests, over the cluster LAN.
 
-The ssh client runs inside the test's namespace (that is where the master's hostfwd listens). A worker is
-reached with a ProxyCommand through the master, so nothing but the master's forwarded port is ever
-dialled. Host keys are new on every boot of a test guest, so they are neither checked nor remembered.
+The ssh client runs inside the test's namespace, which has an address on the LAN (lan.py): it reaches the
+master and each worker at their LAN addresses, as a workstation on the LAN does; the master's uplink stays
+closed (its firewall lets nothing in there). Host keys are new on every boot of a test guest, so they are
+neither checked nor remembered.
 """
 
 from __future__ import annotations
 
-import shlex
 import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from imagebuilder.boottest.lan import SSH_PORT, Lan
+from imagebuilder.boottest.lan import Lan
 from imagebuilder.core.errors import ImageBuilderError
-from imagebuilder.core.run import find_program, output, run
+from imagebuilder.core.run import output, run
 from imagebuilder.recipe.model import Recipe
 
 MASTER_ALIAS = "ib-master"
@@ -51,11 +51,7 @@ class Ssh:
 
     def argv(self, host: str, command: str) -> list[str]:
         """ssh argv for `command` (a remote shell line) on `host`: the master's alias or a worker's address."""
-        argv = ["ssh", "-F", str(self.config)]
-        if host != MASTER_ALIAS:
-            jump = shlex.join([find_program("ssh"), "-F", str(self.config), "-W", "%h:%p", MASTER_ALIAS])
-            argv += ["-o", f"ProxyCommand={jump}"]
-        return self.lan.exec_argv([*argv, host, command])
+        return self.lan.exec_argv(["ssh", "-F", str(self.config), host, command])
 
     def run(self, host: str, command: str) -> subprocess.CompletedProcess[bytes]:
         """Run a remote command; the caller reads returncode and stdout (a failing check is not an error)."""
@@ -75,7 +71,7 @@ class Ssh:
         return False
 
 
-def write_ssh_config(path: Path, user: str, key: Path) -> Path:
+def write_ssh_config(path: Path, user: str, key: Path, master_ip: str) -> Path:
     path.write_text("\n".join([
         "Host *",
         f"  User {user}",
@@ -89,8 +85,7 @@ def write_ssh_config(path: Path, user: str, key: Path) -> Path:
         "  ServerAliveInterval 5",
         "  ServerAliveCountMax 6",
         f"Host {MASTER_ALIAS}",
-        "  HostName 127.0.0.1",
-        f"  Port {SSH_PORT}",
+        f"  HostName {master_ip}",
         "",
     ]))
     return path

@@ -92,6 +92,9 @@ class Network:
     uplink_interface: str | None = setting(default=None, check=check_interface,
                                            help="master's way out; omit for an isolated cluster")
     wifi: Wifi | None = setting(default=None, help="credentials when the uplink is wireless")
+    uplink_ssh: bool = setting(default=False,
+                               help="let ssh in to the master from the uplink (otherwise nothing starts a "
+                                    "connection from there; ssh from the cluster LAN always works)")
     subnet: str = setting(default="10.0.0.0/24", help="the cluster LAN", check=check_subnet)
     master_ip: str | None = setting(default=None, check=check_ipv4,
                                     help="master's static LAN address; default: the subnet's first host")
