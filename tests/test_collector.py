@@ -34,6 +34,11 @@ def data(**changes: Any) -> bytes:
     return json.dumps(packet(**changes)).encode()
 
 
+def literal(field: str, text: str) -> bytes:
+    """A packet whose `field` is written as `text` (json.dumps cannot write 1e999: it writes Infinity)."""
+    return data(**{field: "@"}).replace(b'"@"', text.encode())
+
+
 HOSTILE = [
     ("not-json", b"hello", "not_json"),
     ("not-utf8", b"\xff\xfe{}", "not_json"),
@@ -58,6 +63,18 @@ HOSTILE = [
     ("bad-ip", data(ip="10.0.0.999"), "bad_field"),
     ("bad-role", data(role="admin"), "bad_field"),
     ("interval-zero", data(interval=0), "bad_field"),
+    # json.loads turns these into inf, or keeps them as integers no float holds: never finite on the page.
+    ("cpu-1e999", literal("cpu", "1e999"), "bad_number"),
+    ("temp-minus-1e999", literal("temp", "-1e999"), "bad_number"),
+    ("uptime-1e999", literal("uptime", "1e999"), "bad_number"),
+    ("interval-1e999", literal("interval", "1e999"), "bad_number"),
+    ("time-1e400", literal("time", "1.5e400"), "bad_number"),
+    ("load-1e999", literal("load", "[1e999, 0, 0]"), "bad_number"),
+    ("cpu-huge-finite", data(cpu=1e300), "bad_number"),  # finite, but infinite in the float32 history
+    ("mem-400-digits", literal("mem_available", "1" + "0" * 400), "bad_number"),
+    ("uptime-huge-int", data(uptime=2**64), "bad_number"),
+    ("infinity-literal", literal("cpu", "Infinity"), "not_json"),
+    ("minus-infinity-literal", literal("temp", "-Infinity"), "not_json"),
 ]
 
 
@@ -75,6 +92,34 @@ def test_outside_subnet_dropped_loopback_kept() -> None:
     assert nodes.receive(data(), "192.168.1.5", SUBNET) is False
     assert nodes.stats()["dropped"]["outside_subnet"] == 1
     assert nodes.receive(data(), "127.0.0.1", SUBNET) is True  # the master's own copy
+
+
+def test_numbers_up_to_the_bound_are_kept() -> None:
+    nodes = collector.Nodes()
+    big = collector.MAX_NUMBER
+    assert nodes.receive(data(mem_total=big, mem_available=1, disk_total=big, disk_used=big, seq=big,
+                              uptime=float(big), temp=-273.0), "10.0.0.11", SUBNET)
+    assert nodes.snapshot()[0]["last"]["mem_total"] == big
+
+
+def test_a_huge_memory_figure_cannot_stop_the_collector() -> None:
+    # 10**400 / 3 raised OverflowError in the memory percentage, out of the receive loop.
+    nodes = collector.Nodes()
+    assert nodes.receive(literal("mem_available", "1" + "0" * 400).replace(b'"mem_total": 1000', b'"mem_total": 3'),
+                         "10.0.0.11", SUBNET) is False
+    assert nodes.stats()["dropped"]["bad_number"] == 1
+
+
+def test_json_output_never_holds_nan_or_infinity() -> None:
+    def strict(text: str) -> Any:
+        return json.loads(text, parse_constant=lambda name: pytest.fail(f"{name} in the output"))
+
+    assert strict(collector.to_json({"a": 1.5, "b": [2, None]})) == {"a": 1.5, "b": [2, None]}
+    # Should a non-finite value ever get past the packet checks, it shows as null, not as Infinity.
+    assert strict(collector.to_json({"a": float("inf"), "b": [float("nan"), 1.0], "c": {"d": -float("inf")}})) == {
+        "a": None, "b": [None, 1.0], "c": {"d": None}}
+    page = collector.render_page("lab", {"cluster": "lab", "interval": 5, "nodes": [{"x": float("inf")}]})
+    assert "Infinity" not in page and "NaN" not in page
 
 
 def test_extra_fields_are_not_kept() -> None:
@@ -193,6 +238,10 @@ def test_http_api_and_page(served: tuple[Any, str]) -> None:
     assert len(json.loads(get(url + "/api/nodes?history=1")[2])["nodes"][1]["history"]["t"]) == 1
     stats = json.loads(get(url + "/api/stats")[2])
     assert stats["accepted"] == 1 and stats["dropped"]["not_json"] == 1
+    # The issue: a beacon's 1e999 became Infinity in /api/nodes, which JSON.parse rejects.
+    col.nodes.receive(literal("cpu", "1e999"), "10.0.0.12", col.subnet)
+    body = get(url + "/api/nodes?history=1")[2]
+    assert "Infinity" not in body and json.loads(get(url + "/api/stats")[2])["dropped"]["bad_number"] == 1
     status, kind, body = get(url + "/")
     assert status == 200 and kind.startswith("text/html") and "node1" in body
     assert get(url + "/nothing")[0] == 404

@@ -37,6 +37,11 @@ HISTORY_SECONDS = 600.0
 STALE_AFTER = 3    # intervals missed
 DOWN_AFTER = 12    # intervals missed
 MAX_NODES = 1024   # a flood of made-up MACs must not eat the master's memory
+# The largest magnitude a number field may have: a browser's JSON numbers hold integers exactly up to
+# here, and the float32 history rings stay finite. json.loads reads 1e999 as infinity and a 400-digit
+# integer as itself; either would otherwise reach the page (as Infinity, which JSON.parse rejects) or
+# overflow the memory percentage.
+MAX_NUMBER = 2**53
 _IP_FREEBIND = 15  # Linux: bind to the LAN address even before the interface has it
 _MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 
@@ -87,14 +92,26 @@ def parse_packet(data: bytes, source: str, subnet: ipaddress.IPv4Network | None)
         if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
             raise Dropped("bad_field")
         kept[name] = value
+    _check_finite(kept)
     _check_values(kept)
     return kept
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, Number) and not isinstance(value, bool)
+
+
+def _check_finite(p: dict[str, Any]) -> None:
+    numbers = [v for v in p.values() if _is_number(v)] + [x for x in p["load"] if _is_number(x)]
+    # abs(nan) <= x is False too: one comparison rejects NaN, infinities and huge integers.
+    if not all(abs(x) <= MAX_NUMBER for x in numbers):
+        raise Dropped("bad_number")
 
 
 def _check_values(p: dict[str, Any]) -> None:
     ok = (0 < len(p["host"]) <= 64 and p["role"] in ("master", "worker") and _MAC.match(p["mac"])
           and 0 < p["interval"] <= 3600 and len(p["load"]) == 3
-          and all(isinstance(x, Number) and not isinstance(x, bool) for x in p["load"])
+          and all(_is_number(x) for x in p["load"])
           and (p["cloud_init"] is None or len(p["cloud_init"]) <= 16))
     if ok and p["ip"]:
         try:
@@ -208,7 +225,7 @@ class Nodes:
             counts = dict(self.counts)
             nodes = len(self.latest)
         dropped = {k: counts.get(k, 0) for k in ("not_json", "too_large", "unknown_schema",
-                                                 "outside_subnet", "bad_field", "too_many_nodes")}
+                                                 "outside_subnet", "bad_field", "bad_number", "too_many_nodes")}
         return {"received": counts.get("received", 0), "accepted": counts.get("accepted", 0),
                 "dropped": dropped, "dropped_total": sum(dropped.values()), "nodes": nodes,
                 "uptime": round(self.clock() - self.started, 1)}
@@ -330,10 +347,31 @@ setInterval(poll, interval * 1000);
 """
 
 
+def to_json(document: Any) -> str:
+    """JSON that a browser's JSON.parse accepts: never NaN or Infinity, which would blank the page.
+
+    Packets with such values are dropped on arrival; should one reach here all the same (a bug), it
+    shows as null rather than taking every other node's figures with it."""
+    try:
+        return json.dumps(document, allow_nan=False)
+    except ValueError:
+        return json.dumps(_finite_only(document), allow_nan=False)
+
+
+def _finite_only(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite_only(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite_only(v) for v in value]
+    return value
+
+
 def render_page(cluster: str, document: dict[str, Any]) -> str:
     import html
     # Inside <script> only "</" could end the element; escaping <, > and & keeps any text inert.
-    data = (json.dumps(document).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026"))
+    data = (to_json(document).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026"))
     title = html.escape(f"{cluster} cluster")
     return PAGE.replace("__TITLE__", title).replace("__INITIAL__", data)
 
@@ -364,9 +402,9 @@ class Collector:
                     self.reply(200, "text/html; charset=utf-8", body)
                 elif url.path == "/api/nodes":
                     document = collector.document(query.get("history") == ["1"])
-                    self.reply(200, "application/json", json.dumps(document).encode())
+                    self.reply(200, "application/json", to_json(document).encode())
                 elif url.path == "/api/stats":
-                    self.reply(200, "application/json", json.dumps(collector.nodes.stats()).encode())
+                    self.reply(200, "application/json", to_json(collector.nodes.stats()).encode())
                 else:
                     self.reply(404, "text/plain", b"not found\n")
 
