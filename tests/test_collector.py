@@ -127,15 +127,6 @@ def test_extra_fields_are_not_kept() -> None:
     assert "extra" not in kept and kept == packet()
 
 
-def test_too_many_nodes_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(collector, "MAX_NODES", 2)
-    nodes = collector.Nodes()
-    for i in range(3):
-        nodes.receive(data(mac=f"b8:27:eb:00:00:0{i}"), "10.0.0.11", SUBNET)
-    nodes.receive(data(mac="b8:27:eb:00:00:01", seq=2), "10.0.0.11", SUBNET)  # a known one still updates
-    assert nodes.stats()["dropped"]["too_many_nodes"] == 1 and len(nodes.snapshot()) == 2
-
-
 class Clock:
     def __init__(self) -> None:
         self.now = 1000.0
@@ -174,6 +165,132 @@ def test_states_age_from_up_to_stale_to_down() -> None:
     rows = nodes.snapshot()
     assert [r["hostname"] for r in rows] == ["master", "node-00002a", "node1", "node2"]  # master first
     assert rows[2]["age"] == 0.0 and rows[2]["last"]["seq"] == 2 and rows[3]["last"] is None
+
+
+MASTER = {"host": "master", "role": "master", "mac": "dc:a6:32:00:00:99", "ip": "10.0.0.1"}
+UNKNOWN = {"host": "node-00002a", "mac": "dc:a6:32:00:00:2a", "ip": "10.0.0.100"}  # a worker not in the table
+
+
+def fake(i: int, **changes: Any) -> bytes:
+    """Made-up sender number i: its own MAC, name and address."""
+    return data(host=f"fake{i:05d}", mac=f"02:fa:ce:{i >> 16:02x}:{i >> 8 & 255:02x}:{i & 255:02x}",
+                ip=f"10.0.{i >> 8 & 255}.{i & 255}", **changes)
+
+
+def test_a_flood_of_made_up_senders_locks_no_real_node_out() -> None:
+    clock = Clock()
+    nodes = collector.Nodes(EXPECTED, clock=clock, interval=5)
+    assert nodes.capacity == collector.MIN_NODES
+    wide = collector.ipaddress.IPv4Network("10.0.0.0/16")
+
+    node2 = {"host": "node2", "mac": "b8:27:eb:00:00:02", "ip": "10.0.0.12"}
+    real = [(MASTER, "127.0.0.1"), ({}, "10.0.0.11"), (UNKNOWN, UNKNOWN["ip"])]
+
+    def real_beacons() -> None:
+        for changes, source in real:
+            assert nodes.receive(data(**changes), source, wide)
+
+    for _ in range(3):  # the worker outside the table is confirmed before the flood
+        real_beacons()
+        clock.now += 5
+    peak = 0
+    for i in range(10_000):  # 100 made-up senders a second for 100 s, each sending once
+        nodes.receive(fake(i), f"10.0.{i >> 8 & 255}.{i & 255}", wide)
+        peak = max(peak, len(nodes.entries))
+        clock.now += 0.01
+        if i % 500 == 0:
+            real_beacons()
+        if i == 5000:  # a worker of the table starting in the middle of the flood has its place
+            real.append((node2, node2["ip"]))
+            real_beacons()
+    real_beacons()
+    assert peak == len(nodes.entries) == nodes.capacity
+    assert {"master": "up", "node1": "up", "node2": "up", "node-00002a": "up"}.items() <= states(nodes).items()
+    stats = nodes.stats()
+    held = len(nodes.entries) - 4
+    assert stats["evicted"] > 0 and stats["dropped"]["too_many_nodes"] > 5000
+    assert stats["evicted"] + held + stats["dropped"]["too_many_nodes"] == 10_000
+    # A new worker outside the table gets a place once the flood has gone silent for a while.
+    late = {"host": "node-00003b", "mac": "dc:a6:32:00:00:3b", "ip": "10.0.0.101"}
+    assert not nodes.receive(data(**late), late["ip"], wide)  # the made-up senders are still fresh
+    clock.now += collector.SILENT_INTERVALS * 5
+    assert nodes.receive(data(**late), late["ip"], wide) and len(nodes.entries) == nodes.capacity
+
+
+def test_eviction_takes_the_longest_silent_unconfirmed_sender(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(collector, "MIN_NODES", 6)
+    clock = Clock()
+    nodes = collector.Nodes([{"hostname": "node1", "mac": "b8:27:eb:00:00:01", "ip": "10.0.0.11",
+                              "role": "worker"}], clock=clock, interval=5)
+    assert nodes.room == 4  # six places, less node1's and the master's
+
+    def send(i: int, **changes: Any) -> bool:
+        return nodes.receive(fake(i, **changes), "10.0.0.50", SUBNET)
+
+    for seconds in (0, 5, 10):  # fake 0 keeps sending: confirmed at its third beacon, 10 s after its first
+        assert send(0, seq=seconds)
+        clock.now += 5
+    for i in (1, 2, 3):  # each once, a second apart
+        assert send(i)
+        clock.now += 1
+    silence = collector.SILENT_INTERVALS * 5  # 15 s
+    assert not send(4)  # full, and nobody silent long enough: refused, nobody evicted
+    assert nodes.stats()["dropped"]["too_many_nodes"] == 1 and nodes.stats()["evicted"] == 0
+    clock.now = 1015 + silence - 1  # fake 1 was heard at 1015
+    assert not send(4)
+    clock.now = 1015 + silence
+    assert send(2, seq=2)  # heard again: now the most recent, so fake 3 is next in line after 1
+    assert send(4) and "fake00001" not in states(nodes)
+    clock.now = 1017 + silence
+    assert send(5) and "fake00003" not in states(nodes) and "fake00002" in states(nodes)
+    # The master (from loopback) and the table's workers take places of their own, even when full.
+    assert nodes.receive(data(**MASTER), "127.0.0.1", SUBNET)
+    assert nodes.receive(data(), "10.0.0.11", SUBNET)
+    assert len(nodes.entries) == nodes.capacity == 6
+    # Every unconfirmed sender silent long enough goes before fake 0, which is confirmed...
+    clock.now += silence
+    assert send(6) and send(7) and send(8)  # in the places of fakes 2, 4 and 5
+    assert set(nodes.pending) == {"02:fa:ce:00:00:06", "02:fa:ce:00:00:07", "02:fa:ce:00:00:08"}
+    assert not send(9) and "fake00000" in states(nodes)
+    # ...and goes only once silent for an hour, when no unconfirmed sender is silent.
+    clock.now = 1010 + collector.FORGET_SECONDS
+    for i in (6, 7, 8):
+        assert send(i, seq=2)
+    assert send(9) and "fake00000" not in states(nodes)
+    # Silent for days, the master and node1 are still there; made-up senders take each other's places.
+    clock.now += 3 * 86400
+    for i in range(10, 14):
+        assert send(i)
+    assert {"master": "down", "node1": "down"}.items() <= states(nodes).items()
+    assert len(nodes.entries) == 6 and nodes.stats()["evicted"] == 10
+
+
+def test_a_second_master_from_loopback_is_not_kept_for_good() -> None:
+    clock = Clock()
+    nodes = collector.Nodes(EXPECTED, clock=clock)
+    assert nodes.receive(data(**MASTER), "127.0.0.1", SUBNET)
+    assert nodes.receive(data(**{**MASTER, "mac": "dc:a6:32:00:00:98"}), "127.0.0.1", SUBNET)
+    # A master beacon from the LAN is anyone's: it gets no place of its own.
+    assert nodes.receive(data(**{**MASTER, "mac": "dc:a6:32:00:00:97"}), "10.0.0.1", SUBNET)
+    assert nodes.keep == {"b8:27:eb:00:00:01", "b8:27:eb:00:00:02", MASTER["mac"]}
+    assert list(nodes.pending) == ["dc:a6:32:00:00:98", "dc:a6:32:00:00:97"]
+
+
+def test_capacity_follows_the_cluster_table() -> None:
+    assert collector.capacity([]) == collector.capacity(EXPECTED) == collector.MIN_NODES == 256
+    table = [{"hostname": f"n{i}", "mac": f"b8:27:eb:00:{i >> 8:02x}:{i & 255:02x}", "role": "worker"}
+             for i in range(300)]
+    assert collector.capacity(table) == 600 and collector.Nodes(table).room == 600 - 300 - 1
+
+
+def test_history_is_bounded_whatever_the_interval() -> None:
+    clock = Clock()
+    nodes = collector.Nodes(clock=clock)
+    for _ in range(5000):  # a sender claiming a 10 ms interval
+        nodes.receive(data(interval=0.01), "10.0.0.11", SUBNET)
+        clock.now += 0.01
+    history = nodes.entries["b8:27:eb:00:00:01"].history
+    assert len(history.t) == int(collector.HISTORY_SECONDS) + 2 and history.count == len(history.t)
 
 
 def test_history_keeps_ten_minutes() -> None:

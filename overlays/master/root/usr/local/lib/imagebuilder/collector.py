@@ -36,7 +36,22 @@ MAX_PACKET = 1200
 HISTORY_SECONDS = 600.0
 STALE_AFTER = 3    # intervals missed
 DOWN_AFTER = 12    # intervals missed
-MAX_NODES = 1024   # a flood of made-up MACs must not eat the master's memory
+# The node table. Beacons are not authenticated, so anyone on the LAN can make up MACs; the table is
+# capped, and its places go first to the cluster table's workers and the master, which are never
+# evicted, then to other senders while there is room. A sender outside the cluster table is
+# "confirmed" once heard CONFIRM_PACKETS times over at least CONFIRM_INTERVALS of our interval (a real
+# node does that on its own; a made-up MAC sent once never does). When the table is full, a new
+# sender takes the place of the longest-silent sender never confirmed, if that one has been silent
+# for SILENT_INTERVALS, or else of a confirmed one silent for FORGET_SECONDS; if none is, the new
+# sender is refused (and tries again with its next beacon). So a node that keeps sending is never
+# evicted, and a flood can only hold the places of senders that gave up.
+# A /24 LAN holds 254 hosts. A node costs about 4 KiB at a 5 s interval, 12 KiB at most (a full
+# history at one sample a second), so this many places cost 3 MiB at worst.
+MIN_NODES = 256
+CONFIRM_PACKETS = 3
+CONFIRM_INTERVALS = 2
+SILENT_INTERVALS = STALE_AFTER
+FORGET_SECONDS = 3600.0
 # The largest magnitude a number field may have: a browser's JSON numbers hold integers exactly up to
 # here, and the float32 history rings stay finite. json.loads reads 1e999 as infinity and a 400-digit
 # integer as itself; either would otherwise reach the page (as Infinity, which JSON.parse rejects) or
@@ -157,14 +172,55 @@ class History:
                 "mem": [round(self.mem[i], 1) for i in order]}
 
 
-class Nodes:
-    """Every node seen (keyed by MAC), the cluster table's nodes not seen yet, and the drop counters."""
+def capacity(expected: list[dict[str, Any]]) -> int:
+    """Places in the node table: the cluster table, and as many again for workers it does not list.
 
-    def __init__(self, expected: list[dict[str, Any]] | None = None, clock: Any = time.time) -> None:
+    Cards flashed with the shared worker image boot on MACs the table may not know (they get DHCP
+    leases and names of their own), so the margin grows with the cluster; never fewer than MIN_NODES."""
+    return max(MIN_NODES, 2 * len(expected))
+
+
+class _Entry:
+    """One sender: its latest packet, when it was first and last heard, how often, its history."""
+
+    __slots__ = ("first", "heard", "history", "packet", "seen")
+
+    def __init__(self, now: float, packet: dict[str, Any]) -> None:
+        self.first = self.seen = now
+        self.heard = 0
+        self.packet = packet
+        self.history = History(packet["interval"])
+
+    def update(self, now: float, packet: dict[str, Any]) -> None:
+        self.seen, self.packet = now, packet
+        self.heard += 1
+        if self.history.interval != packet["interval"]:
+            self.history = History(packet["interval"])
+        total = packet["mem_total"]
+        used = 100 * (1 - packet["mem_available"] / total) if total > 0 else 0.0
+        self.history.add(now, packet["cpu"], used)
+
+
+class Nodes:
+    """Every node seen (keyed by MAC), the cluster table's nodes not seen yet, and the drop counters.
+
+    `interval` is the cluster's beacon interval (the recipe's, not a packet's own claim): it times
+    confirmation and silence."""
+
+    def __init__(self, expected: list[dict[str, Any]] | None = None, clock: Any = time.time,
+                 interval: float = 5.0) -> None:
         self.expected = expected or []
         self.clock = clock
-        self.latest: dict[str, tuple[float, dict[str, Any]]] = {}
-        self.history: dict[str, History] = {}
+        self.interval = interval
+        self.entries: dict[str, _Entry] = {}
+        # Never evicted: the cluster table's workers, and the master once its own beacon names its MAC.
+        self.keep = {e["mac"] for e in self.expected if e.get("mac")}
+        self.master: str | None = None
+        self.capacity = capacity(self.expected)
+        self.room = self.capacity - len(self.keep) - 1  # the places left for other senders
+        # Other senders in order of last heard, so the longest silent is first: never confirmed, confirmed.
+        self.pending: dict[str, None] = {}
+        self.confirmed: dict[str, None] = {}
         self.counts: Counter[str] = Counter()
         self.started = clock()
         self.lock = threading.Lock()
@@ -178,39 +234,78 @@ class Nodes:
                 self.counts["received"] += 1
                 self.counts[str(e)] += 1
             return False
-        self.add(packet)
-        return True
+        return self.add(packet, source)
 
-    def add(self, packet: dict[str, Any]) -> None:
+    def add(self, packet: dict[str, Any], source: str = "") -> bool:
+        """Keep a checked packet from `source`; return False if the table had no place for a new sender."""
         now = self.clock()
         mac = packet["mac"]
-        used = 100 * (1 - packet["mem_available"] / packet["mem_total"]) if packet["mem_total"] > 0 else 0.0
         with self.lock:
             self.counts["received"] += 1
-            if mac not in self.latest and len(self.latest) >= MAX_NODES:
-                self.counts["too_many_nodes"] += 1
-                return
+            entry = self.entries.get(mac)
+            if entry is None:
+                entry = self._admit(mac, packet, source, now)
+                if entry is None:
+                    self.counts["too_many_nodes"] += 1
+                    return False
             self.counts["accepted"] += 1
-            self.latest[mac] = (now, packet)
-            history = self.history.get(mac)
-            if history is None or history.interval != packet["interval"]:
-                history = self.history[mac] = History(packet["interval"])
-            history.add(now, packet["cpu"], used)
+            entry.update(now, packet)
+            self._reorder(mac, entry, now)
+        return True
+
+    def _admit(self, mac: str, packet: dict[str, Any], source: str, now: float) -> _Entry | None:
+        if mac not in self.keep and not self._is_master(mac, packet, source):
+            if len(self.pending) + len(self.confirmed) >= self.room and not self._evict(now):
+                return None
+            self.pending[mac] = None
+        entry = self.entries[mac] = _Entry(now, packet)
+        return entry
+
+    def _is_master(self, mac: str, packet: dict[str, Any], source: str) -> bool:
+        # Only a process on the master can send from loopback (the kernel drops such packets from the
+        # LAN); the first master beacon there names the master's MAC, and only one.
+        if self.master is None and packet["role"] == "master" and source \
+                and ipaddress.IPv4Address(source).is_loopback:
+            self.master = mac
+            self.keep.add(mac)
+            return True
+        return False
+
+    def _reorder(self, mac: str, entry: _Entry, now: float) -> None:
+        if mac in self.pending:
+            del self.pending[mac]  # re-inserted at the end: the most recently heard
+            confirmed = (entry.heard >= CONFIRM_PACKETS
+                         and now - entry.first >= CONFIRM_INTERVALS * self.interval)
+            (self.confirmed if confirmed else self.pending)[mac] = None
+        elif mac in self.confirmed:
+            del self.confirmed[mac]
+            self.confirmed[mac] = None
+
+    def _evict(self, now: float) -> bool:
+        """Free one place for a new sender, if a sender outside the cluster table has given up."""
+        for queue, silence in ((self.pending, SILENT_INTERVALS * self.interval),
+                               (self.confirmed, FORGET_SECONDS)):
+            oldest = next(iter(queue), None)
+            if oldest is not None and now - self.entries[oldest].seen >= silence:
+                del queue[oldest], self.entries[oldest]
+                self.counts["evicted"] += 1
+                return True
+        return False
 
     def snapshot(self, with_history: bool = False) -> list[dict[str, Any]]:
         """The node list of /api/nodes: seen nodes with state and age, then the expected unseen ones."""
         now = self.clock()
         rows = []
         with self.lock:
-            for mac, (seen, p) in self.latest.items():
-                age = now - seen
+            for mac, node in self.entries.items():
+                age, p = now - node.seen, node.packet
                 row = {"hostname": p["host"], "role": p["role"], "mac": mac, "ip": p["ip"],
                        "state": node_state(age, p["interval"]), "age": round(age, 1), "last": p}
                 if with_history:
-                    row["history"] = self.history[mac].since(now - HISTORY_SECONDS)
+                    row["history"] = node.history.since(now - HISTORY_SECONDS)
                 rows.append(row)
-            seen_macs = set(self.latest)
-            seen_names = {(p["host"], p["role"]) for _, p in self.latest.values()}
+            seen_macs = set(self.entries)
+            seen_names = {(n.packet["host"], n.packet["role"]) for n in self.entries.values()}
         for entry in self.expected:
             known = entry.get("mac") in seen_macs if entry.get("mac") else (
                 (entry["hostname"], entry["role"]) in seen_names)
@@ -223,11 +318,12 @@ class Nodes:
     def stats(self) -> dict[str, Any]:
         with self.lock:
             counts = dict(self.counts)
-            nodes = len(self.latest)
+            nodes = len(self.entries)
         dropped = {k: counts.get(k, 0) for k in ("not_json", "too_large", "unknown_schema",
                                                  "outside_subnet", "bad_field", "bad_number", "too_many_nodes")}
         return {"received": counts.get("received", 0), "accepted": counts.get("accepted", 0),
                 "dropped": dropped, "dropped_total": sum(dropped.values()), "nodes": nodes,
+                "capacity": self.capacity, "evicted": counts.get("evicted", 0),
                 "uptime": round(self.clock() - self.started, 1)}
 
 
@@ -382,7 +478,7 @@ class Collector:
     def __init__(self, config: dict[str, Any]) -> None:
         self.config = config
         self.subnet = ipaddress.IPv4Network(config["subnet"]) if config.get("subnet") else None
-        self.nodes = Nodes(config.get("expected", []))
+        self.nodes = Nodes(config.get("expected", []), interval=config["interval"])
 
     def document(self, with_history: bool) -> dict[str, Any]:
         return {"cluster": self.config.get("cluster", ""), "now": round(time.time(), 3),
