@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import json
 import re
 import shutil
+import socket
 import subprocess
+import threading
+import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -323,14 +328,20 @@ def test_page_escapes_what_it_shows() -> None:
 
 
 @pytest.fixture
-def served() -> Iterator[tuple[Any, str]]:
+def listening() -> Iterator[tuple[Any, Any, str]]:
     col = collector.Collector({"cluster": "lab", "interval": 5, "subnet": "10.0.0.0/24", "expected": EXPECTED})
     (server,) = collector.serve_http(col, ["127.0.0.1"], 0)
     try:
-        yield col, f"http://127.0.0.1:{server.server_address[1]}"
+        yield col, server, f"http://127.0.0.1:{server.server_address[1]}"
     finally:
         server.shutdown()
         server.server_close()
+
+
+@pytest.fixture
+def served(listening: tuple[Any, Any, str]) -> tuple[Any, str]:
+    col, _, url = listening
+    return col, url
 
 
 def get(url: str) -> tuple[int, str, str]:
@@ -371,6 +382,109 @@ def test_dashboard_is_read_only(served: tuple[Any, str]) -> None:
         with pytest.raises(urllib.error.HTTPError) as excinfo:
             urllib.request.urlopen(request, timeout=5)
         assert excinfo.value.code == 501
+
+
+def eventually(condition: Callable[[], bool], seconds: float = 5.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def connect(url: str) -> socket.socket:
+    return socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1])), timeout=5)
+
+
+def seconds_until_closed(sock: socket.socket, trickle: bytes = b"", every: float = 0.05,
+                         limit: float = 10.0) -> float:
+    """How long the server keeps `sock` open while we send it `trickle` one byte every `every` seconds."""
+    start = time.monotonic()
+    sock.settimeout(every)
+    for i in itertools.count():
+        try:
+            if sock.recv(4096) == b"":
+                break
+            pytest.fail("the server answered a request it should not have read")
+        except TimeoutError:
+            pass
+        except ConnectionResetError:
+            break
+        try:
+            sock.send(trickle[i:i + 1])
+        except (BrokenPipeError, ConnectionResetError):
+            break
+        assert time.monotonic() - start < limit, "the server kept the connection open"
+    return time.monotonic() - start
+
+
+def test_a_slow_request_is_cut_at_its_deadline(monkeypatch: pytest.MonkeyPatch,
+                                               listening: tuple[Any, Any, str]) -> None:
+    monkeypatch.setattr(collector, "REQUEST_SECONDS", 1.0)
+    col, server, url = listening
+    threads = threading.active_count()
+    with connect(url) as slow, connect(url) as idle:
+        slow.sendall(b"GET / HTTP/1.1\r\n")
+        # Slowloris: a header one byte every 50 ms. A socket timeout alone would never fire.
+        assert 1.0 <= seconds_until_closed(slow, b"X-Slow: " + b"a" * 1000) < 2.5
+        assert seconds_until_closed(idle) < 1.5  # connected at the same time, and sent nothing
+    assert eventually(lambda: col.stats()["http"]["timeout"] == 2)
+    assert eventually(lambda: threading.active_count() == threads and not server.open)
+    assert get(url + "/api/nodes")[0] == 200
+
+
+def test_a_request_over_the_size_cap_is_not_read(listening: tuple[Any, Any, str]) -> None:
+    col, _, url = listening
+    with connect(url) as sock:
+        with contextlib.suppress(ConnectionResetError, BrokenPipeError):
+            # One header line (http.server alone would read up to 64 KiB of it, a hundred times over).
+            sock.sendall(b"GET / HTTP/1.1\r\nX-Big: " + b"a" * collector.MAX_REQUEST + b"\r\n\r\n")
+        assert seconds_until_closed(sock) < 1
+    assert eventually(lambda: col.stats()["http"]["too_large"] == 1)
+    # A real browser's request with a few KiB of cookies (for other services on the master) is answered.
+    request = urllib.request.Request(url + "/api/nodes", headers={"Cookie": "c=" + "x" * 8000})
+    with urllib.request.urlopen(request, timeout=5) as r:
+        assert r.status == 200
+
+
+def test_slow_clients_cannot_keep_real_ones_out(monkeypatch: pytest.MonkeyPatch,
+                                                listening: tuple[Any, Any, str]) -> None:
+    monkeypatch.setattr(collector, "MAX_CONNECTIONS", 4)
+    monkeypatch.setattr(collector, "REQUEST_SECONDS", 30.0)  # so only evictions end them
+    col, server, url = listening
+    with contextlib.ExitStack() as stack:
+        slow = [stack.enter_context(connect(url)) for _ in range(8)]
+        for sock in slow:
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n")
+        assert eventually(lambda: len(server.open) == 4 and col.stats()["http"]["evicted"] == 4)
+        for sock in slow[:4]:  # the oldest went first
+            assert seconds_until_closed(sock) < 1
+        for _ in range(5):
+            assert get(url + "/api/nodes")[0] == 200
+            assert len(server.open) <= 4
+        assert eventually(lambda: col.stats()["http"]["served"] == 5)  # counted just after the reply
+        stats = col.stats()["http"]
+        assert stats["evicted"] >= 5 and stats["busy"] == 0
+
+
+def test_a_full_server_turns_new_connections_away_at_once(monkeypatch: pytest.MonkeyPatch,
+                                                          listening: tuple[Any, Any, str]) -> None:
+    monkeypatch.setattr(collector, "MAX_CONNECTIONS", 2)
+    col, server, url = listening
+    answers: list[int] = []
+    clients = [threading.Thread(target=lambda: answers.append(get(url + "/api/nodes")[0])) for _ in range(2)]
+    with col.nodes.lock:  # both replies wait for it: two connections past their request, none to evict
+        for client in clients:
+            client.start()
+        assert eventually(lambda: len(server.open) == 2 and not server.reading)
+        start = time.monotonic()
+        with connect(url) as sock:
+            assert sock.recv(1024).startswith(b"HTTP/1.0 503 ")
+        assert time.monotonic() - start < 1
+    for client in clients:
+        client.join(5)
+    assert answers == [200, 200] and col.stats()["http"]["busy"] == 1
 
 
 def test_collector_config_rendered_from_recipe(recipe_file: Any) -> None:
