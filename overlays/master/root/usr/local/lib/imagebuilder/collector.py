@@ -267,8 +267,8 @@ class Nodes:
     def _is_master(self, mac: str, packet: dict[str, Any], source: str) -> bool:
         # Only a process on the master can send from loopback (the kernel drops such packets from the
         # LAN); the first master beacon there names the master's MAC, and only one.
-        if self.master is None and packet["role"] == "master" and source \
-                and ipaddress.IPv4Address(source).is_loopback:
+        loopback = bool(source) and ipaddress.IPv4Address(source).is_loopback
+        if self.master is None and packet["role"] == "master" and loopback:
             self.master = mac
             self.keep.add(mac)
             return True
