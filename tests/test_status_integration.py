@@ -41,9 +41,9 @@ AS_HOST = ("import runpy, socket, sys; socket.sethostname(sys.argv[1]); sys.argv
 
 
 @contextlib.contextmanager
-def lan(prefix: str) -> Iterator[dict[str, str]]:
+def lan(prefix: str, nodes: list[tuple[str, str, str, str]] = NODES, mask: int = 24) -> Iterator[dict[str, str]]:
     """A bridge in namespace <prefix>hub and a namespace per node wired to it; yields name -> namespace."""
-    names = {host: f"{prefix}{suffix}" for host, suffix, _, _ in NODES}
+    names = {host: f"{prefix}{suffix}" for host, suffix, _, _ in nodes}
     hub = f"{prefix}hub"
     made: list[str] = []
     try:
@@ -53,12 +53,12 @@ def lan(prefix: str) -> Iterator[dict[str, str]]:
         # No IGMP snooping: with no querier on this LAN the bridge would otherwise guess.
         run(["ip", "-n", hub, "link", "add", "br0", "type", "bridge", "mcast_snooping", "0"])
         run(["ip", "-n", hub, "link", "set", "br0", "up"])
-        for host, suffix, address, mac in NODES:
+        for host, suffix, address, mac in nodes:
             ns = names[host]
             run(["ip", "-n", hub, "link", "add", f"p{suffix}", "type", "veth", "peer", "name", "eth0", "netns", ns])
             run(["ip", "-n", hub, "link", "set", f"p{suffix}", "master", "br0", "up"])
             run(["ip", "-n", ns, "link", "set", "eth0", "address", mac])
-            run(["ip", "-n", ns, "addr", "add", f"{address}/24", "dev", "eth0"])
+            run(["ip", "-n", ns, "addr", "add", f"{address}/{mask}", "dev", "eth0"])
             run(["ip", "-n", ns, "link", "set", "eth0", "up"])
             run(["ip", "-n", ns, "link", "set", "lo", "up"])
         yield names
@@ -75,7 +75,8 @@ class Cluster:
     def in_master(self, *argv: str) -> list[str]:
         return ["ip", "netns", "exec", self.names["master"], *argv]
 
-    def start_collector(self) -> None:
+    def start_collector(self, **changes: Any) -> None:
+        """The collector in the master's namespace; `changes` replace settings of its config."""
         config = {"enabled": True, "cluster": "nslab", "group": "239.255.77.1", "port": PORT,
                   "interval": INTERVAL, "interface": "eth0", "subnet": "10.77.0.0/24",
                   "listen": ["10.77.0.1", "127.0.0.1"], "dashboard_port": DASHBOARD,
@@ -83,11 +84,13 @@ class Cluster:
                                *({"hostname": h, "mac": m, "ip": a, "role": "worker"} for h, _, a, m in NODES[1:]),
                                {"hostname": "node3", "mac": "02:00:00:77:00:13", "ip": "10.77.0.13",
                                 "role": "worker"}]}
+        config.update(changes)
         path = self.workdir / "collector.json"
         path.write_text(json.dumps(config))
         log = self.stack.enter_context((self.workdir / "collector.log").open("wb"))
-        self.stack.enter_context(spawned(self.in_master(PYTHON, str(COLLECTOR), "--config", str(path)),
-                                         stdout=log, stderr=log))
+        # `ip netns exec` execs the program: this is the collector's own process.
+        self.collector = self.stack.enter_context(spawned(self.in_master(PYTHON, str(COLLECTOR), "--config",
+                                                                         str(path)), stdout=log, stderr=log))
 
     def start_beacon(self, host: str) -> None:
         role = "master" if host == "master" else "worker"
@@ -103,7 +106,8 @@ class Cluster:
         terminate(self.beacons[host])
 
     def api(self, path: str) -> Any:
-        fetch = "import sys, urllib.request; sys.stdout.write(urllib.request.urlopen(sys.argv[1]).read().decode())"
+        fetch = ("import sys, urllib.request; "
+                 "sys.stdout.write(urllib.request.urlopen(sys.argv[1], timeout=10).read().decode())")
         return json.loads(output(self.in_master(PYTHON, "-c", fetch, f"http://10.77.0.1:{DASHBOARD}{path}")))
 
     def states(self) -> dict[str, str]:
@@ -189,12 +193,11 @@ def test_stopped_beacon_turns_stale(cluster: Cluster) -> None:
     assert states["node1"] == "up" and states["master"] == "up" and states["node3"] == "expected"
 
 
-def chromium(cluster: Cluster, profile: Path, *args: str) -> str:
-    argv = cluster.in_master("chromium", "--headless", "--no-sandbox", "--disable-gpu",
+def chromium(cluster: Cluster, profile: Path, *args: str, url: str = f"http://127.0.0.1:{DASHBOARD}/") -> str:
+    argv = cluster.in_master("chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
                              "--disable-background-networking", "--disable-component-update", "--disable-sync",
                              "--no-first-run", "--disable-dev-shm-usage", f"--user-data-dir={profile}",
-                             "--window-size=1280,340", "--hide-scrollbars", *args,
-                             f"http://127.0.0.1:{DASHBOARD}/")
+                             "--window-size=1280,340", "--hide-scrollbars", *args, url)
     return run(argv, capture=True, env={"HOME": str(profile)}).stdout.decode()
 
 

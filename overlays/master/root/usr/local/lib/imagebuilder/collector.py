@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import argparse
 import array
+import contextlib
 import http.server
+import io
 import ipaddress
 import json
 import math
@@ -28,15 +30,36 @@ import threading
 import time
 import urllib.parse
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 SCHEMA = 1
 MAX_PACKET = 1200
 HISTORY_SECONDS = 600.0
 STALE_AFTER = 3    # intervals missed
 DOWN_AFTER = 12    # intervals missed
-MAX_NODES = 1024   # a flood of made-up MACs must not eat the master's memory
+# The node table. Beacons are not authenticated, so anyone on the LAN can make up MACs; the table is
+# capped, and its places go first to the cluster table's workers and the master, which are never
+# evicted, then to other senders while there is room. A sender outside the cluster table is
+# "confirmed" once heard CONFIRM_PACKETS times over at least CONFIRM_INTERVALS of our interval (a real
+# node does that on its own; a made-up MAC sent once never does). When the table is full, a new
+# sender takes the place of the longest-silent sender never confirmed, if that one has been silent
+# for SILENT_INTERVALS, or else of a confirmed one silent for FORGET_SECONDS; if none is, the new
+# sender is refused (and tries again with its next beacon). So a node that keeps sending is never
+# evicted, and a flood can only hold the places of senders that gave up.
+# A /24 LAN holds 254 hosts. A node costs about 4 KiB at a 5 s interval, 12 KiB at most (a full
+# history at one sample a second), so this many places cost 3 MiB at worst.
+MIN_NODES = 256
+CONFIRM_PACKETS = 3
+CONFIRM_INTERVALS = 2
+SILENT_INTERVALS = STALE_AFTER
+FORGET_SECONDS = 3600.0
+# The largest magnitude a number field may have: a browser's JSON numbers hold integers exactly up to
+# here, and the float32 history rings stay finite. json.loads reads 1e999 as infinity and a 400-digit
+# integer as itself; either would otherwise reach the page (as Infinity, which JSON.parse rejects) or
+# overflow the memory percentage.
+MAX_NUMBER = 2**53
 _IP_FREEBIND = 15  # Linux: bind to the LAN address even before the interface has it
 _MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 
@@ -87,14 +110,26 @@ def parse_packet(data: bytes, source: str, subnet: ipaddress.IPv4Network | None)
         if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
             raise Dropped("bad_field")
         kept[name] = value
+    _check_finite(kept)
     _check_values(kept)
     return kept
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, Number) and not isinstance(value, bool)
+
+
+def _check_finite(p: dict[str, Any]) -> None:
+    numbers = [v for v in p.values() if _is_number(v)] + [x for x in p["load"] if _is_number(x)]
+    # abs(nan) <= x is False too: one comparison rejects NaN, infinities and huge integers.
+    if not all(abs(x) <= MAX_NUMBER for x in numbers):
+        raise Dropped("bad_number")
 
 
 def _check_values(p: dict[str, Any]) -> None:
     ok = (0 < len(p["host"]) <= 64 and p["role"] in ("master", "worker") and _MAC.match(p["mac"])
           and 0 < p["interval"] <= 3600 and len(p["load"]) == 3
-          and all(isinstance(x, Number) and not isinstance(x, bool) for x in p["load"])
+          and all(_is_number(x) for x in p["load"])
           and (p["cloud_init"] is None or len(p["cloud_init"]) <= 16))
     if ok and p["ip"]:
         try:
@@ -140,14 +175,55 @@ class History:
                 "mem": [round(self.mem[i], 1) for i in order]}
 
 
-class Nodes:
-    """Every node seen (keyed by MAC), the cluster table's nodes not seen yet, and the drop counters."""
+def capacity(expected: list[dict[str, Any]]) -> int:
+    """Places in the node table: the cluster table, and as many again for workers it does not list.
 
-    def __init__(self, expected: list[dict[str, Any]] | None = None, clock: Any = time.time) -> None:
+    Cards flashed with the shared worker image boot on MACs the table may not know (they get DHCP
+    leases and names of their own), so the margin grows with the cluster; never fewer than MIN_NODES."""
+    return max(MIN_NODES, 2 * len(expected))
+
+
+class _Entry:
+    """One sender: its latest packet, when it was first and last heard, how often, its history."""
+
+    __slots__ = ("first", "heard", "history", "packet", "seen")
+
+    def __init__(self, now: float, packet: dict[str, Any]) -> None:
+        self.first = self.seen = now
+        self.heard = 0
+        self.packet = packet
+        self.history = History(packet["interval"])
+
+    def update(self, now: float, packet: dict[str, Any]) -> None:
+        self.seen, self.packet = now, packet
+        self.heard += 1
+        if self.history.interval != packet["interval"]:
+            self.history = History(packet["interval"])
+        total = packet["mem_total"]
+        used = 100 * (1 - packet["mem_available"] / total) if total > 0 else 0.0
+        self.history.add(now, packet["cpu"], used)
+
+
+class Nodes:
+    """Every node seen (keyed by MAC), the cluster table's nodes not seen yet, and the drop counters.
+
+    `interval` is the cluster's beacon interval (the recipe's, not a packet's own claim): it times
+    confirmation and silence."""
+
+    def __init__(self, expected: list[dict[str, Any]] | None = None, clock: Any = time.time,
+                 interval: float = 5.0) -> None:
         self.expected = expected or []
         self.clock = clock
-        self.latest: dict[str, tuple[float, dict[str, Any]]] = {}
-        self.history: dict[str, History] = {}
+        self.interval = interval
+        self.entries: dict[str, _Entry] = {}
+        # Never evicted: the cluster table's workers, and the master once its own beacon names its MAC.
+        self.keep = {e["mac"] for e in self.expected if e.get("mac")}
+        self.master: str | None = None
+        self.capacity = capacity(self.expected)
+        self.room = self.capacity - len(self.keep) - 1  # the places left for other senders
+        # Other senders in order of last heard, so the longest silent is first: never confirmed, confirmed.
+        self.pending: dict[str, None] = {}
+        self.confirmed: dict[str, None] = {}
         self.counts: Counter[str] = Counter()
         self.started = clock()
         self.lock = threading.Lock()
@@ -161,39 +237,78 @@ class Nodes:
                 self.counts["received"] += 1
                 self.counts[str(e)] += 1
             return False
-        self.add(packet)
-        return True
+        return self.add(packet, source)
 
-    def add(self, packet: dict[str, Any]) -> None:
+    def add(self, packet: dict[str, Any], source: str = "") -> bool:
+        """Keep a checked packet from `source`; return False if the table had no place for a new sender."""
         now = self.clock()
         mac = packet["mac"]
-        used = 100 * (1 - packet["mem_available"] / packet["mem_total"]) if packet["mem_total"] > 0 else 0.0
         with self.lock:
             self.counts["received"] += 1
-            if mac not in self.latest and len(self.latest) >= MAX_NODES:
-                self.counts["too_many_nodes"] += 1
-                return
+            entry = self.entries.get(mac)
+            if entry is None:
+                entry = self._admit(mac, packet, source, now)
+                if entry is None:
+                    self.counts["too_many_nodes"] += 1
+                    return False
             self.counts["accepted"] += 1
-            self.latest[mac] = (now, packet)
-            history = self.history.get(mac)
-            if history is None or history.interval != packet["interval"]:
-                history = self.history[mac] = History(packet["interval"])
-            history.add(now, packet["cpu"], used)
+            entry.update(now, packet)
+            self._reorder(mac, entry, now)
+        return True
+
+    def _admit(self, mac: str, packet: dict[str, Any], source: str, now: float) -> _Entry | None:
+        if mac not in self.keep and not self._is_master(mac, packet, source):
+            if len(self.pending) + len(self.confirmed) >= self.room and not self._evict(now):
+                return None
+            self.pending[mac] = None
+        entry = self.entries[mac] = _Entry(now, packet)
+        return entry
+
+    def _is_master(self, mac: str, packet: dict[str, Any], source: str) -> bool:
+        # Only a process on the master can send from loopback (the kernel drops such packets from the
+        # LAN); the first master beacon there names the master's MAC, and only one.
+        loopback = bool(source) and ipaddress.IPv4Address(source).is_loopback
+        if self.master is None and packet["role"] == "master" and loopback:
+            self.master = mac
+            self.keep.add(mac)
+            return True
+        return False
+
+    def _reorder(self, mac: str, entry: _Entry, now: float) -> None:
+        if mac in self.pending:
+            del self.pending[mac]  # re-inserted at the end: the most recently heard
+            confirmed = (entry.heard >= CONFIRM_PACKETS
+                         and now - entry.first >= CONFIRM_INTERVALS * self.interval)
+            (self.confirmed if confirmed else self.pending)[mac] = None
+        elif mac in self.confirmed:
+            del self.confirmed[mac]
+            self.confirmed[mac] = None
+
+    def _evict(self, now: float) -> bool:
+        """Free one place for a new sender, if a sender outside the cluster table has given up."""
+        for queue, silence in ((self.pending, SILENT_INTERVALS * self.interval),
+                               (self.confirmed, FORGET_SECONDS)):
+            oldest = next(iter(queue), None)
+            if oldest is not None and now - self.entries[oldest].seen >= silence:
+                del queue[oldest], self.entries[oldest]
+                self.counts["evicted"] += 1
+                return True
+        return False
 
     def snapshot(self, with_history: bool = False) -> list[dict[str, Any]]:
         """The node list of /api/nodes: seen nodes with state and age, then the expected unseen ones."""
         now = self.clock()
         rows = []
         with self.lock:
-            for mac, (seen, p) in self.latest.items():
-                age = now - seen
+            for mac, node in self.entries.items():
+                age, p = now - node.seen, node.packet
                 row = {"hostname": p["host"], "role": p["role"], "mac": mac, "ip": p["ip"],
                        "state": node_state(age, p["interval"]), "age": round(age, 1), "last": p}
                 if with_history:
-                    row["history"] = self.history[mac].since(now - HISTORY_SECONDS)
+                    row["history"] = node.history.since(now - HISTORY_SECONDS)
                 rows.append(row)
-            seen_macs = set(self.latest)
-            seen_names = {(p["host"], p["role"]) for _, p in self.latest.values()}
+            seen_macs = set(self.entries)
+            seen_names = {(n.packet["host"], n.packet["role"]) for n in self.entries.values()}
         for entry in self.expected:
             known = entry.get("mac") in seen_macs if entry.get("mac") else (
                 (entry["hostname"], entry["role"]) in seen_names)
@@ -206,11 +321,12 @@ class Nodes:
     def stats(self) -> dict[str, Any]:
         with self.lock:
             counts = dict(self.counts)
-            nodes = len(self.latest)
+            nodes = len(self.entries)
         dropped = {k: counts.get(k, 0) for k in ("not_json", "too_large", "unknown_schema",
-                                                 "outside_subnet", "bad_field", "too_many_nodes")}
+                                                 "outside_subnet", "bad_field", "bad_number", "too_many_nodes")}
         return {"received": counts.get("received", 0), "accepted": counts.get("accepted", 0),
                 "dropped": dropped, "dropped_total": sum(dropped.values()), "nodes": nodes,
+                "capacity": self.capacity, "evicted": counts.get("evicted", 0),
                 "uptime": round(self.clock() - self.started, 1)}
 
 
@@ -330,12 +446,88 @@ setInterval(poll, interval * 1000);
 """
 
 
+def to_json(document: Any) -> str:
+    """JSON that a browser's JSON.parse accepts: never NaN or Infinity, which would blank the page.
+
+    Packets with such values are dropped on arrival; should one reach here all the same (a bug), it
+    shows as null rather than taking every other node's figures with it."""
+    try:
+        return json.dumps(document, allow_nan=False)
+    except ValueError:
+        return json.dumps(_finite_only(document), allow_nan=False)
+
+
+def _finite_only(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite_only(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite_only(v) for v in value]
+    return value
+
+
 def render_page(cluster: str, document: dict[str, Any]) -> str:
     import html
     # Inside <script> only "</" could end the element; escaping <, > and & keeps any text inert.
-    data = (json.dumps(document).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026"))
+    data = (to_json(document).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026"))
     title = html.escape(f"{cluster} cluster")
     return PAGE.replace("__TITLE__", title).replace("__INITIAL__", data)
+
+
+# ---------------------------------------------------------------------------------------------------
+# HTTP: a thread per connection (ThreadingHTTPServer), so every connection must end by itself. The
+# request has one deadline and a size cap, each write of the reply a timeout, and each listening
+# address at most MAX_CONNECTIONS connections. HTTP/1.0: one request per connection.
+
+MAX_CONNECTIONS = 64   # per listening address; a browser opens six at most
+REQUEST_SECONDS = 5.0  # for the whole request line and headers, however slowly they come
+WRITE_SECONDS = 10.0   # for each of the reply's two writes (headers, body): a client that does not read
+MAX_REQUEST = 16384    # request line and headers; a GET has no body, and 16 KiB leaves room for cookies
+HTTP_EVENTS = ("served", "timeout", "too_large", "evicted", "busy", "broken")
+_BUSY = b"HTTP/1.0 503 Service Unavailable\r\nContent-Length: 0\r\nRetry-After: 1\r\n\r\n"
+
+
+class Refused(Exception):
+    """A request we stop reading; the argument is its counter under "http" in /api/stats."""
+
+
+class _Ended(Exception):
+    """The request stopped before its end: the client left, or was evicted. Nothing to answer."""
+
+
+class _RequestReader(io.RawIOBase):
+    """The socket's bytes, within one deadline and one size cap for the whole request.
+
+    A socket timeout alone starts again with every byte, so a client sending one byte every few
+    seconds (slowloris) would hold its thread for ever."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        super().__init__()
+        self.sock = sock
+        self.deadline = time.monotonic() + REQUEST_SECONDS
+        self.left = MAX_REQUEST
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        remaining = self.deadline - time.monotonic()
+        if remaining <= 0:
+            raise Refused("timeout")
+        if self.left <= 0:
+            raise Refused("too_large")
+        self.sock.settimeout(remaining)
+        try:
+            count = self.sock.recv_into(buffer, min(len(buffer), self.left))
+        except TimeoutError:
+            raise Refused("timeout") from None
+        if count == 0:
+            # Only reached before the request's end (the headers' blank line stops the reading):
+            # a cut-short request is not answered, as http.server would with what it has.
+            raise _Ended
+        self.left -= count
+        return count
 
 
 class Collector:
@@ -344,7 +536,18 @@ class Collector:
     def __init__(self, config: dict[str, Any]) -> None:
         self.config = config
         self.subnet = ipaddress.IPv4Network(config["subnet"]) if config.get("subnet") else None
-        self.nodes = Nodes(config.get("expected", []))
+        self.nodes = Nodes(config.get("expected", []), interval=config["interval"])
+        self.http: Counter[str] = Counter()
+        self.http_lock = threading.Lock()
+
+    def note(self, event: str) -> None:
+        with self.http_lock:
+            self.http[event] += 1
+
+    def stats(self) -> dict[str, Any]:
+        with self.http_lock:
+            http = {k: self.http.get(k, 0) for k in HTTP_EVENTS}
+        return {**self.nodes.stats(), "http": http}
 
     def document(self, with_history: bool) -> dict[str, Any]:
         return {"cluster": self.config.get("cluster", ""), "now": round(time.time(), 3),
@@ -356,6 +559,26 @@ class Collector:
         class Handler(http.server.BaseHTTPRequestHandler):
             server_version = "imagebuilder-collector"
 
+            def setup(self) -> None:
+                super().setup()
+                self.rfile.close()  # replaced: left open, it would keep the socket open after finish()
+                self.rfile = io.BufferedReader(_RequestReader(self.connection))
+
+            def handle(self) -> None:
+                try:
+                    super().handle()
+                except Refused as e:
+                    collector.note(str(e))
+                except _Ended:
+                    pass
+
+            def parse_request(self) -> bool:
+                ok = super().parse_request()
+                # The request is in: the connection is no longer one to evict, and has its reply's timeout.
+                cast(_Server, self.server).request_read(self.request)
+                self.connection.settimeout(WRITE_SECONDS)
+                return ok
+
             def do_GET(self) -> None:
                 url = urllib.parse.urlsplit(self.path)
                 query = urllib.parse.parse_qs(url.query)
@@ -364,9 +587,9 @@ class Collector:
                     self.reply(200, "text/html; charset=utf-8", body)
                 elif url.path == "/api/nodes":
                     document = collector.document(query.get("history") == ["1"])
-                    self.reply(200, "application/json", json.dumps(document).encode())
+                    self.reply(200, "application/json", to_json(document).encode())
                 elif url.path == "/api/stats":
-                    self.reply(200, "application/json", json.dumps(collector.nodes.stats()).encode())
+                    self.reply(200, "application/json", to_json(collector.stats()).encode())
                 else:
                     self.reply(404, "text/plain", b"not found\n")
 
@@ -377,8 +600,13 @@ class Collector:
                 self.send_header("Cache-Control", "no-store")
                 self.send_header("Content-Security-Policy",
                                  "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'")
-                self.end_headers()
-                self.wfile.write(body)
+                try:
+                    self.end_headers()
+                    self.wfile.write(body)
+                except TimeoutError:
+                    collector.note("timeout")
+                    raise  # http.server closes the connection
+                collector.note("served")
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass  # one line per poll would fill the journal
@@ -387,17 +615,93 @@ class Collector:
 
 
 class _Server(http.server.ThreadingHTTPServer):
+    """One listening address, with at most MAX_CONNECTIONS connections.
+
+    When full, a new connection takes the place of the oldest one still sending its request: a real
+    client's request follows its connection within milliseconds, a slow attacker's never comes, so
+    slow clients cannot keep real ones out. Only when every connection has sent its request (and
+    waits for its reply, a bounded time) is a new one turned away, at once, with a 503."""
+
     daemon_threads = True
+    request_queue_size = 128  # the listen backlog: under attack connections come in bursts
+
+    def __init__(self, address: tuple[str, int], handler: type[http.server.BaseHTTPRequestHandler],
+                 note: Callable[[str], None]) -> None:
+        self.note = note
+        self.guard = threading.Lock()
+        self.open: set[socket.socket] = set()
+        self.reading: dict[socket.socket, None] = {}  # open and still sending their request, oldest first
+        super().__init__(address, handler)
 
     def server_bind(self) -> None:
         self.socket.setsockopt(socket.IPPROTO_IP, _IP_FREEBIND, 1)
         super().server_bind()
 
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self.guard:
+            if len(self.open) >= MAX_CONNECTIONS and not self._evict_oldest_reader():
+                self.note("busy")
+                self._turn_away(request)
+                return
+            self.open.add(request)
+            self.reading[request] = None
+        try:
+            super().process_request(request, client_address)  # starts its thread
+        except Exception:
+            self.forget(request)
+            raise
+
+    def _evict_oldest_reader(self) -> bool:
+        oldest = next(iter(self.reading), None)
+        if oldest is None:
+            return False
+        self.open.discard(oldest)
+        del self.reading[oldest]
+        # Its thread wakes from recv with nothing and ends. The socket is not closed yet: its thread
+        # takes it off these books, under this lock, before closing it (process_request_thread).
+        with contextlib.suppress(OSError):
+            oldest.shutdown(socket.SHUT_RDWR)
+        self.note("evicted")
+        return True
+
+    def _turn_away(self, request: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            request.setblocking(False)  # never wait on a client we are refusing
+            request.send(_BUSY)
+        self.shutdown_request(request)
+
+    def request_read(self, request: socket.socket) -> None:
+        with self.guard:
+            self.reading.pop(request, None)
+
+    def forget(self, request: socket.socket) -> None:
+        with self.guard:
+            self.open.discard(request)
+            self.reading.pop(request, None)
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        # ThreadingMixIn's, but off the books before the socket is closed, so that an eviction never
+        # shuts down a socket whose descriptor number was given to another.
+        try:
+            self.finish_request(request, client_address)
+        except Exception:
+            self.handle_error(request, client_address)
+        finally:
+            self.forget(request)
+            self.shutdown_request(request)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that goes away mid-reply is its own business; anything else is a bug: keep its traceback.
+        if isinstance(sys.exc_info()[1], OSError):
+            self.note("broken")
+        else:
+            super().handle_error(request, client_address)
+
 
 def serve_http(collector: Collector, addresses: list[str], port: int) -> list[_Server]:
     servers = []
     for address in addresses:
-        server = _Server((address, port), collector.handler())
+        server = _Server((address, port), collector.handler(), collector.note)
         threading.Thread(target=server.serve_forever, daemon=True).start()
         servers.append(server)
     return servers
