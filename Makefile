@@ -86,9 +86,13 @@ bench: setup-test venv-test
 	$(BIN)/python -m tests.bench_flash
 	$(BIN)/python -m tests.bench_collector
 
+# The programs that run on the nodes (overlays/*/root/usr/local/lib/imagebuilder/*.py) are linted too.
+NODE_PROGRAMS := $(wildcard overlays/*/root/usr/local/lib/imagebuilder/*.py)
+
 lint: venv-test
-	$(BIN)/ruff check imagebuilder tests
+	$(BIN)/ruff check imagebuilder tests overlays
 	$(BIN)/mypy
+	$(BIN)/mypy --strict $(NODE_PROGRAMS)
 
 clean:
 	rm -rf $(VENV) out build *.egg-info
