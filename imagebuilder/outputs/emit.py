@@ -16,7 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from imagebuilder import __version__
+from imagebuilder.boards.verify import verify_image
 from imagebuilder.core.context import Context
+from imagebuilder.core.errors import ChecksFailed
 from imagebuilder.core.log import Progress, log, step
 from imagebuilder.core.resources import allocated, atomic_output, ensure_space
 from imagebuilder.disk.bmap import bmap_document, make_bmap, range_extents
@@ -54,6 +56,7 @@ def emit_outputs(ctx: Context, recipe: Recipe, base: BaseImage, results: dict[st
             digests.update({name: entry["sha256"] for name, entry in record["files"].items()})
             raw = record["files"][f"{role}.img"]
             images[role] = {"file": f"{role}.img", "sha256": raw["sha256"], "size": raw["size"],
+                            "boards": record.get("boards", []),
                             "files": list(record["files"]), "packages": result.packages,
                             "overlay_files": result.files, "units": result.units}
         write_checksums(out, [Path(name) for name in digests], digests)
@@ -129,6 +132,12 @@ def emit_image(ctx: Context, recipe: Recipe, role: str, result: StageResult, out
     with atomic_output(raw, PRIVATE) as tmp, Progress(f"write {raw.name}", result.image.stat().st_size) as progress:
         copied = copy_checked(result.image, tmp, extents, progress)
     digest = copied.sha256
+    verdict = verify_image(raw)
+    if not verdict.ok:
+        raw.unlink()
+        raise ChecksFailed(f"{raw}: verify: " + "; ".join(verdict.lines()[1:] or ["no board would boot it"]),
+                           "the firmware or the early boot would fail with this image: fix what is named")
+    log.info("%s: verified for %s", raw.name, ", ".join(verdict.good_boards))
     files: dict[str, dict[str, Any]] = {raw.name: {"sha256": digest, "signature": signature(raw)}}
     if recipe.output.bmap:
         bmap = raw.with_name(raw.name + ".bmap")
@@ -152,7 +161,7 @@ def emit_image(ctx: Context, recipe: Recipe, role: str, result: StageResult, out
     log.info("%s: %d MiB raw, sha256 %s", raw.name, raw.stat().st_size // 2**20, digest[:16])
     for entry in files.values():
         entry["size"] = entry["signature"][0]
-    return {"made_from": made_from, "files": files}
+    return {"made_from": made_from, "files": files, "boards": verdict.good_boards}
 
 
 def write_checksums(out: Path, names: list[Path], known: dict[str, str] | None = None) -> None:

@@ -22,6 +22,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from imagebuilder.boards.models import BOARDS, boards_for, imager_tag
 from imagebuilder.core.context import Context
 from imagebuilder.core.errors import ImageBuilderError
 from imagebuilder.core.resources import atomic_output
@@ -35,11 +36,19 @@ from imagebuilder.sources.checksums import sha256_of
 OS_LIST = "os_list.json"
 ICON = "imagebuilder-icon.png"
 INIT_FORMAT = "cloudinit"
-# Imager's device tags (the `devices` of its manifest) and the boards behind them.
-DEVICES = {
-    "arm64": [("Raspberry Pi 5", "pi5-64bit"), ("Raspberry Pi 4", "pi4-64bit"), ("Raspberry Pi 3", "pi3-64bit")],
-    "armhf": [("Raspberry Pi 2", "pi2-32bit")],
-}
+# Imager's devices (its board picker) for a tag: an entry shows only for a board whose tags it lists.
+TAG_NAMES = {"pi5-64bit": "Raspberry Pi 5", "pi4-64bit": "Raspberry Pi 4", "pi4-32bit": "Raspberry Pi 4 (32-bit)",
+             "pi3-64bit": "Raspberry Pi 3", "pi3-32bit": "Raspberry Pi 3 (32-bit)", "pi2-32bit": "Raspberry Pi 2"}
+
+
+def verified_tags(out_dir: Path, recipe: Recipe, role: str) -> list[str]:
+    """The Imager tags of the boards `verify` passed for this image at build time (manifest.json); without
+    a manifest, every board of the architecture."""
+    try:
+        boards = json.loads((out_dir / "manifest.json").read_text())["images"][role]["boards"]
+    except (OSError, ValueError, KeyError, TypeError):
+        boards = [b.name for b in boards_for(recipe.arch)]
+    return list(dict.fromkeys(imager_tag(BOARDS[b], recipe.arch) for b in boards if b in BOARDS))
 DESCRIPTIONS = {
     "master": "the gateway: DHCP/DNS, NAT, NFS and the k3s server. Flash one card.",
     "worker": "flash every worker card with it; each names itself from its MAC at first boot.",
@@ -96,18 +105,16 @@ def describe_image(out_dir: Path, role: str, recipe: Recipe, base_url: str | Non
     return entry
 
 
-def render_os_list(out_dir: Path, recipe: Recipe, base_url: str | None = None,
-                   boards: list[tuple[str, str]] | None = None) -> dict[str, Any]:
-    """boards: (name, Imager tag) the images are for; default: every board of the architecture."""
-    boards = boards if boards is not None else DEVICES[recipe.arch]
-    tags = [tag for _, tag in boards]
-    entries = [e for role in ROLES if (e := describe_image(out_dir, role, recipe, base_url, tags)) is not None]
+def render_os_list(out_dir: Path, recipe: Recipe, base_url: str | None = None) -> dict[str, Any]:
+    entries = [e for role in ROLES
+               if (e := describe_image(out_dir, role, recipe, base_url, verified_tags(out_dir, recipe, role)))]
     if not entries:
         raise ImagerRepoError(f"{out_dir}: no master.img.xz or worker.img.xz to list",
                               f"build first (imagebuilder build {recipe.source}), then imagebuilder imager-repo")
     # A repository given with --repo replaces Imager's device list too; without one its device
     # picker is empty and entries filtered by device never show.
-    devices = [{"name": name, "tags": [tag], "description": "", "default": False} for name, tag in boards]
+    tags = list(dict.fromkeys(tag for e in entries for tag in e["devices"]))
+    devices = [{"name": TAG_NAMES.get(tag, tag), "tags": [tag], "description": "", "default": False} for tag in tags]
     return {"imager": {"devices": devices}, "os_list": entries}
 
 
