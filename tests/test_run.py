@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import shlex
+import subprocess
+import time
 
 import pytest
 
-from imagebuilder.core.errors import CommandFailed, ToolMissing
+from imagebuilder.core.errors import CommandFailed, CommandTimedOut, ToolMissing
 from imagebuilder.core.run import PACKAGE_OF, output, run
 
 
@@ -48,3 +50,11 @@ def test_check_false_returns_code() -> None:
 
 def test_input_is_fed() -> None:
     assert output(["cat"], input=b"hello") == "hello"
+
+
+def test_a_command_past_its_timeout_is_stopped_and_said_so() -> None:
+    started = time.monotonic()
+    with pytest.raises(CommandTimedOut, match=r"command stopped after 1 s: sh -c"):
+        run(["sh", "-c", "echo started >&2; exec sleep 30.25"], timeout=1, check=False)
+    assert time.monotonic() - started < 10
+    assert not subprocess.run(["pgrep", "-fx", "sleep 30.25"], capture_output=True, check=False).stdout

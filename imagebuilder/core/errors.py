@@ -55,6 +55,10 @@ class CommandFailed(ImageBuilderError):
         self.stderr_tail = stderr_tail
 
 
+class CommandTimedOut(CommandFailed):
+    """An external program ran past the time it was given, and was stopped."""
+
+
 class NeedsRoot(ImageBuilderError):
     """The command needs root and we are not."""
 

@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import IO
 
-from imagebuilder.core.errors import CommandFailed, ToolMissing
+from imagebuilder.core.errors import CommandFailed, CommandTimedOut, ToolMissing
 from imagebuilder.core.log import VERBOSE, log
 
 # Which Debian package provides a program, for the "not found: install X" line.
@@ -67,6 +67,7 @@ def run(
     stdout: IO[bytes] | None = None,
     on_line: Callable[[str], None] | None = None,
     inherit_env: bool = True,
+    timeout: float | None = None,
 ) -> subprocess.CompletedProcess[bytes]:
     """Run argv and wait for it.
 
@@ -74,6 +75,7 @@ def run(
     env: extra variables, added to ours; with inherit_env=False, the whole environment (programs in a
     chroot get only what the build gives them, never the caller's).
     on_line: called with every stderr and (uncaptured) stdout line, for progress.
+    timeout: seconds after which it is stopped and CommandTimedOut raised (whatever `check` says).
     """
     args = [os.fspath(a) for a in argv]
     args[0] = find_program(args[0]) if "/" not in args[0] else args[0]
@@ -120,7 +122,14 @@ def run(
             assert proc.stdin is not None
             proc.stdin.write(input)
             proc.stdin.close()
-        returncode = proc.wait()
+        returncode = proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        terminate(proc)
+        for t in threads:
+            t.join(timeout=5)
+        raise CommandTimedOut(f"command stopped after {timeout:.0f} s: {shown}",
+                              "\n    ".join(["last lines of its output:", *tail]) if tail else None,
+                              -1, list(tail)) from None
     except BaseException:
         # Ctrl-C or SIGTERM while waiting: the child must not outlive us.
         terminate(proc)

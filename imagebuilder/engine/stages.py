@@ -31,7 +31,8 @@ from imagebuilder.layers.render import RenderedLayer
 from imagebuilder.recipe.catalogue import Layout
 from imagebuilder.sources.checksums import sha256_of
 
-FORMAT = 4  # 2: stages shrink to what they hold; 3: copied hole for hole; 4: trimmed after the chroot
+FORMAT = 5  # 2: stages shrink to what they hold; 3: copied hole for hole; 4: trimmed after the chroot;
+# 5: kernel arguments also where a kernel update keeps them
 GIB = 2**30
 
 
@@ -142,7 +143,7 @@ def _build(ctx: Context, stage: Stage, image: Path, record: Path, debs: Path) ->
                 units += layer.units
                 cmdline += layer.kernel_arguments
             if cmdline:
-                tree.append_cmdline(cmdline)
+                tree.add_kernel_arguments(cmdline)
             if units:
                 tree.enable_units(units)
             if stage.checks:

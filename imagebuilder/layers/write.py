@@ -1,4 +1,4 @@
-"""Write a rendered layer into an image's tree, and the kernel arguments it asks for into cmdline.txt.
+"""Write a rendered layer into an image's tree, and the kernel arguments it asks for where they last.
 
 Every path is resolved inside the image: a symbolic link on the way (the base's var/run -> /run, or
 etc/x -> /etc made by an earlier layer) is followed as the image itself would follow it, from the image's
@@ -9,6 +9,7 @@ layers hold; we run as root, and the host's /etc or /run would otherwise be one 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from imagebuilder.core.errors import ImageBuilderError
@@ -85,8 +86,44 @@ def write_layer(layer: RenderedLayer, root: Path, boot_mount: str = "/boot/firmw
     return written
 
 
-def append_cmdline(cmdline: Path, arguments: list[str]) -> None:
-    """Add the kernel arguments cmdline.txt lacks, keeping it one line."""
-    words = cmdline.read_text().split()
+# Debian's raspi-firmware hook rewrites cmdline.txt from scratch at every kernel install or removal,
+# update-initramfs and firmware upgrade, keeping only what raspi-extra-cmdline holds. Where the image's hook
+# does that, the arguments go there as well, or the first kernel update on a node drops them (and k3s its
+# memory cgroup). Raspberry Pi OS and Ubuntu never rewrite cmdline.txt, so there it is enough.
+FIRMWARE_HOOK = "/etc/kernel/postinst.d/z50-raspi-firmware"
+EXTRA_CMDLINE = "/etc/default/raspi-extra-cmdline"
+
+
+def with_arguments(line: str, arguments: list[str]) -> str:
+    """The one-line argument list `line` plus the arguments it lacks."""
+    words = line.split()
     words += [a for a in arguments if a not in words]
-    cmdline.write_text(" ".join(words) + "\n")
+    return " ".join(words) + "\n"
+
+
+def add_kernel_arguments(read: Callable[[str], str | None], write: Callable[[str, str], None],
+                         boot_mount: str, arguments: list[str]) -> list[str]:
+    """Put the arguments on cmdline.txt, and where a kernel update keeps them; returns the files written.
+
+    read(path) gives a file's text in the image (None when absent), write(path, text) replaces it; paths
+    are as on the running system.
+    """
+    cmdline = f"{boot_mount.rstrip('/')}/cmdline.txt"
+    write(cmdline, with_arguments(read(cmdline) or "", arguments))
+    written = [cmdline]
+    if "raspi-extra-cmdline" in (read(FIRMWARE_HOOK) or ""):
+        write(EXTRA_CMDLINE, with_arguments(read(EXTRA_CMDLINE) or "", arguments))
+        written.append(EXTRA_CMDLINE)
+    return written
+
+
+def add_kernel_arguments_in_tree(root: Path, boot_mount: str, arguments: list[str]) -> list[str]:
+    """add_kernel_arguments on a mounted tree, every path resolved inside it."""
+    def read(path: str) -> str | None:
+        place = resolve_in_root(root, path)
+        return place.read_text() if place.is_file() else None
+
+    def write(path: str, text: str) -> None:
+        resolve_in_root(root, path, make_dirs=True).write_text(text)
+
+    return add_kernel_arguments(read, write, boot_mount, arguments)

@@ -9,17 +9,21 @@ from __future__ import annotations
 
 import contextlib
 import os
+import platform
 import posixpath
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from imagebuilder.core.errors import ImageBuilderError
+from imagebuilder.core.errors import CommandTimedOut, ImageBuilderError
 from imagebuilder.core.log import log, step
 from imagebuilder.core.resources import acquired
+from imagebuilder.core.run import run
 from imagebuilder.engine.checks import ConfigCheck
 from imagebuilder.layers.nevership import MACHINE_ID, NEVER_SHIP
 from imagebuilder.layers.render import RenderedLayer
+from imagebuilder.layers.write import add_kernel_arguments
 from imagebuilder.recipe.catalogue import Layout
 from imagebuilder.sources.dpkg import installed_packages
 
@@ -39,8 +43,33 @@ def _import_guestfs() -> Any:
 
 
 class _Accel:
-    # Set once KVM failed to run an appliance in this process, so later stages do not try it again.
+    # Set once KVM is found unable to run the appliance in this process, so later stages do not try it again.
     force_tcg = os.environ.get("LIBGUESTFS_BACKEND_SETTINGS", "") != ""
+    probed = False
+
+
+KVM_PROBE_SECONDS = 20.0  # a kernel under KVM prints its banner within a second; TCG needs a few
+
+
+def kvm_boots_kernels() -> bool:
+    """Whether KVM here gets a Linux kernel as far as its banner, tried with the kernel the appliance uses.
+
+    Some nested VMs offer a /dev/kvm on which a guest starts but hangs as the kernel begins (the firmware
+    runs, the kernel never prints), and libguestfs would then wait forever: it only falls back to TCG when
+    KVM fails at once.
+    """
+    kernels = sorted(Path("/boot").glob("vmlinuz-*"))
+    kernel = os.environ.get("SUPERMIN_KERNEL") or (str(kernels[-1]) if kernels else "")
+    program = f"qemu-system-{platform.machine()}"
+    if not (os.access("/dev/kvm", os.R_OK | os.W_OK) and kernel and os.access(kernel, os.R_OK)
+            and shutil.which(program)):
+        return True  # nothing to try it with: libguestfs decides
+    seen: list[str] = []
+    with contextlib.suppress(CommandTimedOut):  # the hang this looks for
+        run([program, "-accel", "kvm", "-cpu", "max", "-m", "256", "-nodefaults", "-no-user-config",
+             "-display", "none", "-no-reboot", "-serial", "stdio", "-kernel", kernel,
+             "-append", "console=ttyS0 panic=-1"], check=False, on_line=seen.append, timeout=KVM_PROBE_SECONDS)
+    return any("Linux version" in line for line in seen)
 
 
 def _launched(guestfs: Any, image: Path) -> Any:
@@ -65,6 +94,11 @@ def _launched(guestfs: Any, image: Path) -> Any:
 def guestfs_handle(image: Path) -> Iterator[Any]:
     """A launched libguestfs appliance with `image` attached read-write; shut down and closed afterwards."""
     guestfs = _import_guestfs()
+    if not (_Accel.force_tcg or _Accel.probed):
+        _Accel.probed = True
+        if not kvm_boots_kernels():
+            log.info("KVM here does not boot a kernel (a nested VM?): the libguestfs appliance runs under TCG")
+            _Accel.force_tcg = True
     with step("start the libguestfs appliance" + (" (TCG)" if _Accel.force_tcg else "")):
         try:
             g = _launched(guestfs, image)
@@ -126,12 +160,14 @@ class GuestfsTree:
             written.append(path)
         return written
 
-    def append_cmdline(self, arguments: list[str]) -> None:
-        """As overlay.append_cmdline, on the boot partition's cmdline.txt."""
-        path = f"{self.layout.boot_mount.rstrip('/')}/cmdline.txt"
-        words = self.g.read_file(path).decode().split()
-        words += [a for a in arguments if a not in words]
-        self.g.write(path, (" ".join(words) + "\n").encode())
+    def add_kernel_arguments(self, arguments: list[str]) -> list[str]:
+        def read(path: str) -> str | None:
+            return self.g.read_file(path).decode() if self.g.is_file(path, followsymlinks=True) else None
+
+        def write(path: str, text: str) -> None:
+            self.g.write(path, text.encode())
+
+        return add_kernel_arguments(read, write, self.layout.boot_mount, arguments)
 
     def run_checks(self, checks: list[ConfigCheck]) -> None:
         # The checks run the image's own tools (nft, exportfs...), which the appliance cannot run.

@@ -15,7 +15,7 @@ from imagebuilder.engine.backends.chroot import Chroot, chroot_session
 from imagebuilder.engine.checks import ConfigCheck, run_checks
 from imagebuilder.layers.nevership import forget_identity
 from imagebuilder.layers.render import RenderedLayer
-from imagebuilder.layers.write import append_cmdline, write_layer
+from imagebuilder.layers.write import add_kernel_arguments_in_tree, write_layer
 from imagebuilder.recipe.catalogue import Layout
 from imagebuilder.sources.dpkg import installed_packages
 
@@ -32,8 +32,8 @@ class LoopTree:
     def write_layer(self, layer: RenderedLayer) -> list[str]:
         return write_layer(layer, self.root, self.layout.boot_mount)
 
-    def append_cmdline(self, arguments: list[str]) -> None:
-        append_cmdline(self.root / self.layout.boot_mount.lstrip("/") / "cmdline.txt", arguments)
+    def add_kernel_arguments(self, arguments: list[str]) -> list[str]:
+        return add_kernel_arguments_in_tree(self.root, self.layout.boot_mount, arguments)
 
     def enable_units(self, units: list[str]) -> None:
         self.chroot.run(["systemctl", "enable", *units])
