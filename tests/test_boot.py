@@ -16,9 +16,13 @@ from pathlib import Path
 
 import pytest
 
-from imagebuilder.boottest.plan import BootOptions, BootReport, plan_nodes
+from imagebuilder.boottest.clocks import ntp_offset
+from imagebuilder.boottest.plan import CLOCK_AHEAD, CLOCK_BEHIND, BootOptions, BootReport, plan_nodes
 from imagebuilder.boottest.qemu import GuestSpec, Uplink, qemu_argv, user_netdev
 from imagebuilder.boottest.report import format_report, report_data, write_json
+from imagebuilder.disk.fat import MTOOLS_ENV as MTOOLS
+from imagebuilder.disk.fat import fat_read
+from imagebuilder.disk.partitions import boot_and_root
 from imagebuilder.recipe.load import load_recipe
 from tests.conftest import ROOT, VALID, descendants, require_programs
 from tests.images import arm64_base, make_context
@@ -57,6 +61,26 @@ def test_plan_first_known_workers_then_unknown(recipe_file) -> None:
     assert len({n.mac for n in nodes}) == len({n.tap for n in nodes}) == 4
     # Unknown MACs are locally administered: no real card has them.
     assert all(int(n.mac.split(":")[0], 16) & 2 for n in nodes if not n.known)
+
+
+def test_plan_starts_clocks_wrong_as_boards_have_them(recipe_file) -> None:
+    nodes = plan_nodes(load_recipe(recipe_file(VALID)), BootOptions(workers=2))
+    assert [n.clock for n in nodes] == [CLOCK_BEHIND, CLOCK_AHEAD, None]
+    spec = GuestSpec("m", "arm64", Path("m.qcow2"), Path("k"), None, "", "tap0", "02:00:00:b0:07:00",
+                     clock=nodes[0].clock)
+    assert qemu_argv(spec)[-2:] == ["-rtc", f"base={CLOCK_BEHIND}"]
+    # On a Pi model (no clock there) the table's first worker; the clock ahead goes to the next on virt.
+    nodes = plan_nodes(load_recipe(recipe_file(VALID)), BootOptions(workers=1, unknown=1, board="pi3b"))
+    assert [(n.board, n.clock, n.disk) for n in nodes] == [
+        (None, CLOCK_BEHIND, "/dev/vda"), ("pi3b", None, "/dev/mmcblk0p"), (None, CLOCK_AHEAD, "/dev/vda")]
+
+
+def test_ntp_offset_read_in_every_unit_timesyncd_uses() -> None:
+    status = "       Server: 10.0.0.1 (10.0.0.1)\n       Offset: {}\n        Delay: 301us\n"
+    for shown, seconds in (("-38us", -38e-6), ("+1.234ms", 1.234e-3), ("+2.500s", 2.5), ("-3min", -180.0)):
+        assert ntp_offset(status.format(shown)) == pytest.approx(seconds)
+    assert ntp_offset("       Offset: -5y 3month\n") is None  # the step before the first set: not a measure
+    assert ntp_offset("") is None
 
 
 def test_plan_refuses_more_workers_than_the_table(recipe_file) -> None:
@@ -118,7 +142,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Pa
 
 @pytest.fixture(scope="module")
 def booted(cluster: tuple[Path, Path]) -> Iterator[tuple[BootReport, Path]]:
-    """One boot of master, node1 and one unknown worker; every check ran; the guests are gone again."""
+    """One boot of master, node1 (on qemu's Raspberry Pi 3 model, booted as its firmware would) and one unknown
+    worker; every check ran; the guests are gone again."""
     from imagebuilder.boottest.boot import boot_test
 
     recipe_path, key = cluster
@@ -126,7 +151,8 @@ def booted(cluster: tuple[Path, Path]) -> Iterator[tuple[BootReport, Path]]:
     before = namespaces()
     ctx = make_context()
     with ctx.stack:
-        report = boot_test(ctx, load_recipe(recipe_path), BootOptions(workers=1, unknown=1, ssh_key=key, logs=logs))
+        report = boot_test(ctx, load_recipe(recipe_path),
+                           BootOptions(workers=1, unknown=1, ssh_key=key, logs=logs, board="pi3b"))
     print(format_report(report))  # shown with -s, and in the log of a failure
     write_json(report, logs / "report.json")
     assert namespaces() == before, "a namespace outlived the boot test"
@@ -151,8 +177,24 @@ def test_every_node_boots_and_reports_its_times(booted: tuple[BootReport, Path])
     assert data == report_data(report)
     for node in data["nodes"]:
         assert 0 < node["seconds"]["kernel up"] < node["seconds"]["cloud-init done"]
-        assert (logs / f"serial-{node['name']}.log").read_text().count("Booting Linux") == 1
+        console = (logs / f"serial-{node['name']}.log").read_text()
+        assert console.count("Booting Linux") == 1
+        assert "IMAGEBUILDER: seed" not in console  # a card as built carries the recipe's seed already
     assert re.search(r"^node1\s+worker\s+10\.0\.0\.11\s+\d+\.\d", format_report(report), re.M)
+
+
+@pytest.mark.boot
+def test_the_card_on_the_pi_model_boots_as_its_firmware_boots_it(booted: tuple[BootReport, Path]) -> None:
+    report, logs = booted
+    check(report, "firmware step")
+    (firmware,) = [c for c in report.checks if c.name == "firmware step"]
+    assert firmware.node == "node1" and "bcm2837-rpi-3-b.dtb" in firmware.detail, firmware.detail
+    assert "cgroup_enable=memory" in firmware.detail  # the card's own cmdline.txt
+    # Every node: the boot finished with no failed unit, root and boot partition on its own card (the SD
+    # card on the model), the memory cgroup k3s needs.
+    for name in ("boot finished", "root and boot on the card", "memory cgroup"):
+        check(report, name)
+    assert "root=/dev/mmcblk0p2 boot=/dev/mmcblk0p1" in (logs / "serial-node1.log").read_text()
 
 
 @pytest.mark.boot
@@ -184,6 +226,13 @@ def test_worker_reaches_the_uplink_through_the_masters_nat(booted: tuple[BootRep
     check(booted[0], "NAT")
     server_log = (booted[1] / "uplink-server.log").read_text()
     assert "GET /uplink-check" in server_log
+
+
+@pytest.mark.boot
+def test_workers_set_their_clocks_from_the_master_whatever_they_started_with(
+        booted: tuple[BootReport, Path]) -> None:
+    check(booted[0], "clock")  # the master: no time server, not earlier than its image's build
+    check(booted[0], "clock from the master")
 
 
 @pytest.mark.boot
@@ -241,6 +290,96 @@ def test_ctrl_c_while_booting_removes_guests_namespace_and_files(cluster: tuple[
     assert namespaces() == before
     assert not boot_workdirs()
     assert not [pid for pid in qemus if Path(f"/proc/{pid}").exists()]
+
+
+# What Raspberry Pi Imager 2.0 writes on a card it customises (init_format cloudinit): its generator's
+# user-data for a user with an SSH key, Wi-Fi, a time zone and a keyboard (without the avahi-daemon package
+# it also asks for: the test's network reaches no mirror), its network-config, a meta-data with a fresh
+# instance-id, and its cmdline.txt additions appended to the trimmed line, with no newline.
+IMAGER_USER_DATA = """#cloud-config
+manage_resolv_conf: false
+
+hostname: "node7"
+manage_etc_hosts: true
+apt:
+  preserve_sources_list: true
+  conf: |
+    Acquire {{
+      Check-Date "false";
+    }};
+timezone: "Europe/London"
+keyboard:
+  model: pc105
+  layout: "gb"
+user:
+  name: "pi"
+  shell: /bin/bash
+  lock_passwd: false
+  passwd: "$y$j9T$abcdefghijklmnopqrstu.$0123456789abcdefghijklmnopqrstuvwxyzABCDE"
+  ssh_authorized_keys:
+    - "{key}"
+  sudo: null
+ssh_pwauth: false
+runcmd:
+  - [ systemctl, enable, --now, ssh ]
+"""
+IMAGER_NETWORK_CONFIG = """network:
+  version: 2
+  ethernets:
+    eth0:
+      dhcp4: true
+      dhcp6: true
+      optional: true
+  wifis:
+    wlan0:
+      dhcp4: true
+      regulatory-domain: "GB"
+      access-points:
+        "lab":
+          password: "1dcd29e19408b4f788e0befab0c29585dc83ca14d12a80a8cdfef9e38189833f"
+      optional: true
+"""
+IMAGER_INSTANCE = "rpi-imager-1767225600000"
+
+
+def customise_like_imager(image: Path, key: str, work: Path) -> None:
+    boot, _ = boot_and_root(image)
+    where, env = f"{image}@@{boot.start}", {**os.environ, **MTOOLS}
+    for name, text in (("user-data", IMAGER_USER_DATA.format(key=key)), ("network-config", IMAGER_NETWORK_CONFIG),
+                       ("meta-data", f"instance-id: {IMAGER_INSTANCE}\n")):
+        (work / name).write_text(text)
+        subprocess.run(["mcopy", "-o", "-i", where, work / name, f"::/{name}"], check=True, env=env)
+    cmdline = fat_read(image, boot, "cmdline.txt").strip()
+    (work / "cmdline.txt").write_text(f"{cmdline} cfg80211.ieee80211_regdom=GB ds=nocloud;i={IMAGER_INSTANCE}")
+    subprocess.run(["mcopy", "-o", "-i", where, work / "cmdline.txt", "::/cmdline.txt"], check=True, env=env)
+
+
+@pytest.mark.boot
+def test_a_card_customised_by_imager_still_joins_with_imagers_user_added(cluster: tuple[Path, Path],
+                                                                          tmp_path: Path) -> None:
+    from imagebuilder.boottest.boot import boot_test
+
+    recipe_path, key = cluster
+    built = load_recipe(recipe_path).output_dir
+    out = tmp_path / "out"
+    out.mkdir(mode=0o700)
+    for role in ("master", "worker"):
+        subprocess.run(["cp", "--sparse=always", built / f"{role}.img", out], check=True)
+    customise_like_imager(out / "worker.img", Path(f"{key}.pub").read_text().strip(), tmp_path)
+    variant = tmp_path / "recipe.yaml"
+    variant.write_text(recipe_path.read_text().replace(str(built), str(out)))
+    logs = tmp_path / "logs"
+    ctx = make_context()
+    with ctx.stack:
+        report = boot_test(ctx, load_recipe(variant), BootOptions(workers=1, ssh_key=key, logs=logs))
+    print(format_report(report))
+    # The cluster's own: the name from the table (not Imager's), the LAN, the share, cloud-init clean.
+    for name in ("boots", "hostname", "cloud-init once, no errors", "dnsmasq lease", "NFS read", "ssh login"):
+        check(report, name)
+    console = (logs / "serial-node1.log").read_text(errors="replace")
+    assert "seed /boot/firmware/network-config replaced by the recipe's" in console
+    # Imager's user was made with its key (cloud-init lists each user's keys on the console).
+    assert re.search(r"Authorized keys from /home/pi/\.ssh/authorized_keys for user pi", console), console[-3000:]
 
 
 def qemu_children(parent: int) -> list[int]:

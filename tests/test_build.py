@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -12,13 +13,17 @@ from pathlib import Path
 import pytest
 import yaml
 
+from imagebuilder.boards.verify import verify_image
 from imagebuilder.build.execute import build
 from imagebuilder.core import resources
-from imagebuilder.disk.fat import fat_read
+from imagebuilder.disk.fat import MTOOLS_ENV, fat_read
 from imagebuilder.disk.image import check_filesystems
+from imagebuilder.disk.mount import mounted_image
 from imagebuilder.disk.partitions import boot_and_root
 from imagebuilder.disk.seed import read_hostname_seed
+from imagebuilder.engine.backends.chroot import chroot_session
 from imagebuilder.layers import nevership
+from imagebuilder.recipe.catalogue import LAYOUTS
 from imagebuilder.recipe.load import load_recipe
 from imagebuilder.roles.secrets import read_k3s_secrets
 from imagebuilder.sources.checksums import sha256_of
@@ -205,6 +210,18 @@ def test_per_node_image_differs_only_in_boot_partition(built: Path) -> None:
 
 
 @pytest.mark.integration
+def test_seed_network_config_is_the_copy_keep_seed_compares_with(built: Path, tmp_path: Path) -> None:
+    # Byte for byte: otherwise every fresh card "replaces" its own seed at first boot.
+    for role in ("master", "worker"):
+        image = built / f"{role}.img"
+        boot, _ = boot_and_root(image)
+        seed = tmp_path / f"{role}-seed"
+        subprocess.run(["mcopy", "-i", f"{image}@@{boot.start}", "::/network-config", seed], check=True,
+                       env={**os.environ, **MTOOLS_ENV})
+        assert seed.read_bytes() == read_root_file(image, "/etc/imagebuilder/network-config").encode(), role
+
+
+@pytest.mark.integration
 def test_roles_enabled_and_boot_configured(built: Path) -> None:
     boot, _ = boot_and_root(built / "master.img")
     assert "cgroup_memory=1 cgroup_enable=memory" in fat_read(built / "master.img", boot, "cmdline.txt")
@@ -266,3 +283,24 @@ def test_outputs_are_for_their_owner_only(built: Path) -> None:
     for path in built.iterdir():
         if path.is_file() and not path.name.startswith("."):
             assert path.stat().st_mode & 0o077 == 0, path
+
+
+@pytest.mark.integration
+def test_kernel_update_on_the_node_keeps_the_kernel_arguments_and_the_boot(built: Path, tmp_path: Path) -> None:
+    # What apt runs on a node after a kernel or firmware upgrade, or any update-initramfs: Debian's hook
+    # rewrites cmdline.txt and config.txt from scratch.
+    image = tmp_path / "worker.img"
+    subprocess.run(["cp", "--sparse=always", built / "worker.img", image], check=True)
+    layout = LAYOUTS["raspios"]
+    with mounted_image(image, layout, tmp_path) as root, chroot_session(root, "arm64") as chroot:
+        kernel = sorted(p.name.removeprefix("vmlinuz-") for p in (root / "boot").glob("vmlinuz-*"))[-1]
+        (root / "boot/firmware/cmdline.txt").write_text("stale\n")  # so a hook that did nothing shows
+        chroot.run(["/etc/kernel/postinst.d/z50-raspi-firmware", kernel, f"/boot/vmlinuz-{kernel}"],
+                   env={"DEB_MAINT_PARAMS": "configure"})
+        cmdline = (root / "boot/firmware/cmdline.txt").read_text()
+        config = (root / "boot/firmware/config.txt").read_text()
+    assert "stale" not in cmdline and "cgroup_memory=1 cgroup_enable=memory" in cmdline, cmdline
+    assert f"root=LABEL={layout.root_label}" in cmdline and "console=serial0,115200" in cmdline
+    assert "It is automatically generated" in config
+    before, after = verify_image(built / "worker.img"), verify_image(image)
+    assert after.ok and after.good_boards == before.good_boards, after

@@ -166,13 +166,3 @@ def test_systemd_escape_agrees_with_systemd() -> None:
         real = subprocess.run(["systemd-escape", "--path", value], capture_output=True, text=True,
                               check=True).stdout.strip()
         assert systemd_escape(value, path=True) == real
-
-
-def test_interface_with_a_dash_gets_an_escaped_device_unit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.chdir(tmp_path)
-    doc = copy.deepcopy(PLAIN)
-    doc["network"]["lan_interface"] = "br-lan"
-    path = tmp_path / "recipe.yaml"
-    path.write_text(yaml.safe_dump(doc))
-    unit = render_all(path)["worker:root/etc/systemd/system/imagebuilder-hostname.service"]
-    assert "sys-subsystem-net-devices-br\\x2dlan.device" in unit

@@ -41,14 +41,15 @@ def keys(text: str, recipe_file: Any, **kw: Any) -> dict[str, str]:
 def test_stages_in_order_each_from_its_parent(recipe_file: Any) -> None:
     plan = plan_build(load_recipe(recipe_file(VALID)), inputs(), Path("/cache/stages"))
     names = [p.stage.name for p in plan.stages]
-    assert names == ["common", "master-packages", "master", "worker"]
+    assert names == ["common", "master-packages", "master", "worker-packages", "worker"]
     by_name = {p.stage.name: p.stage for p in plan.stages}
     assert by_name["common"].parent == BASE.path and by_name["common"].parent_key == BASE.sha256
     assert by_name["master-packages"].parent == stage_image(Path("/cache/stages"), by_name["common"])
     assert by_name["master"].parent == stage_image(Path("/cache/stages"), by_name["master-packages"])
-    # The worker layer asks for no package: its files stage comes straight from the common stage.
-    assert by_name["worker"].parent == stage_image(Path("/cache/stages"), by_name["common"])
-    assert set(by_name["master-packages"].packages) == {"dnsmasq", "nfs-kernel-server", "nftables"}
+    assert by_name["worker-packages"].parent == stage_image(Path("/cache/stages"), by_name["common"])
+    assert by_name["worker"].parent == stage_image(Path("/cache/stages"), by_name["worker-packages"])
+    assert set(by_name["master-packages"].packages) == {"dnsmasq", "nfs-kernel-server", "nftables", "chrony"}
+    assert set(by_name["worker-packages"].packages) == {"systemd-timesyncd"}
     assert {"nfs-common", "tzdata"} <= set(by_name["common"].packages)
     assert all(p.known for p in plan.stages) and plan.notes == ("no k3s binary in the images: k3s.assets is none",)
 
@@ -73,7 +74,7 @@ def test_what_is_not_made_yet_is_said(recipe_file: Any) -> None:
     assert any("base image" in n for n in plan.notes) and any("secrets" in n for n in plan.notes)
     plan = plan_build(load_recipe(recipe_file(VALID)), inputs(secrets=None), Path("/cache/stages"))
     assert {p.stage.name: p.known for p in plan.stages} == {
-        "common": True, "master-packages": True, "master": False, "worker": False}
+        "common": True, "master-packages": True, "master": False, "worker-packages": True, "worker": False}
 
 
 def test_rootless_plan_installs_nothing_and_leaves_packages_to_first_boot(recipe_file: Any) -> None:
@@ -95,7 +96,7 @@ def test_checks_come_from_the_layer_descriptions_and_the_unit_files(recipe_file:
     layers = plan.final("master").stage.layers
     assert not any("k3s.service" in c.path for c in stage_checks(layers, "/boot/firmware", ("k3s.service",)))
     # Every checker name a layer.yaml may use is implemented, by a tool in the image or on the data.
-    assert {*DATA_CHECKS, "cloud-init-schema", "dnsmasq", "nft"} == set(CHECK_TOOLS)
+    assert {*DATA_CHECKS, "cloud-init-schema", "dnsmasq", "nft", "chrony"} == set(CHECK_TOOLS)
 
 
 def test_recipe_layer_description_adds_packages_units_and_arguments(recipe_file: Any, tmp_path: Path) -> None:
@@ -107,7 +108,7 @@ def test_recipe_layer_description_adds_packages_units_and_arguments(recipe_file:
     (layer / "layer.yaml").write_text("packages: [htop]\nunits: [hello.service]\nkernel_arguments: [quiet]\n"
                                       "modes: {root/etc/systemd/system/hello.service: \"0600\"}\n")
     recipe = load_recipe(recipe_file(VALID + "overlays: [extra]\n"))
-    assert role_packages(recipe, "worker") == ("htop",)
+    assert role_packages(recipe, "worker") == ("systemd-timesyncd", "htop")
     assert role_packages(recipe, "master")[-1] == "htop"
     rendered = render_layer("extra", layer, {})
     assert rendered.units == ("hello.service",) and rendered.kernel_arguments == ("quiet",)
@@ -156,7 +157,8 @@ def test_build_plan_command_prints_stages_and_json(recipe_file: Any, capsys: pyt
     assert "common" in text and "master-packages" in text and "note: the base image is not in the cache" in text
     assert main([*argv, "--json", str(path)]) == 0
     document = json.loads(capsys.readouterr().out)
-    assert [s["stage"] for s in document["stages"]] == ["common", "master-packages", "master", "worker"]
+    assert [s["stage"] for s in document["stages"]] == ["common", "master-packages", "master", "worker-packages",
+                                                        "worker"]
     assert all(s["action"] == "build" for s in document["stages"])
     # Read only: nothing made in the cache or the state directory.
     assert not (tmp_path / "cache").exists() and not (tmp_path / "state").exists()

@@ -7,14 +7,18 @@ the temporary files go on the command's ExitStack, so they are removed on succes
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import secrets
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+from imagebuilder.boards.models import Board, boards_for
+from imagebuilder.boottest.board import board_for, firmware_result, model_append
 from imagebuilder.boottest.checks import run_checks
 from imagebuilder.boottest.edge import edge_ports
+from imagebuilder.boottest.firmware_step import BootFiles, firmware_step
 from imagebuilder.boottest.lan import (
     UPLINK_PROBE_BASE,
     UPLINK_SERVER,
@@ -23,17 +27,8 @@ from imagebuilder.boottest.lan import (
     private_lan,
     uplink_server,
 )
-from imagebuilder.boottest.plan import BootOptions, BootReport, Node, NodeResult, plan_nodes
-from imagebuilder.boottest.qemu import (
-    KERNEL_UP,
-    GuestSpec,
-    Uplink,
-    extract_kernel,
-    kernel_append,
-    make_overlay,
-    running_guest,
-    sentinel,
-)
+from imagebuilder.boottest.plan import BootOptions, BootReport, CheckResult, Node, NodeResult, plan_nodes
+from imagebuilder.boottest.qemu import KERNEL_UP, GuestSpec, Uplink, make_overlay, running_guest, sentinel
 from imagebuilder.boottest.ssh import Ssh, find_login_key, write_ssh_config
 from imagebuilder.core.context import Context
 from imagebuilder.core.errors import ChecksFailed, ImageBuilderError
@@ -68,8 +63,12 @@ def boot_test(ctx: Context, recipe: Recipe, options: BootOptions) -> BootReport:
     work = ctx.stack.enter_context(temporary_directory("imagebuilder-boot-", ctx.cache("tmp")))
     logs = options.logs or work
     logs.mkdir(parents=True, exist_ok=True)
-    with step("kernels"):
-        kernels = {role: boot_files(images[role], work / role, options) for role in images}
+    board = board_for(recipe, options.board) if options.board else None
+    on_board: BootFiles | None = None
+    with step("firmware step: kernel, initramfs and command line off each card"):
+        kernels = {role: boot_files(images[role], work / role, options, recipe.arch) for role in images}
+        if board is not None:
+            on_board = boot_files(images["worker"], work / "board", options, recipe.arch, board)
     # A name of its own: in the build's PID namespace every boot test is process 2.
     lan = ctx.stack.enter_context(private_lan(f"ib-boot-{secrets.token_hex(4)}", observer_address(recipe)))
     nonce = secrets.token_hex(8)
@@ -78,17 +77,27 @@ def boot_test(ctx: Context, recipe: Recipe, options: BootOptions) -> BootReport:
     (served / "uplink-check").write_text(nonce + "\n")
     ctx.stack.enter_context(uplink_server(lan, served, logs / "uplink-server.log"))
     ssh = Ssh(lan, write_ssh_config(work / "ssh_config", recipe.users[0].name, key, str(recipe.network.master_ip)))
+    firmware: list[CheckResult] = []
 
     def power_on(node: Node) -> NodeResult:
         role_image = images[node.role]
-        kernel, initrd = kernels[node.role]
+        on_model = node.board is not None and on_board is not None
+        files = on_board if on_model and on_board else kernels[node.role]
         spec = GuestSpec(
-            name=node.name, arch=recipe.arch, disk=make_overlay(role_image, work / f"{node.tap}.qcow2"),
-            kernel=kernel, initrd=initrd, append=kernel_append(role_image), lan_tap=lan.add_tap(node.tap),
-            lan_mac=node.mac, uplink=master_uplink(recipe) if node.role == "master" and recipe.network.uplink_interface
-            else None,
+            # The SoC's SD controller takes cards of a power-of-two size only.
+            name=node.name, arch=recipe.arch,
+            disk=make_overlay(role_image, work / f"{node.tap}.qcow2", power_of_two=on_model),
+            kernel=files.kernel, initrd=files.initrd, append=model_append(files) if on_model else files.append,
+            lan_tap=lan.add_tap(node.tap), lan_mac=node.mac,
+            uplink=master_uplink(recipe) if node.role == "master" and recipe.network.uplink_interface else None,
+            clock=None if on_model else node.clock,  # the models have no real-time clock
+            board=board.qemu if on_model and board else None, dtb=files.dtb if on_model else None,
         )
-        log.info("power on %s (%s, %s)", node.name, node.role, node.mac)
+        if on_model and board:
+            firmware.append(firmware_result(node, board, files, role_image))
+        log.info("power on %s (%s, %s%s%s)", node.name, node.role, node.mac,
+                 f", on {board.title}" if node.board and board else "",
+                 f", clock at {node.clock}" if spec.clock else "")
         guest = ctx.stack.enter_context(running_guest(spec, logs / f"serial-{node.name}.log", lan.exec_argv([])))
         return NodeResult(node, guest, address=node.ip)
 
@@ -101,15 +110,19 @@ def boot_test(ctx: Context, recipe: Recipe, options: BootOptions) -> BootReport:
         for result in results:
             wait_for_rest(result, options, deadline)
     with step("checks"):
-        checks = run_checks(recipe, results, ssh, nonce, options, deadline)
+        checks = [*firmware, *run_checks(recipe, results, ssh, nonce, options, deadline)]
     return BootReport(recipe.cluster.name, results, checks, time.monotonic() - started)
 
 
-def boot_files(image: Path, dest: Path, options: BootOptions) -> tuple[Path, Path | None]:
+def boot_files(image: Path, dest: Path, options: BootOptions, arch: str, board: Board | None = None) -> BootFiles:
+    """What the firmware of `board` (virt: of the architecture's first board) loads; --kernel/--initrd
+    replace the card's kernel and initramfs, never its command line."""
+    files = firmware_step(image, board or boards_for(arch)[0], dest)
     if options.kernel is not None:
-        return options.kernel.resolve(), options.initrd.resolve() if options.initrd else None
-    kernel, initrd = extract_kernel(image, dest)
-    return kernel, options.initrd.resolve() if options.initrd else initrd
+        files = dataclasses.replace(files, kernel=options.kernel.resolve(), initrd=None)
+    if options.initrd is not None:
+        files = dataclasses.replace(files, initrd=options.initrd.resolve())
+    return files
 
 
 def master_uplink(recipe: Recipe) -> Uplink:
@@ -124,9 +137,12 @@ def cloud_init_done(line: str) -> bool:
     return sentinel("cloud-init-done")(line) or _CLOUD_INIT_FINISHED.search(line) is not None
 
 
-def event_matchers(node: Node, options: BootOptions) -> dict[str, Callable[[str], bool]]:
+def event_matchers(node: Node, options: BootOptions, network: bool = True) -> dict[str, Callable[[str], bool]]:
     """The console lines that mark the events after boot that this node must reach."""
-    events: dict[str, Callable[[str], bool]] = {"hostname set": sentinel("hostname")}
+    events: dict[str, Callable[[str], bool]] = {"hostname set": sentinel("hostname"),
+                                                "boot finished": sentinel("boot-report")}
+    if not network:
+        return events
     if node.role == "worker":
         events["NFS mounted"] = sentinel("nfs-mounted")
         if options.k3s_assets:
@@ -144,13 +160,13 @@ def wait_for_boot(result: NodeResult, deadline: float) -> None:
         result.times[event] = found[0] if found else None
 
 
-def wait_for_rest(result: NodeResult, options: BootOptions, deadline: float) -> None:
+def wait_for_rest(result: NodeResult, options: BootOptions, deadline: float, network: bool = True) -> None:
     """The events that come around cloud-init's end: each may trail it by GRACE seconds, not the whole
     timeout; a k3s join (pulling images, starting pods) gets until the deadline."""
     serial = result.guest.serial
     done = result.times.get("cloud-init done")
     after = serial.started + done + GRACE if done is not None else time.monotonic()
-    for event, match in event_matchers(result.node, options).items():
+    for event, match in event_matchers(result.node, options, network).items():
         if event in result.times:
             continue
         found = serial.wait_for(match, deadline if event == "k3s joined" else min(after, deadline))

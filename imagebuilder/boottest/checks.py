@@ -15,6 +15,7 @@ from collections.abc import Iterator
 
 import yaml
 
+from imagebuilder.boottest.clocks import check_clocks
 from imagebuilder.boottest.edge import check_edge
 from imagebuilder.boottest.lan import UPLINK_SERVER
 from imagebuilder.boottest.plan import BootOptions, CheckResult, NodeResult
@@ -32,7 +33,7 @@ _CLOUD_INIT_ERROR = re.compile(r"cloud-init\[\d+\]:.*(\[ERROR\]|\[CRITICAL\]|Tra
 
 def run_checks(recipe: Recipe, results: list[NodeResult], ssh: Ssh, nonce: str,
                options: BootOptions, deadline: float) -> list[CheckResult]:
-    checks = [*check_consoles(results)]
+    checks = [*check_consoles(results), *check_boot_reports(results)]
     master, workers = results[0], results[1:]
     if not ssh.wait_until_up(master.host, deadline):
         checks.append(CheckResult("ssh login", master.node.name, False,
@@ -50,6 +51,7 @@ def run_checks(recipe: Recipe, results: list[NodeResult], ssh: Ssh, nonce: str,
     checks += check_jobs_share(master, workers, ssh, nonce)
     checks += check_nat(recipe, workers, ssh, nonce)
     checks += check_dashboard(recipe, results, ssh, deadline)
+    checks += check_clocks(recipe, master, workers, ssh, deadline)
     checks += check_k3s(recipe, master, workers, ssh, options, deadline)
     checks += check_identity(reachable, ssh)
     checks += check_edge(recipe, master, ssh)
@@ -71,6 +73,40 @@ def check_identity(results: list[NodeResult], ssh: Ssh) -> Iterator[CheckResult]
     shared = {k.split(":", 1)[0]: names for k, names in seen.items() if len(names) > 1}
     yield CheckResult("own identity", "", not shared,
                       "every machine-id and host key differs" if not shared else f"shared: {shared}")
+
+
+_BOOT_REPORT = re.compile(r"IMAGEBUILDER: boot-report (.*)$")
+
+
+def boot_report(result: NodeResult) -> dict[str, str]:
+    """The facts the node printed when its boot finished (imagebuilder-boot-report.service)."""
+    seen = result.guest.serial.first(lambda line: _BOOT_REPORT.search(line) is not None)
+    if seen is None:
+        return {}
+    found = _BOOT_REPORT.search(seen[1])
+    assert found is not None
+    return dict(item.split("=", 1) for item in found.group(1).split() if "=" in item)
+
+
+def check_boot_reports(results: list[NodeResult]) -> Iterator[CheckResult]:
+    """From each node's console: the boot finished with no failed unit, the root and the boot partition are
+    on its card (/dev/vda on virt, /dev/mmcblk0 on a Pi), and the memory cgroup k3s needs is on."""
+    for r in results:
+        disk = r.node.disk
+        facts = boot_report(r)
+        name = r.node.name
+        if not facts:
+            yield CheckResult("boot finished", name, False, "no boot-report line on the console")
+            continue
+        failed = facts.get("failed", "?")
+        yield CheckResult("boot finished", name, facts.get("state") == "running" and failed == "-",
+                          f"state {facts.get('state')}; failed units: {failed}")
+        root, boot = facts.get("root", ""), facts.get("boot", "")
+        yield CheckResult("root and boot on the card", name, root == f"{disk}2" and boot == f"{disk}1",
+                          f"root {root}, boot partition {boot or 'not mounted'}")
+        memory = facts.get("memory-cgroup") == "yes"
+        yield CheckResult("memory cgroup", name, memory,
+                          f"/sys/fs/cgroup/cgroup.controllers {'lists' if memory else 'lacks'} memory")
 
 
 def check_consoles(results: list[NodeResult]) -> Iterator[CheckResult]:
@@ -170,6 +206,9 @@ def check_jobs_share(master: NodeResult, workers: list[NodeResult], ssh: Ssh, no
 
 def check_nat(recipe: Recipe, workers: list[NodeResult], ssh: Ssh, nonce: str) -> Iterator[CheckResult]:
     """A worker fetches from the test's server behind the master's uplink, routed through the master."""
+    if not recipe.network.uplink_interface:
+        yield CheckResult("NAT", "", True, "skipped: the recipe has no uplink (an isolated cluster)", skipped=True)
+        return
     if not workers:
         return
     worker = workers[0]

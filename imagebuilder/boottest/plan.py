@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,7 +13,9 @@ from imagebuilder.core.errors import ImageBuilderError
 from imagebuilder.recipe.model import Recipe
 
 K3S_ASSETS_ENV = "IMAGEBUILDER_K3S_ASSETS"
-EVENTS = ("kernel up", "cloud-init done", "hostname set", "NFS mounted", "k3s joined")
+CLOCK_BEHIND = "2020-01-01T00:00:00"
+CLOCK_AHEAD = "2031-01-01T00:00:00"
+EVENTS = ("kernel up", "cloud-init done", "hostname set", "boot finished", "NFS mounted", "k3s joined")
 
 
 @dataclass(frozen=True)
@@ -25,6 +28,7 @@ class BootOptions:
     ssh_key: Path | None = None
     logs: Path | None = None  # keep each guest's console log here
     k3s_assets: bool = field(default_factory=lambda: bool(os.environ.get(K3S_ASSETS_ENV)))
+    board: str | None = None  # a Raspberry Pi model (boards.models) for the first worker; None: all on virt
 
 
 @dataclass(frozen=True)
@@ -35,6 +39,13 @@ class Node:
     ip: str | None  # the reserved address; None for a worker not in the table
     known: bool
     tap: str
+    clock: str | None = None  # where its clock starts (qemu -rtc base=); None: the host's time
+    board: str | None = None  # the Raspberry Pi model (boards.models) it runs on; None: qemu's virt machine
+
+    @property
+    def disk(self) -> str:
+        """Its card as its kernel names it."""
+        return "/dev/mmcblk0p" if self.board else "/dev/vda"
 
 
 @dataclass
@@ -56,6 +67,7 @@ class CheckResult:
     node: str  # "" for a check about the whole cluster
     ok: bool
     detail: str
+    skipped: bool = False  # not applicable to this recipe (the detail says why); never a failure
 
 
 @dataclass
@@ -88,7 +100,19 @@ def plan_nodes(recipe: Recipe, options: BootOptions) -> list[Node]:
     nodes = [Node(recipe.master.hostname, "master", "02:00:00:b0:07:00", recipe.network.master_ip, True, "tap0")]
     nodes += [Node(w.hostname, "worker", w.mac.lower().replace("-", ":"), w.ip, True, f"tap{i + 1}")
               for i, w in enumerate(table)]
+    if options.board is not None:
+        if len(nodes) < 2:
+            raise ImageBuilderError(f"--board {options.board}: the card on the board is the table's first worker, "
+                                    "and none is booted", "add a worker to the recipe's table, or --workers 1")
+        nodes[1] = dataclasses.replace(nodes[1], board=options.board)
     for i in range(options.unknown):
         mac = unknown_mac(i)
         nodes.append(Node(unknown_name(recipe, mac), "worker", mac, None, False, f"tap{len(nodes)}"))
+    # Clocks as boards have them: a Pi has no battery, so the master starts years behind (the test's uplink
+    # reaches no time server either); the first worker on virt starts years ahead, as a board with a stale
+    # clock chip might. The Pi models have no clock at all: they start at the image's build time.
+    nodes[0] = dataclasses.replace(nodes[0], clock=CLOCK_BEHIND)
+    ahead = next((i for i, n in enumerate(nodes) if n.role == "worker" and n.board is None), None)
+    if ahead is not None:
+        nodes[ahead] = dataclasses.replace(nodes[ahead], clock=CLOCK_AHEAD)
     return nodes

@@ -17,13 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from imagebuilder.core.errors import ImageBuilderError
 from imagebuilder.core.log import log
 from imagebuilder.core.resources import spawned
 from imagebuilder.core.run import find_program, run
-from imagebuilder.disk.fat import MTOOLS_ENV, fat_list
-from imagebuilder.disk.image import detect_layout
-from imagebuilder.disk.partitions import boot_and_root
 
 # The first line the kernel prints; its time is "kernel up".
 KERNEL_UP = re.compile(r"Booting Linux on physical CPU|Linux version \d")
@@ -68,9 +64,18 @@ class GuestSpec:
     uplink: Uplink | None = None
     memory_mib: int = 1024
     cpus: int = 2
+    board: str | None = None  # a qemu Raspberry Pi model (raspi3b, raspi2b) instead of virt
+    dtb: Path | None = None  # the device tree the firmware would load (board models only)
+    clock: str | None = None  # the real-time clock's start (qemu -rtc base=); None: the host's time
+
+
+# The Pi models' programs: the SoC's CPUs, memory and devices are the model's own.
+BOARD_PROGRAMS = {"raspi3b": "qemu-system-aarch64", "raspi2b": "qemu-system-arm"}
 
 
 def qemu_argv(spec: GuestSpec) -> list[str]:
+    if spec.board is not None:
+        return board_argv(spec)
     m = MACHINES[spec.arch]
     argv = [
         m.program, "-M", m.machine, "-cpu", m.cpu, "-m", str(spec.memory_mib), "-smp", str(spec.cpus),
@@ -88,9 +93,29 @@ def qemu_argv(spec: GuestSpec) -> list[str]:
     ]
     if spec.initrd is not None:
         argv += ["-initrd", str(spec.initrd)]
+    if spec.clock is not None:
+        argv += ["-rtc", f"base={spec.clock}"]
     if spec.uplink is not None:
         argv += ["-netdev", user_netdev(spec.uplink),
                  "-device", f"virtio-net-{m.bus},netdev=uplink,mac={spec.uplink.mac}"]
+    return argv
+
+
+def board_argv(spec: GuestSpec) -> list[str]:
+    """A Raspberry Pi model: the card on the SoC's own SD controller, the LAN through a USB NIC (the models
+    have no Ethernet), the firmware's kernel, initramfs and device tree."""
+    argv = [
+        BOARD_PROGRAMS[spec.board or ""], "-M", spec.board or "", "-accel", "tcg,tb-size=256",
+        "-display", "none", "-monitor", "none", "-serial", "stdio", "-no-reboot",
+        "-kernel", str(spec.kernel), "-append", spec.append,
+        "-drive", f"if=sd,format=qcow2,file={spec.disk}",
+        "-netdev", f"tap,id=lan,ifname={spec.lan_tap},script=no,downscript=no",
+        "-device", f"usb-net,netdev=lan,mac={spec.lan_mac}",
+    ]
+    if spec.initrd is not None:
+        argv += ["-initrd", str(spec.initrd)]
+    if spec.dtb is not None:
+        argv += ["-dtb", str(spec.dtb)]
     return argv
 
 
@@ -111,38 +136,17 @@ def _shell_word(word: str) -> str:
     return word if re.fullmatch(r"[\w@%+=:,./-]+", word) else "'" + word.replace("'", "'\\''") + "'"
 
 
-def make_overlay(image: Path, overlay: Path) -> Path:
-    """A qcow2 file that takes the guest's writes, backed read-only by the emitted raw image."""
-    run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", image.resolve(), "-F", "raw", overlay])
+def make_overlay(image: Path, overlay: Path, *, power_of_two: bool = False) -> Path:
+    """A qcow2 file that takes the guest's writes, backed read-only by the emitted raw image.
+
+    power_of_two: as large as the next power of two (an SD card on the Pi models must be, as real cards are).
+    """
+    size = image.stat().st_size
+    argv: list[str | Path] = ["qemu-img", "create", "-q", "-f", "qcow2", "-b", image.resolve(), "-F", "raw", overlay]
+    if power_of_two:
+        argv.append(str(1 << (size - 1).bit_length()))
+    run(argv)
     return overlay
-
-
-def extract_kernel(image: Path, dest: Path) -> tuple[Path, Path | None]:
-    """Copy the newest vmlinuz-* and its initrd.img-* off the image's FAT boot partition (mtools, no mount)."""
-    boot, _ = boot_and_root(image)
-    names = fat_list(image, boot)
-    kernels = sorted((n for n in names if n.startswith("vmlinuz-")), key=_version_key)
-    if not kernels:
-        raise ImageBuilderError(
-            f"{image}: no vmlinuz-* on the boot partition, so no kernel that qemu's virt machine can boot",
-            "give one with --kernel (and --initrd), e.g. Debian's linux-image-arm64",
-        )
-    kernel = kernels[-1]
-    initrd = "initrd.img-" + kernel.removeprefix("vmlinuz-")
-    dest.mkdir(parents=True, exist_ok=True)
-    wanted = [kernel, initrd] if initrd in names else [kernel]
-    for name in wanted:
-        run(["mcopy", "-n", "-i", f"{image}@@{boot.start}", f"::/{name}", dest / name], env=MTOOLS_ENV)
-    return dest / kernel, (dest / initrd if initrd in names else None)
-
-
-def _version_key(name: str) -> list[int | str]:
-    return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name)]
-
-
-def kernel_append(image: Path, extra: str = "") -> str:
-    root_label = detect_layout(image).root_label
-    return f"root=LABEL={root_label} rw rootwait console=ttyAMA0 net.ifnames=0 panic=-1 {extra}".strip()
 
 
 @dataclass

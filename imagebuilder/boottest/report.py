@@ -20,7 +20,8 @@ def report_data(report: BootReport) -> dict[str, Any]:
             "address": r.address,
             "seconds": {event: None if t is None else round(t, 1) for event, t in r.times.items()},
         } for r in report.nodes],
-        "checks": [{"name": c.name, "node": c.node, "ok": c.ok, "detail": c.detail} for c in report.checks],
+        "checks": [{"name": c.name, "node": c.node, "ok": c.ok, "skipped": c.skipped, "detail": c.detail}
+                   for c in report.checks],
     }
 
 
@@ -36,7 +37,8 @@ def format_report(report: BootReport) -> str:
     lines.insert(1, "  ".join("-" * w for w in widths))
     lines.append("")
     for c in report.checks:
-        lines.append(f"{'PASS' if c.ok else 'FAIL'}  {c.name}{f' [{c.node}]' if c.node else ''}: {c.detail}")
+        verdict = "SKIP" if c.skipped else "PASS" if c.ok else "FAIL"
+        lines.append(f"{verdict}  {c.name}{f' [{c.node}]' if c.node else ''}: {c.detail}")
     failed = sum(not c.ok for c in report.checks)
     lines.append(f"\n{report.cluster}: {len(report.checks) - failed} of {len(report.checks)} checks passed "
                  f"in {report.seconds:.0f}s (times: seconds from each node's power-on)")

@@ -25,12 +25,17 @@ def _boot_test_arguments(parser: argparse.ArgumentParser) -> None:
                         help="private key of users[0] (default: the one in ~/.ssh that the recipe lists)")
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write the report as JSON")
     parser.add_argument("--logs", type=Path, metavar="DIR", help="keep each guest's serial console log here")
+    parser.add_argument("--board", choices=("virt", "pi3b", "pi2b"), default="virt",
+                        help="virt: every node on qemu's virt machine (default); pi3b, pi2b: the first worker on "
+                             "qemu's model of that Raspberry Pi, booted the way its firmware boots it")
 
 
 def boot_test(ctx: Context, args: argparse.Namespace) -> int:
     options = BootOptions(workers=args.workers, unknown=args.unknown, kernel=args.kernel, initrd=args.initrd,
-                          timeout=args.timeout, ssh_key=args.ssh_key, logs=args.logs)
-    report = run_boot_test(ctx, load_recipe(args.recipe), options)
+                          timeout=args.timeout, ssh_key=args.ssh_key, logs=args.logs,
+                          board=None if args.board == "virt" else args.board)
+    recipe = load_recipe(args.recipe)
+    report = run_boot_test(ctx, recipe, options)
     print(format_report(report))
     if args.json is not None:
         write_json(report, args.json)

@@ -33,6 +33,9 @@ def _tool_check(tool: str, path: str) -> ConfigCheck | None:
         return ConfigCheck(path, ("cloud-init", "schema", "--config-file", path), "cloud-init schema")
     if tool == "dnsmasq":
         return ConfigCheck(path, ("dnsmasq", "--test", f"--conf-file={path}"), "dnsmasq --test")
+    if tool == "chrony":
+        # -p: parse the file, print the configuration and exit; an unknown or malformed directive fails.
+        return ConfigCheck(path, ("chronyd", "-p", "-f", path), "chronyd -p")
     if tool == "nft":
         # qemu-user cannot pass netlink through: the host's nft checks it, in a network namespace of its
         # own so that nothing could touch the host's ruleset.

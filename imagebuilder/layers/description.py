@@ -19,7 +19,7 @@ from imagebuilder.recipe.yamlfile import load_document
 DESCRIPTION = "layer.yaml"
 TREES = ("root", "boot")  # root/: the running system; boot/: the boot partition, wherever the base mounts it
 # The checkers the engine runs on a generated file (engine/checks.py maps each name to the image's tool).
-CHECK_TOOLS = ("cloud-init-schema", "dnsmasq", "nft", "exports")
+CHECK_TOOLS = ("cloud-init-schema", "dnsmasq", "nft", "exports", "chrony")
 
 _UNIT = re.compile(r"^[A-Za-z0-9:_.\\@-]+\.(service|socket|mount|automount|timer|path|target|swap)$")
 _KERNEL_ARGUMENT = re.compile(r"^[A-Za-z0-9_.,:/=+@-]+$")

@@ -20,6 +20,7 @@ import os
 import re
 import socket
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -59,9 +60,16 @@ def read_seed(root: Path, table: dict[str, Any]) -> str | None:
     return text or None
 
 
-def read_mac(root: Path, interface: str) -> str:
-    """The LAN interface's MAC; failing that, the first other interface's, so the name stays unique."""
+def read_mac(root: Path, interface: str, wait: float = 0.0) -> str:
+    """The LAN interface's MAC; failing that, the first other interface's, so the name stays unique.
+
+    wait: seconds to give the LAN interface to appear (its driver may still be probing at this point of
+    the boot).
+    """
     net = root / "sys/class/net"
+    deadline = time.monotonic() + wait
+    while not (net / interface).exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
     candidates = [net / interface] + sorted(p for p in net.glob("*") if p.name not in ("lo", interface))
     for candidate in candidates:
         try:
@@ -95,7 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     root: Path = args.root
     table = json.loads((root / TABLE).read_text())
     seed = read_seed(root, table)
-    name = choose_hostname(seed, table, read_mac(root, table.get("lan_interface", "eth0")))
+    wait = 30.0 if root == Path("/") else 0.0
+    name = choose_hostname(seed, table, read_mac(root, table.get("lan_interface", "eth0"), wait))
     write_hostname(root, name, table.get("domain"))
     if root == Path("/"):
         socket.sethostname(name)
