@@ -145,6 +145,7 @@ def event_matchers(node: Node, options: BootOptions, network: bool = True) -> di
         return events
     if node.role == "worker":
         events["NFS mounted"] = sentinel("nfs-mounted")
+        events["time synced"] = sentinel("time-synchronized")
         if options.k3s_assets:
             events["k3s joined"] = sentinel("k3s-joined")
     elif options.k3s_assets:

@@ -270,11 +270,12 @@ def check_k3s(recipe: Recipe, master: NodeResult, workers: list[NodeResult], ssh
     want_token = f"K10{ca_hash}::node:{agent_token}"
     for w in workers:
         agent = read_k3s_config(ssh, w.host)
-        enabled = ssh.text(w.host, "systemctl is-enabled k3s-agent.service")
+        enabled = ssh.text(w.host, "systemctl is-enabled imagebuilder-k3s-agent.service")
         pinned = bool(ca and agent_token) and agent.get("token") == want_token
         ok = enabled == "enabled" and agent.get("server") == want_server and pinned
         yield CheckResult("k3s agent", w.node.name, ok,
-                          f"k3s-agent.service {enabled}; server {agent.get('server')!r} (want {want_server!r}); "
+                          f"imagebuilder-k3s-agent.service {enabled}; server {agent.get('server')!r} "
+                          f"(want {want_server!r}); "
                           f"token {'is the agent token pinned to the master CA' if pinned else 'differs'}")
         secret = ssh.text(w.host, f"sudo grep -rlF -e {shlex.quote(str(token))} /etc /var/lib/rancher 2>/dev/null")
         yield CheckResult("no server secret", w.node.name, bool(token) and not secret,

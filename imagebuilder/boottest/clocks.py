@@ -51,10 +51,13 @@ def check_clocks(recipe: Recipe, master: NodeResult, workers: list[NodeResult], 
         return
     master_offset, master_spread = master_clock
     # A reading after time.time() says the master's clock is now, in its own terms, at least the epoch.
-    ok = time.time() + master_offset + master_spread >= int(epoch)
-    yield CheckResult("clock", master.node.name, ok,
+    not_earlier = time.time() + master_offset + master_spread >= int(epoch)
+    # chrony-wait.service reached time-sync.target, which k3s.service waits for.
+    synced = ssh.text(master.host, "systemctl is-active time-sync.target") == "active"
+    yield CheckResult("clock", master.node.name, not_earlier and synced,
                       f"{master_offset:+.0f} s from this host's clock (started at {master.node.clock or 'now'}); "
-                      f"{'not earlier' if ok else 'earlier'} than the image's build time")
+                      f"{'not earlier' if not_earlier else 'earlier'} than the image's build time; "
+                      f"time-sync.target {'reached' if synced else 'not reached'}")
     wait_until = min(deadline, time.monotonic() + SYNC_WAIT)
     for w in workers:
         # The first exchange steps the clock (years, here) and is the offset shown until the next poll,
@@ -70,11 +73,14 @@ def check_clocks(recipe: Recipe, master: NodeResult, workers: list[NodeResult], 
         reading = read_clock(ssh, w.host)
         agree = (reading is not None
                  and abs(reading[0] - master_offset) <= AGREEMENT_LIMIT + reading[1] + master_spread)
-        ok = from_master and offset is not None and abs(offset) <= NTP_OFFSET_LIMIT and agree
+        # The k3s agent's start waits for this (imagebuilder-k3s-agent.service).
+        started = w.times.get("time synced") is not None
+        ok = from_master and offset is not None and abs(offset) <= NTP_OFFSET_LIMIT and agree and started
         said = "unknown" if offset is None else f"{offset * 1000:+.1f} ms"
         seen = ("unreadable" if reading is None else
                 f"{reading[0] - master_offset:+.2f} s (±{reading[1] + master_spread:.2f})")
         yield CheckResult("clock from the master", w.node.name, ok,
                           f"started at {w.node.clock or 'now'}; "
                           f"NTP from {'the master' if from_master else 'elsewhere'}, "
-                          f"last offset {said}; read from here: {seen} from the master's")
+                          f"last offset {said}; read from here: {seen} from the master's; k3s agent "
+                          + ("started once synchronised" if started else "not started: no time-synchronized line"))

@@ -15,7 +15,8 @@ from imagebuilder.recipe.model import Recipe
 K3S_ASSETS_ENV = "IMAGEBUILDER_K3S_ASSETS"
 CLOCK_BEHIND = "2020-01-01T00:00:00"
 CLOCK_AHEAD = "2031-01-01T00:00:00"
-EVENTS = ("kernel up", "cloud-init done", "hostname set", "boot finished", "NFS mounted", "k3s joined")
+EVENTS = ("kernel up", "cloud-init done", "hostname set", "boot finished", "NFS mounted", "time synced",
+          "k3s joined")
 
 
 @dataclass(frozen=True)
