@@ -23,13 +23,25 @@ def make_context() -> Context:
     return ctx
 
 
-def arm64_base() -> BaseImage:
+QEMU_USER = {"arm64": "qemu-aarch64-static", "armhf": "qemu-arm-static"}
+
+
+def bootstrap_test_base(arch: str) -> BaseImage:
+    """The bookworm bootstrap base for arch, from the machine's cache (built on first use: minutes)."""
     require_root()
-    require_programs("mmdebstrap", "qemu-aarch64-static", "mkfs.vfat", "mcopy", "sfdisk")
+    require_programs("mmdebstrap", QEMU_USER[arch], "mkfs.vfat", "mcopy", "sfdisk")
     setup_logging(verbose=True, debug=False)
     ctx = make_context()
     try:
         with ctx.stack:
-            return bootstrap_base(ctx, Bootstrap(suite="bookworm", layout="raspios"), "arm64")
+            return bootstrap_base(ctx, Bootstrap(suite="bookworm", layout="raspios"), arch)
     except Exception as e:  # pragma: no cover - reported, not hidden
         pytest.fail(f"bootstrap failed: {e}")
+
+
+def arm64_base() -> BaseImage:
+    return bootstrap_test_base("arm64")
+
+
+def armhf_base() -> BaseImage:
+    return bootstrap_test_base("armhf")

@@ -360,14 +360,15 @@ def test_a_card_customised_by_imager_still_joins_with_imagers_user_added(cluster
     from imagebuilder.boottest.boot import boot_test
 
     recipe_path, key = cluster
-    built = load_recipe(recipe_path).output_dir
-    out = tmp_path / "out"
-    out.mkdir(mode=0o700)
+    built = load_recipe(recipe_path).output_dir  # <output.dir>/<cluster>
+    variant = tmp_path / "recipe.yaml"
+    variant.write_text(recipe_path.read_text().replace(f"dir: {built.parent}", f"dir: {tmp_path / 'out'}"))
+    out = load_recipe(variant).output_dir
+    assert out == tmp_path / "out" / built.name
+    out.mkdir(mode=0o700, parents=True)
     for role in ("master", "worker"):
         subprocess.run(["cp", "--sparse=always", built / f"{role}.img", out], check=True)
     customise_like_imager(out / "worker.img", Path(f"{key}.pub").read_text().strip(), tmp_path)
-    variant = tmp_path / "recipe.yaml"
-    variant.write_text(recipe_path.read_text().replace(str(built), str(out)))
     logs = tmp_path / "logs"
     ctx = make_context()
     with ctx.stack:

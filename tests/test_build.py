@@ -227,7 +227,7 @@ def test_roles_enabled_and_boot_configured(built: Path) -> None:
     assert "cgroup_memory=1 cgroup_enable=memory" in fat_read(built / "master.img", boot, "cmdline.txt")
     for role, units in (("master", ["nftables.service", "k3s.service", "imagebuilder-beacon.service",
                                     "imagebuilder-dashboard.service", "dnsmasq.service",
-                                    "imagebuilder-seed.service", "chrony-wait.service"]),
+                                    "imagebuilder-seed.service", "imagebuilder-time-wait.service"]),
                         ("worker", ["imagebuilder-hostname.service", "imagebuilder-jobs-ready.service",
                                     "srv-jobs.automount", "imagebuilder-k3s-agent.service",
                                     "imagebuilder-seed.service"])):

@@ -52,7 +52,7 @@ def check_clocks(recipe: Recipe, master: NodeResult, workers: list[NodeResult], 
     master_offset, master_spread = master_clock
     # A reading after time.time() says the master's clock is now, in its own terms, at least the epoch.
     not_earlier = time.time() + master_offset + master_spread >= int(epoch)
-    # chrony-wait.service reached time-sync.target, which k3s.service waits for.
+    # imagebuilder-time-wait.service reached time-sync.target, which k3s.service waits for.
     synced = ssh.text(master.host, "systemctl is-active time-sync.target") == "active"
     yield CheckResult("clock", master.node.name, not_earlier and synced,
                       f"{master_offset:+.0f} s from this host's clock (started at {master.node.clock or 'now'}); "
