@@ -25,7 +25,7 @@ from imagebuilder.disk.fat import fat_read
 from imagebuilder.disk.partitions import boot_and_root
 from imagebuilder.recipe.load import load_recipe
 from tests.conftest import ROOT, VALID, descendants, require_programs
-from tests.images import arm64_base, make_context
+from tests.images import SECURITY, arm64_base, make_context
 
 RECIPE = """\
 cluster: {{name: boottest, domain: cluster.lan}}
@@ -121,23 +121,33 @@ def boot_workdirs() -> list[Path]:
     return sorted(make_context().cache("tmp").glob("imagebuilder-boot-*"))
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Path]]:
-    """The test recipe (with a key made here) and its built images; yields (recipe, private key)."""
-    arm64_base()
-    require_programs("qemu-system-aarch64", "qemu-img", "socat", "ssh", "ssh-keygen", "ip", "mcopy")
-    tmp = tmp_path_factory.mktemp("boot")
+def build_cluster(tmp: Path, arch: str = "arm64") -> tuple[Path, Path]:
+    """The test recipe for arch (with a key made here) and its built images: (recipe, private key)."""
+    system = {"arm64": "qemu-system-aarch64", "armhf": "qemu-system-arm"}[arch]
+    require_programs(system, "qemu-img", "socat", "ssh", "ssh-keygen", "ip", "mcopy")
     key = tmp / "id_ed25519"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "imagebuilder-boot-test", "-f", key],
                    check=True)
     recipe_path = tmp / "recipe.yaml"
-    recipe_path.write_text(RECIPE.format(key=Path(f"{key}.pub").read_text().strip(), out=tmp / "out"))
+    text = RECIPE.format(key=Path(f"{key}.pub").read_text().strip(), out=tmp / "out")
+    if arch != "arm64":  # a cluster of its own: its outputs and state apart from the arm64 one
+        text = text.replace("name: boottest", f"name: boottest-{arch}") + f"arch: {arch}\n"
+        if not SECURITY[arch]:
+            text = text.replace("{bootstrap: {suite: bookworm}}", "{bootstrap: {suite: bookworm, security: false}}")
+    recipe_path.write_text(text)
     from imagebuilder.build.execute import build
 
     ctx = make_context()
     with ctx.stack:
         build(ctx, load_recipe(recipe_path))
-    yield recipe_path, key
+    return recipe_path, key
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """The arm64 test cluster, built: (recipe, private key)."""
+    arm64_base()
+    return build_cluster(tmp_path_factory.mktemp("boot"))
 
 
 @pytest.fixture(scope="module")
@@ -180,7 +190,7 @@ def test_every_node_boots_and_reports_its_times(booted: tuple[BootReport, Path])
         console = (logs / f"serial-{node['name']}.log").read_text()
         assert console.count("Booting Linux") == 1
         assert "IMAGEBUILDER: seed" not in console  # a card as built carries the recipe's seed already
-    assert re.search(r"^node1\s+worker\s+10\.0\.0\.11\s+\d+\.\d", format_report(report), re.M)
+    assert re.search(r"^node1\s+worker\s+pi3b\s+10\.0\.0\.11\s+\d+\.\d", format_report(report), re.M)
 
 
 @pytest.mark.boot

@@ -3,8 +3,6 @@ verified, the master and an unknown worker on `virt,highmem=off`, node1 on qemu'
 
 from __future__ import annotations
 
-import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,28 +11,14 @@ from imagebuilder.boards.verify import verify_image
 from imagebuilder.boottest.plan import BootOptions, BootReport
 from imagebuilder.boottest.report import format_report
 from imagebuilder.recipe.load import load_recipe
-from tests.conftest import require_programs
 from tests.images import armhf_base, make_context
-from tests.test_boot import RECIPE, boot_workdirs, check, namespaces
+from tests.test_boot import boot_workdirs, build_cluster, check, namespaces
 
 
 @pytest.fixture(scope="module")
-def armhf_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Path]]:
+def armhf_cluster(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     armhf_base()
-    require_programs("qemu-system-arm", "qemu-img", "socat", "ssh", "ssh-keygen", "ip", "mcopy")
-    tmp = tmp_path_factory.mktemp("armhf")
-    key = tmp / "id_ed25519"
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "imagebuilder-armhf-test", "-f", key],
-                   check=True)
-    recipe_path = tmp / "recipe.yaml"
-    text = RECIPE.format(key=Path(f"{key}.pub").read_text().strip(), out=tmp / "out")
-    recipe_path.write_text(text.replace("name: boottest", "name: armhftest") + "arch: armhf\n")
-    from imagebuilder.build.execute import build
-
-    ctx = make_context()
-    with ctx.stack:
-        build(ctx, load_recipe(recipe_path))
-    yield recipe_path, key
+    return build_cluster(tmp_path_factory.mktemp("armhf"), "armhf")
 
 
 @pytest.mark.boot

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from imagebuilder.boottest.edge import LISTENER
 from tests.conftest import require_programs, require_root
 from tests.test_roles import CLUSTER, files_of, rendered
 
@@ -23,23 +24,6 @@ LAN_TCP = [22, 53, 2049, 6443, 10250, 30080, 8080]
 LAN_UDP = [53, 67, 123, 8472, 7777, 30080]
 CLOSED_TCP = [111, 25, 9345, 2379]  # rpcbind (NFSv3), mail, k3s supervisor/etcd: not the cluster's business
 CLOSED_UDP = [111, 69]
-LISTENER = """
-import socket, sys, threading
-def tcp(port):
-    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(("0.0.0.0", port)); s.listen()
-    while True:
-        c, _ = s.accept(); c.sendall(b"open"); c.close()
-def udp(port):
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("0.0.0.0", port))
-    while True:
-        _, a = s.recvfrom(100); s.sendto(b"open", a)
-for p in sys.argv[1].split(","):
-    threading.Thread(target=tcp, args=(int(p),), daemon=True).start()
-for p in sys.argv[2].split(","):
-    threading.Thread(target=udp, args=(int(p),), daemon=True).start()
-print("ready", flush=True)
-threading.Event().wait()
-"""
 PROBE = """
 import socket, sys
 proto, host, port = sys.argv[1], sys.argv[2], int(sys.argv[3])

@@ -42,6 +42,12 @@ def ntp_offset(status: str) -> float | None:
     return float(m.group(1)) * _UNITS[m.group(2)] if m else None
 
 
+def started_at(r: NodeResult) -> str:
+    if r.node.board:
+        return "no clock of its own (a Pi model)"
+    return f"started at {r.node.clock}" if r.node.clock else "started at this host's time"
+
+
 def check_clocks(recipe: Recipe, master: NodeResult, workers: list[NodeResult], ssh: Ssh,
                  deadline: float) -> Iterator[CheckResult]:
     epoch = ssh.text(master.host, "stat -c %Y /usr/lib/clock-epoch")
@@ -55,7 +61,7 @@ def check_clocks(recipe: Recipe, master: NodeResult, workers: list[NodeResult], 
     # imagebuilder-time-wait.service reached time-sync.target, which k3s.service waits for.
     synced = ssh.text(master.host, "systemctl is-active time-sync.target") == "active"
     yield CheckResult("clock", master.node.name, not_earlier and synced,
-                      f"{master_offset:+.0f} s from this host's clock (started at {master.node.clock or 'now'}); "
+                      f"{master_offset:+.0f} s from this host's clock ({started_at(master)}); "
                       f"{'not earlier' if not_earlier else 'earlier'} than the image's build time; "
                       f"time-sync.target {'reached' if synced else 'not reached'}")
     wait_until = min(deadline, time.monotonic() + SYNC_WAIT)
@@ -80,7 +86,7 @@ def check_clocks(recipe: Recipe, master: NodeResult, workers: list[NodeResult], 
         seen = ("unreadable" if reading is None else
                 f"{reading[0] - master_offset:+.2f} s (±{reading[1] + master_spread:.2f})")
         yield CheckResult("clock from the master", w.node.name, ok,
-                          f"started at {w.node.clock or 'now'}; "
+                          f"{started_at(w)}; "
                           f"NTP from {'the master' if from_master else 'elsewhere'}, "
                           f"last offset {said}; read from here: {seen} from the master's; k3s agent "
                           + ("started once synchronised" if started else "not started: no time-synchronized line"))

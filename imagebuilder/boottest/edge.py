@@ -23,18 +23,23 @@ from imagebuilder.recipe.model import Recipe
 # Ports k3s would serve (API, kubelet, a node port; flannel's VXLAN on UDP).
 K3S_TCP = (6443, 10250, 30080)
 K3S_UDP = (8472,)
+# Answers "open" on each TCP and UDP port given (argv 1 and 2, comma-separated); says "ready" once bound.
 LISTENER = """
 import socket, sys, threading
 def tcp(port):
-    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(("", port)); s.listen()
+    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(("0.0.0.0", port)); s.listen()
     while True:
         c, _ = s.accept(); c.sendall(b"open"); c.close()
 def udp(port):
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("", port))
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("0.0.0.0", port))
     while True:
         _, a = s.recvfrom(100); s.sendto(b"open", a)
-for p in sys.argv[1].split(","): threading.Thread(target=tcp, args=(int(p),)).start()
-for p in sys.argv[2].split(","): threading.Thread(target=udp, args=(int(p),)).start()
+for p in sys.argv[1].split(","):
+    threading.Thread(target=tcp, args=(int(p),), daemon=True).start()
+for p in sys.argv[2].split(","):
+    threading.Thread(target=udp, args=(int(p),), daemon=True).start()
+print("ready", flush=True)
+threading.Event().wait()
 """
 KNOCK = """
 import socket, sys

@@ -17,7 +17,7 @@ def report_data(report: BootReport) -> dict[str, Any]:
         "seconds": round(report.seconds, 1),
         "nodes": [{
             "name": r.node.name, "role": r.node.role, "mac": r.node.mac, "known": r.node.known,
-            "address": r.address,
+            "address": r.address, "machine": r.node.board or "virt",
             "seconds": {event: None if t is None else round(t, 1) for event, t in r.times.items()},
         } for r in report.nodes],
         "checks": [{"name": c.name, "node": c.node, "ok": c.ok, "skipped": c.skipped, "detail": c.detail}
@@ -27,8 +27,8 @@ def report_data(report: BootReport) -> dict[str, Any]:
 
 def format_report(report: BootReport) -> str:
     """The timings table, then one line per check."""
-    header = ["node", "role", "address", *EVENTS]
-    rows = [[r.node.name, r.node.role if r.node.known else "worker?", r.address or "-",
+    header = ["node", "role", "machine", "address", *EVENTS]
+    rows = [[r.node.name, r.node.role if r.node.known else "worker?", r.node.board or "virt", r.address or "-",
              *(_seconds(r.times, event) for event in EVENTS)] for r in report.nodes]
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
     # Names left-aligned, seconds right-aligned.

@@ -59,6 +59,9 @@ class Bootstrap:
                                        help="mirror the nodes' apt sources name; default: `mirror`")
     layout: str = setting(default="raspios", check=check_one_of(*LAYOUTS),
                           help="partition labels: raspios (bootfs/rootfs) or ubuntu (system-boot/writable)")
+    security: bool = setting(default=True,
+                             help="bootstrap with the suite's security updates; false only for a mirror that "
+                                  "lacks or breaks them: the images then have no security suite in their sources")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -7,6 +7,7 @@ like a downloaded base, keyed by everything that decides its content.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -50,11 +51,14 @@ def packages_for(arch: str) -> tuple[str, ...]:
 
 
 def cache_key(spec: Bootstrap, arch: str) -> str:
-    material = json.dumps({
+    fields = {
         "suite": spec.suite, "arch": arch, "layout": spec.layout, "packages": packages_for(arch),
         "modules": INITRD_MODULES, "image_mirror": spec.image_mirror, "format": FORMAT,
         "builder": __version__,
-    }, sort_keys=True)
+    }
+    if not spec.security:  # only then: the bases made with it keep their keys
+        fields["security"] = False
+    material = json.dumps(fields, sort_keys=True)
     return hashlib.sha256(material.encode()).hexdigest()[:24]
 
 
@@ -95,6 +99,10 @@ def build_base(ctx: Context, spec: Bootstrap, arch: str, image: Path, meta: Path
     ensure_space(ctx.cache("tmp"), 3 * 2**30, f"bootstrapping Debian {spec.suite} {arch}")
     ensure_binfmt(arch)
     mirrors = Mirrors(spec.mirror, None) if spec.mirror else host_mirrors()
+    if not spec.security:
+        log.warning("bootstrapping Debian %s without %s-security (base.bootstrap.security is false): the images "
+                    "get no security updates until their apt sources name it", spec.suite, spec.suite)
+        mirrors = dataclasses.replace(mirrors, security=None)
     work = ctx.stack.enter_context(temporary_directory("imagebuilder-bootstrap-", ctx.cache("tmp")))
     root, boot, stage = work / "root", work / "boot", work / "stage"
     write_early_config(stage, layout)
