@@ -44,9 +44,11 @@ def cache(tmp_path: Path) -> Path:
     entry(c, "debs/arm64-aaaa", 3 * DAY)
     entry(c, "debs/arm64-old", 3 * DAY)
     entry(c, "compressed/" + "ef" * 32 + ".img.zst", 3 * DAY, ("ef" * 32 + ".img.zst.sha256",))
-    record_use(c, Path("/recipes/a.yaml"), "alpha", [c / "stages/common-a.img", c / "stages/master-a.img",
+    for recipe in ("a", "b"):
+        (tmp_path / f"{recipe}.yaml").write_text("cluster: {}\n")
+    record_use(c, tmp_path / "a.yaml", "alpha", [c / "stages/common-a.img", c / "stages/master-a.img",
                                                       c / "bases/bootstrap-x.img", c / "debs/arm64-aaaa"])
-    record_use(c, Path("/recipes/b.yaml"), "beta", [c / "stages/common-b.img", c / "stages/master-b.img",
+    record_use(c, tmp_path / "b.yaml", "beta", [c / "stages/common-b.img", c / "stages/master-b.img",
                                                      c / "raw" / ("ab" * 32 + ".img"),
                                                      c / "downloads" / ("ab" * 32 + ".img.xz"),
                                                      c / "compressed" / ("ef" * 32 + ".img.zst")])
@@ -67,9 +69,9 @@ def test_prune_keeps_what_each_recipe_uses_and_bounds_every_kind(cache: Path) ->
 
 
 def test_the_previous_build_is_kept_too(cache: Path) -> None:
-    record_use(cache, Path("/recipes/a.yaml"), "alpha", [cache / "stages/common-old.img"])
+    record_use(cache, cache.parent / "a.yaml", "alpha", [cache / "stages/common-old.img"])
     assert "stages/common-a.img" not in {e.name for e in prune(cache)}  # one build back
-    record_use(cache, Path("/recipes/a.yaml"), "alpha", [cache / "stages/common-old.img"])
+    record_use(cache, cache.parent / "a.yaml", "alpha", [cache / "stages/common-old.img"])
     assert "stages/common-a.img" in {e.name for e in prune(cache)}  # two builds back
 
 
@@ -86,6 +88,14 @@ def test_recipes_not_built_for_long_are_forgotten(cache: Path) -> None:
     removed = {e.name for e in prune(cache, now=time.time() + 40 * DAY)}
     assert "stages/common-a.img" in removed and "bases/bootstrap-x.img" in removed
     assert list((cache / "recipes").glob("*.json")) == []
+
+
+def test_a_deleted_recipe_keeps_nothing(cache: Path) -> None:
+    (cache.parent / "b.yaml").unlink()
+    removed = {e.name for e in prune(cache)}
+    assert "stages/common-b.img" in removed and "compressed/" + "ef" * 32 + ".img.zst" in removed
+    assert "stages/common-a.img" not in removed
+    assert len(list((cache / "recipes").glob("*.json"))) == 1
 
 
 def test_clear_removes_all_but_what_is_held(cache: Path) -> None:

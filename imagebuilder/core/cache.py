@@ -10,7 +10,8 @@ Every build records what it used (its base, download, stages, compressed copies,
 keeps what a recipe built in the last KEEP_DAYS used in one of its last two builds, and whatever was
 used in the last GRACE seconds (a build running now); everything else goes, unless a running build
 holds its lock. So one recipe's entries are never evicted by another's, and raw/, downloads/ and debs/
-are bounded like the stages.
+are bounded like the stages. A recipe whose file is gone keeps nothing: recipes written to temporary
+folders (a test suite, a script trying variants) would otherwise hold GiBs of stages for KEEP_DAYS.
 """
 
 from __future__ import annotations
@@ -131,15 +132,22 @@ def recipe_records(cache_dir: Path) -> list[dict[str, object]]:
     return records
 
 
+def _is_current(record: dict[str, object], now: float, keep_days: float) -> bool:
+    """Whether a recipe's record still keeps its entries: its file exists and it was built lately."""
+    builds = record.get("builds")
+    if not isinstance(builds, list) or not builds or not Path(str(record.get("recipe", ""))).is_file():
+        return False
+    return now - float(builds[0].get("at", 0)) <= keep_days * 86400
+
+
 def in_use(cache_dir: Path, now: float, keep_days: float = KEEP_DAYS) -> dict[str, list[str]]:
     """Entry name (kind/file) -> clusters whose builds of the last keep_days use it."""
     users: dict[str, list[str]] = {}
     for record in recipe_records(cache_dir):
-        builds = record.get("builds")
-        if not isinstance(builds, list) or not builds:
+        if not _is_current(record, now, keep_days):
             continue
-        if now - float(builds[0].get("at", 0)) > keep_days * 86400:
-            continue
+        builds = record["builds"]
+        assert isinstance(builds, list)
         for build in builds:
             for name in build.get("uses", []):
                 users.setdefault(str(name), []).append(str(record.get("cluster", "?")))
@@ -159,9 +167,7 @@ def prune(cache_dir: Path, *, keep_days: float = KEEP_DAYS, everything: bool = F
         if _remove(entry):
             removed.append(entry)
     for record in recipe_records(cache_dir):
-        builds = record.get("builds")
-        newest = float(builds[0].get("at", 0)) if isinstance(builds, list) and builds else 0.0
-        if everything or now - newest > keep_days * 86400:
+        if everything or not _is_current(record, now, keep_days):
             Path(str(record["file"])).unlink(missing_ok=True)
     return removed
 
