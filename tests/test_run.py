@@ -9,7 +9,7 @@ import time
 import pytest
 
 from imagebuilder.core.errors import CommandFailed, CommandTimedOut, ToolMissing
-from imagebuilder.core.run import PACKAGE_OF, output, run
+from imagebuilder.core.run import PACKAGE_OF, output, run, terminate
 
 
 def test_capture_and_argv_with_spaces(tmp_path) -> None:
@@ -58,3 +58,22 @@ def test_a_command_past_its_timeout_is_stopped_and_said_so() -> None:
         run(["sh", "-c", "echo started >&2; exec sleep 30.25"], timeout=1, check=False)
     assert time.monotonic() - started < 10
     assert not subprocess.run(["pgrep", "-fx", "sleep 30.25"], capture_output=True, check=False).stdout
+
+
+def test_a_child_is_reaped_even_when_popen_wait_is_wedged() -> None:
+    # A Ctrl-C that lands inside Popen.wait(timeout) can leave Popen's internal lock taken; every later
+    # Popen.wait() then blocks for ever. terminate() must stop and reap the child all the same.
+    proc = subprocess.Popen(["sleep", "30.5"])
+    assert proc._waitpid_lock.acquire(False)  # type: ignore[attr-defined]
+    started = time.monotonic()
+    terminate(proc, grace=1)
+    assert time.monotonic() - started < 5
+    assert proc.returncode == -15
+    assert not subprocess.run(["pgrep", "-fx", "sleep 30.5"], capture_output=True, check=False).stdout
+
+
+def test_a_child_that_ignores_sigterm_is_killed() -> None:
+    proc = subprocess.Popen(["sh", "-c", "trap '' TERM; exec sleep 30.75"])
+    time.sleep(0.3)
+    terminate(proc, grace=0.5)
+    assert proc.returncode == -9

@@ -7,11 +7,13 @@ failure raises CommandFailed whose message is a line the user can copy and re-ru
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
 import shlex
 import shutil
 import subprocess
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import IO
@@ -154,15 +156,34 @@ def output(argv: Sequence[str | os.PathLike[str]], **kwargs: object) -> str:
 
 
 def terminate(proc: subprocess.Popen[bytes], grace: float = 5.0) -> None:
-    """Stop proc: SIGTERM, then SIGKILL after `grace` seconds."""
-    if proc.poll() is not None:
+    """Stop proc: SIGTERM, then SIGKILL after `grace` seconds; reaped either way."""
+    if proc.returncode is not None:
         return
-    proc.terminate()
-    try:
-        proc.wait(timeout=grace)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    with contextlib.suppress(ProcessLookupError):
+        proc.terminate()
+    if not _reap(proc, grace):
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        _reap(proc, None)
+
+
+def _reap(proc: subprocess.Popen[bytes], timeout: float | None) -> bool:
+    """Wait for proc with waitpid, not Popen.wait: a Ctrl-C that lands inside Popen.wait(timeout) can leave
+    its internal lock taken (a CPython race), and every later Popen.wait() then blocks for ever. Seen here:
+    a boot test interrupted while ssh ran hung with ssh a zombie."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        try:
+            pid, status = os.waitpid(proc.pid, os.WNOHANG)
+        except ChildProcessError:  # reaped already (by Popen, or a reaper)
+            pid, status = proc.pid, 0
+        if pid:
+            if proc.returncode is None:
+                proc.returncode = os.waitstatus_to_exitcode(status)
+            return True
+        if deadline is not None and time.monotonic() >= deadline:
+            return False
+        time.sleep(0.02)
 
 
 def is_root() -> bool:
