@@ -109,6 +109,16 @@ def test_first_nic_is_the_lan_and_the_disk_an_overlay(tmp_path: Path) -> None:
     assert "-initrd" not in argv and not any(a.startswith("user,") for a in argv)
 
 
+@pytest.mark.parametrize("arch", ["arm64", "armhf"])
+def test_the_lan_is_eth0_and_the_uplink_eth1(tmp_path: Path, arch: str) -> None:
+    spec = GuestSpec("m", arch, tmp_path / "m.qcow2", tmp_path / "k", None, "", "tap0", "02:00:00:b0:07:00",
+                     uplink=Uplink(hostfwd={}))
+    nics = [a.split(",")[1] for a in qemu_argv(spec) if a.startswith("virtio-net-")]
+    # The kernel names mmio devices (armhf) in the reverse of qemu's order, pci ones (arm64) in it; an armhf
+    # master once came up with its LAN address on the uplink, behind the uplink's firewall.
+    assert nics == (["netdev=lan", "netdev=uplink"] if arch == "arm64" else ["netdev=uplink", "netdev=lan"])
+
+
 # ---------------------------------------------------------------------------------------------------
 # Boot: the whole cluster under qemu.
 

@@ -87,17 +87,22 @@ def qemu_argv(spec: GuestSpec) -> list[str]:
         "-kernel", str(spec.kernel), "-append", spec.append,
         "-drive", f"if=none,id=disk,format=qcow2,file={spec.disk}",
         "-device", f"virtio-blk-{m.bus},drive=disk",
-        # The first NIC is eth0, the cluster LAN: a tap on the test's bridge.
-        "-netdev", f"tap,id=lan,ifname={spec.lan_tap},script=no,downscript=no",
-        "-device", f"virtio-net-{m.bus},netdev=lan,mac={spec.lan_mac}",
     ]
+    # The cluster LAN (a tap on the test's bridge) must be eth0 and the uplink eth1, as on a Pi whose
+    # second NIC is a USB dongle.
+    nics = [["-netdev", f"tap,id=lan,ifname={spec.lan_tap},script=no,downscript=no",
+             "-device", f"virtio-net-{m.bus},netdev=lan,mac={spec.lan_mac}"]]
+    if spec.uplink is not None:
+        nics.append(["-netdev", user_netdev(spec.uplink),
+                     "-device", f"virtio-net-{m.bus},netdev=uplink,mac={spec.uplink.mac}"])
+    # virt places mmio devices on its transports from the top down and the kernel probes them from the
+    # bottom up, so on the mmio bus the device given last is named first.
+    for nic in reversed(nics) if m.bus == "device" else nics:
+        argv += nic
     if spec.initrd is not None:
         argv += ["-initrd", str(spec.initrd)]
     if spec.clock is not None:
         argv += ["-rtc", f"base={spec.clock}"]
-    if spec.uplink is not None:
-        argv += ["-netdev", user_netdev(spec.uplink),
-                 "-device", f"virtio-net-{m.bus},netdev=uplink,mac={spec.uplink.mac}"]
     return argv
 
 
