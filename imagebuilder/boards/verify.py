@@ -186,7 +186,10 @@ def _check_board(selection: Selection, arch: str, boot: BootPartition, image: Pa
         if found != arch:
             problems.append(f"the kernel {selection.kernel} is {found or 'no ARM kernel'}, the image is {arch}")
         if (arch == "arm64") != selection.arm_64bit:
-            problems.append(f"arm_64bit is {int(selection.arm_64bit)} for a {arch} kernel")
+            # A Pi 4's firmware defaults to arm_64bit=1 unless kernel= names one of its own kernel files.
+            problems.append(f"the firmware would start the {arch} kernel {selection.kernel} in "
+                            f"{64 if selection.arm_64bit else 32}-bit mode: config.txt needs "
+                            f"arm_64bit={int(arch == 'arm64')} for this board")
     if selection.initramfs in boot.files and selection.initramfs is not None:
         problems += _missing_drivers(board, boot.copy(selection.initramfs, work / f"initrd-{board.name}"),
                                      image, root)
