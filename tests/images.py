@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from imagebuilder.core.cache import recipe_records, record_use
 from imagebuilder.core.context import Context
 from imagebuilder.core.log import setup_logging
 from imagebuilder.recipe.model import Bootstrap
@@ -39,10 +40,24 @@ def bootstrap_test_base(arch: str) -> BaseImage:
     ctx = make_context()
     try:
         with ctx.stack:
-            return bootstrap_base(ctx, Bootstrap(suite="bookworm", layout="raspios",
-                                                       security=SECURITY[arch]), arch)
+            base = bootstrap_base(ctx, Bootstrap(suite="bookworm", layout="raspios", security=SECURITY[arch]), arch)
     except Exception as e:  # pragma: no cover - reported, not hidden
         pytest.fail(f"bootstrap failed: {e}")
+    keep_in_cache(ctx.cache_dir, arch, [base.path, *base.origin])
+    return base
+
+
+def keep_in_cache(cache_dir: Path, arch: str, used: list[Path]) -> None:
+    """Record this file as the recipe that uses the test bases, one per arch.
+
+    The tests write their recipes into temporary folders, and a recipe whose file is gone keeps nothing in
+    the cache, so without this every run would bootstrap the bases again (minutes each)."""
+    me = Path(__file__).resolve()
+    previous = [r for r in recipe_records(cache_dir) if r.get("recipe") == str(me)]
+    builds = previous[0].get("builds") if previous else None
+    others = [cache_dir / name for name in (builds[0].get("uses", []) if isinstance(builds, list) and builds else [])
+              if f"-{arch}-" not in name]
+    record_use(cache_dir, me, "imagebuilder test suite", [*used, *others])
 
 
 def arm64_base() -> BaseImage:
