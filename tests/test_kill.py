@@ -21,20 +21,12 @@ import pytest
 
 from imagebuilder.core.resources import PARTIAL
 from tests.conftest import ROOT, descendants, loop_devices, require_programs
-from tests.images import arm64_base
+from tests.images import arm64_base, small_recipe
 from tests.test_diskfull import seeded_cache
 
-RECIPE = """\
-cluster: {{name: killtest}}
-base: {{bootstrap: {{suite: bookworm}}}}
-k3s: {{assets: none}}
-workers:
-  - {{hostname: node1, mac: "b8:27:eb:00:00:01"}}
-output: {{dir: {out}, compress: zstd, bmap: true}}
-"""
 # (what the build is doing, a pattern of the log line that starts it, seconds to wait after that line)
 KILL_POINTS = [
-    ("apt in the chroot", r"‣ install 2 packages$", 4.0),
+    ("apt in the chroot", r"‣ install \d+ packages$", 4.0),
     ("writing a stage's overlay", r"‣ stage master$", 1.5),
     ("writing the outputs", r"‣ write outputs to ", 0.5),
     ("compressing", r"‣ compress master\.img ", 0.5),
@@ -94,7 +86,7 @@ def test_sigkill_at_every_stage_leaves_nothing_and_the_next_build_succeeds(tmp_p
     seeded_cache(cache)
     out = tmp_path / "out"
     recipe = tmp_path / "recipe.yaml"
-    recipe.write_text(RECIPE.format(out=out))
+    recipe.write_text(small_recipe("killtest", out))
     marker = str(tmp_path)
     for what, line, delay in KILL_POINTS:
         proc = start(recipe, cache)
@@ -123,7 +115,7 @@ def test_sighup_unwinds_like_sigterm(tmp_path: Path) -> None:
     cache = tmp_path / "cache"
     seeded_cache(cache)
     recipe = tmp_path / "recipe.yaml"
-    recipe.write_text(RECIPE.format(out=tmp_path / "out"))
+    recipe.write_text(small_recipe("killtest", tmp_path / "out"))
     proc = start(recipe, cache)
     assert proc.stderr is not None
     for line in proc.stderr:
