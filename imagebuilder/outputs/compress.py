@@ -43,6 +43,7 @@ def compress_cached(ctx: Context, raw: Path, digest: str, fmt: str) -> tuple[Pat
             # The cached copy itself, linked: no second copy of hundreds of MB.
             tmp.unlink()
             os.link(cached, tmp)
-        except OSError:  # another filesystem
+        except OSError:  # another filesystem: a new file, which must be as private as the cached one
             shutil.copyfile(cached, tmp)
+            tmp.chmod(0o600)
     return target, compressed_digest
