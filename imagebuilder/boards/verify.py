@@ -13,15 +13,15 @@ from __future__ import annotations
 import gzip
 import io
 import re
-import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from imagebuilder.boards.firmware import Selection, select
 from imagebuilder.boards.models import BOARDS, Board, boards_for
+from imagebuilder.core.errors import CommandFailed
 from imagebuilder.core.resources import temporary_directory
 from imagebuilder.core.run import output, run
-from imagebuilder.disk.fat import MTOOLS_ENV, fat_label, fat_serial
+from imagebuilder.disk.fat import BootPartition, fat_label, fat_serial
 from imagebuilder.disk.partitions import Partition, read_partitions
 
 ARM64_MAGIC = (56, b"ARM\x64")
@@ -51,22 +51,6 @@ class Verdict:
             out += [f"  {name}: {p}" for p in problems]
         out += [f"  note: {n}" for n in self.notes]
         return out
-
-
-class BootPartition:
-    """The FAT partition's files, read with mtools."""
-
-    def __init__(self, image: Path, part: Partition) -> None:
-        self.where = f"{image}@@{part.start}"
-        text = output(["mdir", "-/", "-b", "-i", self.where, "::/"], env=MTOOLS_ENV)
-        self.files = {line.removeprefix("::/") for line in text.splitlines() if line and not line.endswith("/")}
-
-    def read(self, name: str) -> bytes:
-        return run(["mtype", "-i", self.where, f"::/{name}"], capture=True, env=MTOOLS_ENV).stdout
-
-    def copy(self, name: str, target: Path) -> Path:
-        run(["mcopy", "-n", "-i", self.where, f"::/{name}", target], env=MTOOLS_ENV)
-        return target
 
 
 def read_root_file(image: Path, part: Partition, path: str) -> str | None:
@@ -116,8 +100,8 @@ def partition_ids(image: Path, parts: list[Partition]) -> dict[str, Partition]:
     return names
 
 
-def modules_in(initrd: Path) -> set[str]:
-    listing = output(["lsinitramfs", initrd])
+def modules_in(listing: str) -> set[str]:
+    """The module names (dashes as underscores) in an lsinitramfs listing."""
     return {re.sub(r"\.ko(\.(xz|zst|gz))?$", "", line.rsplit("/", 1)[1]).replace("-", "_")
             for line in listing.splitlines() if re.search(r"\.ko(\.(xz|zst|gz))?$", line)}
 
@@ -130,7 +114,7 @@ def verify_image(image: Path, boards: list[str] | None = None) -> Verdict:
     verdict = Verdict(image, image_arch(image, root))
     boot = BootPartition(image, boot_part)
     _check_general(verdict, image, boot, root, parts)
-    config = boot.read("config.txt").decode(errors="replace") if "config.txt" in boot.files else ""
+    config = boot.config_txt()
     if not config:
         verdict.general.append("config.txt: missing from the boot partition")
     chosen = [BOARDS[b] for b in boards] if boards else boards_for(verdict.arch)
@@ -200,10 +184,10 @@ def _check_board(selection: Selection, arch: str, boot: BootPartition, image: Pa
 
 def _missing_drivers(board: Board, initrd: Path, image: Path, root: Partition) -> list[str]:
     try:
-        modules = modules_in(initrd)
         listing = output(["lsinitramfs", initrd])
-    except (OSError, subprocess.CalledProcessError):
+    except (OSError, CommandFailed):
         return [f"cannot list the initramfs {initrd.name}"]
+    modules = modules_in(listing)
     version = re.search(r"lib/modules/([^/\s]+)/", listing)
     builtin_text = read_root_file(image, root, f"/lib/modules/{version.group(1)}/modules.builtin") if version else ""
     builtin = {re.sub(r"\.ko$", "", line.rsplit("/", 1)[-1]).replace("-", "_")

@@ -14,8 +14,8 @@ from pathlib import Path
 
 from imagebuilder.boards.firmware import Selection, select
 from imagebuilder.boards.models import Board
-from imagebuilder.boards.verify import BootPartition
 from imagebuilder.core.errors import ImageBuilderError
+from imagebuilder.disk.fat import BootPartition
 from imagebuilder.disk.partitions import boot_and_root
 
 UART = "ttyAMA0,115200"  # the PL011 that qemu's -serial drives, on virt and on the Pi models
@@ -40,8 +40,7 @@ def firmware_step(image: Path, board: Board, dest: Path) -> BootFiles:
     """Copy what `board`'s firmware would load off the card into dest; refuse naming what it would miss."""
     boot_part, _ = boot_and_root(image)
     boot = BootPartition(image, boot_part)
-    config = boot.read("config.txt").decode(errors="replace") if "config.txt" in boot.files else ""
-    chosen = select(config, board, boot.files)
+    chosen = select(boot.config_txt(), board, boot.files)
     wanted = [n for n in (chosen.kernel, chosen.initramfs, chosen.device_tree, chosen.cmdline) if n]
     missing = [n for n in wanted if n not in boot.files]
     if chosen.problems or missing or chosen.kernel is None:

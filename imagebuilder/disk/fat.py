@@ -39,3 +39,23 @@ def fat_serial(image: Path, part: Partition) -> str | None:
     info = output(["minfo", "-i", f"{image}@@{part.start}", "::"], env=MTOOLS_ENV)
     found = re.search(r"serial number:\s*([0-9A-Fa-f]{4})-?([0-9A-Fa-f]{4})", info)
     return f"{found.group(1)}{found.group(2)}" if found else None
+
+
+class BootPartition:
+    """The FAT partition's files, read with mtools."""
+
+    def __init__(self, image: Path, part: Partition) -> None:
+        self.where = f"{image}@@{part.start}"
+        text = output(["mdir", "-/", "-b", "-i", self.where, "::/"], env=MTOOLS_ENV)
+        self.files = {line.removeprefix("::/") for line in text.splitlines() if line and not line.endswith("/")}
+
+    def read(self, name: str) -> bytes:
+        return run(["mtype", "-i", self.where, f"::/{name}"], capture=True, env=MTOOLS_ENV).stdout
+
+    def config_txt(self) -> str:
+        """config.txt as the firmware reads it; empty when there is none."""
+        return self.read("config.txt").decode(errors="replace") if "config.txt" in self.files else ""
+
+    def copy(self, name: str, target: Path) -> Path:
+        run(["mcopy", "-n", "-i", self.where, f"::/{name}", target], env=MTOOLS_ENV)
+        return target
