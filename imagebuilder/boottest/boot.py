@@ -81,23 +81,24 @@ def boot_test(ctx: Context, recipe: Recipe, options: BootOptions) -> BootReport:
 
     def power_on(node: Node) -> NodeResult:
         role_image = images[node.role]
-        on_model = node.board is not None and on_board is not None
-        files = on_board if on_model and on_board else kernels[node.role]
+        # plan_nodes puts one node on the board, and only when --board gave one: then board and on_board are set.
+        model = on_board if node.board else None
+        files = model or kernels[node.role]
         spec = GuestSpec(
             # The SoC's SD controller takes cards of a power-of-two size only.
             name=node.name, arch=recipe.arch,
-            disk=make_overlay(role_image, work / f"{node.tap}.qcow2", power_of_two=on_model),
-            kernel=files.kernel, initrd=files.initrd, append=model_append(files) if on_model else files.append,
+            disk=make_overlay(role_image, work / f"{node.tap}.qcow2", power_of_two=model is not None),
+            kernel=files.kernel, initrd=files.initrd, append=model_append(files) if model else files.append,
             lan_tap=lan.add_tap(node.tap), lan_mac=node.mac,
             uplink=master_uplink(recipe) if node.role == "master" and recipe.network.uplink_interface else None,
-            clock=None if on_model else node.clock,  # the models have no real-time clock
-            board=board.qemu if on_model and board else None, dtb=files.dtb if on_model else None,
+            clock=node.clock,  # plan_nodes gives the board none: the models have no real-time clock
+            board=board.qemu if model and board else None, dtb=files.dtb if model else None,
         )
-        if on_model and board:
+        if model and board:
             firmware.append(firmware_result(node, board, files, role_image))
         log.info("power on %s (%s, %s%s%s)", node.name, node.role, node.mac,
-                 f", on {board.title}" if node.board and board else "",
-                 f", clock at {node.clock}" if spec.clock else "")
+                 f", on {board.title}" if model and board else "",
+                 f", clock at {node.clock}" if node.clock else "")
         guest = ctx.stack.enter_context(running_guest(spec, logs / f"serial-{node.name}.log", lan.exec_argv([])))
         return NodeResult(node, guest, address=node.ip)
 
@@ -137,12 +138,10 @@ def cloud_init_done(line: str) -> bool:
     return sentinel("cloud-init-done")(line) or _CLOUD_INIT_FINISHED.search(line) is not None
 
 
-def event_matchers(node: Node, options: BootOptions, network: bool = True) -> dict[str, Callable[[str], bool]]:
+def event_matchers(node: Node, options: BootOptions) -> dict[str, Callable[[str], bool]]:
     """The console lines that mark the events after boot that this node must reach."""
     events: dict[str, Callable[[str], bool]] = {"hostname set": sentinel("hostname"),
                                                 "boot finished": sentinel("boot-report")}
-    if not network:
-        return events
     if node.role == "worker":
         events["NFS mounted"] = sentinel("nfs-mounted")
         events["time synced"] = sentinel("time-synchronized")
@@ -161,13 +160,13 @@ def wait_for_boot(result: NodeResult, deadline: float) -> None:
         result.times[event] = found[0] if found else None
 
 
-def wait_for_rest(result: NodeResult, options: BootOptions, deadline: float, network: bool = True) -> None:
+def wait_for_rest(result: NodeResult, options: BootOptions, deadline: float) -> None:
     """The events that come around cloud-init's end: each may trail it by GRACE seconds, not the whole
     timeout; a k3s join (pulling images, starting pods) gets until the deadline."""
     serial = result.guest.serial
     done = result.times.get("cloud-init done")
     after = serial.started + done + GRACE if done is not None else time.monotonic()
-    for event, match in event_matchers(result.node, options, network).items():
+    for event, match in event_matchers(result.node, options).items():
         if event in result.times:
             continue
         found = serial.wait_for(match, deadline if event == "k3s joined" else min(after, deadline))

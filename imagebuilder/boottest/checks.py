@@ -259,15 +259,14 @@ def check_k3s(recipe: Recipe, master: NodeResult, workers: list[NodeResult], ssh
     the cluster CA, each worker only the agent token pinned to that CA; with the assets, every node Ready."""
     server = read_k3s_config(ssh, master.host)
     token, agent_token = server.get("token"), server.get("agent-token")
-    ca = ssh.text(master.host, "sudo cat /var/lib/rancher/k3s/server/tls/server-ca.crt")
+    read_ca = ssh.run(master.host, "sudo cat /var/lib/rancher/k3s/server/tls/server-ca.crt")
+    ca = read_ca.stdout if read_ca.returncode == 0 else b""  # the file's bytes, as k3s hashes them
     enabled = ssh.text(master.host, "systemctl is-enabled k3s.service")
     yield CheckResult("k3s server", master.node.name, enabled == "enabled" and bool(token) and bool(agent_token)
                       and bool(ca), f"k3s.service {enabled}; token {'set' if token else 'missing'}; agent-token "
                                     f"{'set' if agent_token else 'missing'}; CA {'present' if ca else 'missing'}")
     want_server = f"https://{recipe.network.master_ip}:6443"
-    # The file's bytes as k3s hashes them (ssh.text strips the final newline the PEM file ends with).
-    ca_hash = hashlib.sha256((ca or "").encode() + b"\n").hexdigest()
-    want_token = f"K10{ca_hash}::node:{agent_token}"
+    want_token = f"K10{hashlib.sha256(ca).hexdigest()}::node:{agent_token}"
     for w in workers:
         agent = read_k3s_config(ssh, w.host)
         enabled = ssh.text(w.host, "systemctl is-enabled imagebuilder-k3s-agent.service")

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import shlex
 import struct
-import subprocess
 import sys
 from collections.abc import Iterator
 
 from imagebuilder.boottest.lan import UPLINK_PROBE_BASE
 from imagebuilder.boottest.plan import CheckResult, NodeResult
 from imagebuilder.boottest.ssh import Ssh
+from imagebuilder.core.run import run
 from imagebuilder.recipe.model import Recipe
 
 # Ports k3s would serve (API, kubelet, a node port; flannel's VXLAN on UDP).
@@ -93,7 +93,7 @@ def edge_ports(recipe: Recipe) -> tuple[list[int], list[int]]:
 def knock(ssh: Ssh, proto: str, host: str, port: int, payload: bytes, wait: float) -> bool:
     """Whether anything answers, from the test's namespace."""
     argv = ssh.lan.exec_argv([sys.executable, "-c", KNOCK, proto, host, str(port), payload.hex(), str(wait)])
-    return bool(subprocess.run(argv, capture_output=True, text=True, check=False).stdout.strip())
+    return bool(run(argv, capture=True, check=False).stdout.strip())
 
 
 def check_edge(recipe: Recipe, master: NodeResult, ssh: Ssh) -> Iterator[CheckResult]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from imagebuilder.boards.models import BOARDS
 from imagebuilder.boottest.boot import BootTestFailed
 from imagebuilder.boottest.boot import boot_test as run_boot_test
 from imagebuilder.boottest.plan import BootOptions
@@ -25,9 +26,10 @@ def _boot_test_arguments(parser: argparse.ArgumentParser) -> None:
                         help="private key of users[0] (default: the one in ~/.ssh that the recipe lists)")
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write the report as JSON")
     parser.add_argument("--logs", type=Path, metavar="DIR", help="keep each guest's serial console log here")
-    parser.add_argument("--board", choices=("virt", "pi3b", "pi2b"), default="virt",
-                        help="virt: every node on qemu's virt machine (default); pi3b, pi2b: the first worker on "
-                             "qemu's model of that Raspberry Pi, booted the way its firmware boots it")
+    models = [name for name, board in BOARDS.items() if board.qemu is not None]
+    parser.add_argument("--board", choices=("virt", *models), default="virt",
+                        help=f"virt: every node on qemu's virt machine (default); {', '.join(models)}: the first "
+                             "worker on qemu's model of that Raspberry Pi, booted the way its firmware boots it")
 
 
 def boot_test(ctx: Context, args: argparse.Namespace) -> int:
