@@ -60,6 +60,19 @@ def keep_in_cache(cache_dir: Path, arch: str, used: list[Path]) -> None:
     record_use(cache_dir, me, "imagebuilder test suite", [*used, *others])
 
 
+def small_recipe(name: str, out: Path, *, compress: str = "zstd", bmap: bool = True, extra: str = "") -> str:
+    """The text of the smallest test cluster on the bootstrap base: the master and node1, writing to `out`.
+
+    It downloads no k3s release (tests reach nothing outside this machine); `extra` adds whole lines."""
+    return (f"cluster: {{name: {name}}}\n"
+            "base: {bootstrap: {suite: bookworm}}\n"
+            "k3s: {assets: none}\n"
+            "workers:\n"
+            '  - {hostname: node1, mac: "b8:27:eb:00:00:01"}\n'
+            f"{extra}"
+            f"output: {{dir: {out}, compress: {compress}, bmap: {str(bmap).lower()}}}\n")
+
+
 def arm64_base() -> BaseImage:
     return bootstrap_test_base("arm64")
 

@@ -28,19 +28,7 @@ from imagebuilder.recipe.load import load_recipe
 from imagebuilder.roles.secrets import read_k3s_secrets
 from imagebuilder.sources.checksums import sha256_of
 from tests.conftest import ROOT, build_mounts, leftovers, require_programs
-from tests.images import arm64_base, make_context
-
-RECIPE = """\
-cluster: {{name: buildtest}}
-base: {{bootstrap: {{suite: bookworm}}}}
-# Tests reach nothing outside this machine: no k3s release download.
-k3s: {{assets: none}}
-workers:
-  - {{hostname: node1, mac: "b8:27:eb:00:00:01"}}
-packages: {{worker: [hello]}}
-overlays: [extra]
-output: {{dir: {out}, compress: zstd, bmap: true}}
-"""
+from tests.images import arm64_base, make_context, small_recipe
 
 
 def make_recipe(tmp_path: Path, marker: str = "one") -> Path:
@@ -50,7 +38,8 @@ def make_recipe(tmp_path: Path, marker: str = "one") -> Path:
     (extra / "cluster-note.j2").write_text(
         "{{ recipe.cluster.name }} {{ role }}{% if role == 'worker' %} " + marker + "{% endif %}\n")
     path = tmp_path / "recipe.yaml"
-    path.write_text(RECIPE.format(out=tmp_path / "out"))
+    path.write_text(small_recipe("buildtest", tmp_path / "out",
+                                 extra="packages: {worker: [hello]}\noverlays: [extra]\n"))
     return path
 
 

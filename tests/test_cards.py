@@ -25,16 +25,8 @@ from imagebuilder.disk.seed import read_hostname_seed
 from imagebuilder.flash import card as flash_card
 from imagebuilder.recipe.load import load_recipe
 from tests.conftest import require_programs, require_root
-from tests.images import arm64_base, make_context
+from tests.images import arm64_base, make_context, small_recipe
 
-RECIPE = """\
-cluster: {{name: cardtest}}
-base: {{bootstrap: {{suite: bookworm}}}}
-k3s: {{assets: none}}
-workers:
-  - {{hostname: node1, mac: "b8:27:eb:00:00:01"}}
-output: {{dir: {out}, compress: zstd, bmap: true}}
-"""
 MiB = 2**20
 
 
@@ -45,7 +37,7 @@ def outputs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     require_programs("bmaptool", "zstd", "xz", "fsck.vfat", "e2fsck", "mcopy", "diff")
     tmp = tmp_path_factory.mktemp("cards")
     path = tmp / "recipe.yaml"
-    path.write_text(RECIPE.format(out=tmp / "out"))
+    path.write_text(small_recipe("cardtest", tmp / "out"))
     recipe = load_recipe(path)
     ctx = make_context()
     with ctx.stack:

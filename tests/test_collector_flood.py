@@ -170,6 +170,7 @@ def test_flood_and_slow_clients_lock_no_real_node_out(lab: Cluster, tmp_path: Pa
 
 
 def test_the_attack_tools_are_standard_library_only() -> None:
-    # They run with the system python3 inside the namespaces, where the project's venv is not.
-    result = subprocess.run([PYTHON, "-I", str(FLOOD), "--help"], capture_output=True, text=True, check=False)
+    # They run with the system python3 inside the namespaces, where the project's venv is not; -S keeps
+    # out the distribution's site-packages too.
+    result = subprocess.run([PYTHON, "-I", "-S", str(FLOOD), "--help"], capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr

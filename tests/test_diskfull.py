@@ -17,16 +17,7 @@ from imagebuilder.core.errors import DiskFull
 from imagebuilder.core.resources import PARTIAL, mounted
 from imagebuilder.disk.copy import copy_image
 from tests.conftest import ROOT, require_root
-from tests.images import arm64_base
-
-RECIPE = """\
-cluster: {{name: fulltest}}
-base: {{bootstrap: {{suite: bookworm}}}}
-k3s: {{assets: none}}
-workers:
-  - {{hostname: node1, mac: "b8:27:eb:00:00:01"}}
-output: {{dir: {out}, compress: zstd, bmap: true}}
-"""
+from tests.images import arm64_base, small_recipe
 
 
 @pytest.fixture
@@ -71,7 +62,7 @@ def test_full_cache_stops_with_one_line_and_no_partial_entry(small, tmp_path: Pa
     cache = small("cache", (base.path.stat().st_blocks * 512 >> 20) + 300)  # the base, and not a stage more
     seeded_cache(cache)
     recipe = tmp_path / "recipe.yaml"
-    recipe.write_text(RECIPE.format(out=tmp_path / "out"))
+    recipe.write_text(small_recipe("fulltest", tmp_path / "out"))
     result = build(recipe, cache)
     assert result.returncode == 2, result.stderr[-2000:]
     line = result.stderr.strip().splitlines()[-2]
@@ -87,7 +78,7 @@ def test_full_output_folder_stops_with_one_line_and_no_partial_output(small, tmp
     arm64_base()
     out = small("out", 400)
     recipe = tmp_path / "recipe.yaml"
-    recipe.write_text(RECIPE.format(out=out))
+    recipe.write_text(small_recipe("fulltest", out))
     from tests.images import make_context
 
     result = build(recipe, make_context().cache_dir)

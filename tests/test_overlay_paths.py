@@ -13,7 +13,7 @@ from imagebuilder.core.errors import ImageBuilderError
 from imagebuilder.layers.render import OverlayFile, RenderedLayer
 from imagebuilder.layers.write import OutsideImage, resolve_in_root, write_layer
 from imagebuilder.recipe.load import load_recipe
-from tests.images import arm64_base, make_context
+from tests.images import arm64_base, make_context, small_recipe
 from tests.test_build import read_root_file
 
 
@@ -69,16 +69,6 @@ def test_link_loops_are_reported(image_root: Path) -> None:
         resolve_in_root(image_root, "/etc/a/file")
 
 
-RECIPE = """\
-cluster: {{name: pathtest}}
-base: {{bootstrap: {{suite: bookworm}}}}
-k3s: {{assets: none}}
-workers:
-  - {{hostname: node1, mac: "b8:27:eb:00:00:01"}}
-overlays: {overlays}
-output: {{dir: {out}, compress: none, bmap: false}}
-"""
-
 
 @pytest.mark.integration
 def test_build_with_hostile_overlays(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -94,14 +84,15 @@ def test_build_with_hostile_overlays(tmp_path: Path, monkeypatch: pytest.MonkeyP
     (tmp_path / "c/root/var/run" / name).write_text("x\n")
 
     recipe = tmp_path / "bad.yaml"
-    recipe.write_text(RECIPE.format(overlays="[c]", out=tmp_path / "out"))
+    recipe.write_text(small_recipe("pathtest", tmp_path / "out", compress="none", bmap=False, extra="overlays: [c]\n"))
     ctx = make_context()
     with pytest.raises(OutsideImage, match=f"root/var/run/{name} is /run/{name} in the image"), ctx.stack:
         build(ctx, load_recipe(recipe))
     assert not Path(f"/run/{name}").exists()
 
     recipe = tmp_path / "good.yaml"
-    recipe.write_text(RECIPE.format(overlays="[a, b]", out=tmp_path / "out"))
+    recipe.write_text(small_recipe("pathtest", tmp_path / "out", compress="none", bmap=False,
+                                   extra="overlays: [a, b]\n"))
     ctx = make_context()
     with ctx.stack:
         build(ctx, load_recipe(recipe))

@@ -8,6 +8,7 @@ import json
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -230,11 +231,19 @@ def test_secrets_made_once_private_and_reused(tmp_path: Path) -> None:
 
 def test_two_first_builds_at_once_end_with_one_secret(tmp_path: Path) -> None:
     """Each process makes its own value; the one linked first is the one both keep."""
-    script = ("import sys; from pathlib import Path; from imagebuilder.roles.secrets import secret; "
-              "print(secret(Path(sys.argv[1]), lambda: __import__('secrets').token_hex(32)))")
-    procs = [subprocess.Popen([sys.executable, "-c", script, str(tmp_path / "token")], stdout=subprocess.PIPE,
-                              text=True) for _ in range(8)]
-    values = {p.communicate()[0].strip() for p in procs}
+    # Every maker holds until the same moment, so all eight are inside the window between the check for
+    # the file and the link (each says on stderr that it made a value).
+    script = ("import secrets, sys, time; from pathlib import Path; from imagebuilder.roles.secrets import secret\n"
+              "def make():\n"
+              "    time.sleep(max(0.0, float(sys.argv[2]) - time.time())); print('made', file=sys.stderr)\n"
+              "    return secrets.token_hex(32)\n"
+              "print(secret(Path(sys.argv[1]), make))\n")
+    together = str(time.time() + 4)
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(tmp_path / "token"), together],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(8)]
+    results = [p.communicate() for p in procs]
+    assert [err.strip() for _, err in results] == ["made"] * 8, results
+    values = {out.strip() for out, _ in results}
     assert len(values) == 1 and (tmp_path / "token").read_text().strip() in values
     assert [p.name for p in tmp_path.iterdir()] == ["token"]
 

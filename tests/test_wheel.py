@@ -14,16 +14,7 @@ import pytest
 
 from imagebuilder.disk.partitions import boot_and_root
 from tests.conftest import ROOT, require_programs
-from tests.images import arm64_base, make_context
-
-RECIPE = """\
-cluster: {{name: wheeltest}}
-base: {{bootstrap: {{suite: bookworm}}}}
-k3s: {{assets: none}}
-workers:
-  - {{hostname: node1, mac: "b8:27:eb:00:00:01"}}
-output: {{dir: {out}, compress: none, bmap: false}}
-"""
+from tests.images import arm64_base, make_context, small_recipe
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +50,7 @@ def test_installed_wheel_builds_images_with_the_builtin_overlays(installed: Path
     arm64_base()
     require_programs("debugfs")
     recipe = tmp_path / "recipe.yaml"
-    recipe.write_text(RECIPE.format(out=tmp_path / "out"))
+    recipe.write_text(small_recipe("wheeltest", tmp_path / "out", compress="none", bmap=False))
     env = clean_env()
     cache = ["--cache-dir", str(make_context().cache_dir)]
     subprocess.run([installed / "imagebuilder", "validate", recipe], check=True, cwd=tmp_path, env=env)
