@@ -19,8 +19,9 @@ BUILD_PACKAGES := python3 python3-venv python3-pip \
 # Booting the images under qemu on a private LAN (make boot-test, and the boot tier of make test).
 BOOT_PACKAGES := qemu-system-arm qemu-utils socat openssh-client iproute2
 # What the test suite runs besides: the rootless backend (libguestfs and a host kernel for its
-# appliance), dnsmasq --test on rendered configs, Chromium for the dashboard.
-TEST_PACKAGES := $(BOOT_PACKAGES) python3-guestfs libguestfs-tools dnsmasq-base chromium systemd bmap-tools
+# appliance), dnsmasq --test on rendered configs, Chromium for the dashboard, btrfs for reflinked copies.
+TEST_PACKAGES := $(BOOT_PACKAGES) python3-guestfs libguestfs-tools dnsmasq-base chromium systemd bmap-tools \
+	btrfs-progs
 
 .PHONY: setup setup-build setup-boot setup-test venv venv-test test test-fast images boot-test lint bench clean
 
