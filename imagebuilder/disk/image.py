@@ -6,13 +6,14 @@ neither kernel vfat nor MBR partition parsing, and no root.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from imagebuilder.core.run import run
+from imagebuilder.disk.copy import copy_range
 from imagebuilder.disk.ext4 import make_ext4
 from imagebuilder.disk.fat import fat_label, make_fat
-from imagebuilder.disk.partitions import BOOT_SIZE, BOOT_START, MIB, boot_and_root, partition_table
+from imagebuilder.disk.partitions import BOOT_SIZE, BOOT_START, boot_and_root, partition_table
+from imagebuilder.disk.usage import fat_used
 from imagebuilder.recipe.catalogue import LAYOUTS, Layout
 
 
@@ -31,19 +32,14 @@ def check_filesystems(image: Path, scratch: Path) -> None:
     run(["sfdisk", "--verify", image])
     boot, root = boot_and_root(image)
     run(["e2fsck", "-fn", f"{image}?offset={root.start}"])
-    # fsck.vfat has no offset option: check a sparse copy of the partition.
+    # fsck.vfat has no offset option: check a sparse copy of the partition, made of what its FAT says is in
+    # use (the reserved area, the FATs, the root directory and the used clusters), which is all it reads.
     copy = scratch / "boot-partition.check"
     try:
+        used, _ = fat_used(image, boot)
         with open(image, "rb") as src, open(copy, "wb") as dst:
-            src.seek(boot.start)
-            remaining = boot.size
-            while remaining:
-                chunk = src.read(min(remaining, 4 * MIB))
-                if chunk.count(0) == len(chunk):
-                    dst.seek(len(chunk), os.SEEK_CUR)
-                else:
-                    dst.write(chunk)
-                remaining -= len(chunk)
+            for start, length in used:
+                copy_range(src.fileno(), dst.fileno(), start, start + length, boot.start)
             dst.truncate(boot.size)
         run(["fsck.vfat", "-n", copy])
     finally:
