@@ -118,10 +118,12 @@ def verify_image(image: Path, boards: list[str] | None = None) -> Verdict:
     if not config:
         verdict.general.append("config.txt: missing from the boot partition")
     chosen = [BOARDS[b] for b in boards] if boards else boards_for(verdict.arch)
+    # Every board usually picks the same kernel and initramfs: each is read and listed once.
+    listings: dict[str, tuple[set[str], set[str]] | None] = {}
     with temporary_directory("imagebuilder-verify-") as work:
         for board in chosen:
             selection = select(config, board, boot.files)
-            verdict.boards[board.name] = _check_board(selection, verdict.arch, boot, image, root, work)
+            verdict.boards[board.name] = _check_board(selection, verdict.arch, boot, image, root, work, listings)
             verdict.notes += [n for n in selection.notes if n not in verdict.notes]
     return verdict
 
@@ -152,7 +154,7 @@ def _check_general(verdict: Verdict, image: Path, boot: BootPartition, root: Par
 
 
 def _check_board(selection: Selection, arch: str, boot: BootPartition, image: Path, root: Partition,
-                 work: Path) -> list[str]:
+                 work: Path, listings: dict[str, tuple[set[str], set[str]] | None]) -> list[str]:
     board = selection.board
     problems = list(selection.problems)
     if arch not in board.arches:
@@ -175,23 +177,32 @@ def _check_board(selection: Selection, arch: str, boot: BootPartition, image: Pa
                             f"{64 if selection.arm_64bit else 32}-bit mode: config.txt needs "
                             f"arm_64bit={int(arch == 'arm64')} for this board")
     if selection.initramfs in boot.files and selection.initramfs is not None:
-        problems += _missing_drivers(board, boot.copy(selection.initramfs, work / f"initrd-{board.name}"),
-                                     image, root)
+        name = selection.initramfs
+        if name not in listings:
+            listings[name] = _initramfs_modules(boot.copy(name, work / "initrd"), image, root)
+        problems += _missing_drivers(board, name, listings[name])
     elif selection.initramfs is None:
         problems.append("no initramfs: the root file system's drivers would have to be built into the kernel")
     return problems
 
 
-def _missing_drivers(board: Board, initrd: Path, image: Path, root: Partition) -> list[str]:
+def _initramfs_modules(initrd: Path, image: Path, root: Partition) -> tuple[set[str], set[str]] | None:
+    """The modules in the initramfs and those built into its kernel; None when it cannot be listed."""
     try:
         listing = output(["lsinitramfs", initrd])
     except (OSError, CommandFailed):
-        return [f"cannot list the initramfs {initrd.name}"]
-    modules = modules_in(listing)
+        return None
     version = re.search(r"lib/modules/([^/\s]+)/", listing)
     builtin_text = read_root_file(image, root, f"/lib/modules/{version.group(1)}/modules.builtin") if version else ""
     builtin = {re.sub(r"\.ko$", "", line.rsplit("/", 1)[-1]).replace("-", "_")
                for line in (builtin_text or "").splitlines()}
+    return modules_in(listing), builtin
+
+
+def _missing_drivers(board: Board, name: str, found: tuple[set[str], set[str]] | None) -> list[str]:
+    if found is None:
+        return [f"cannot list the initramfs {name}"]
+    modules, builtin = found
     problems = []
     for wanted in board.sd_modules:
         choices = wanted.split("|")
