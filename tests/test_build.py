@@ -16,11 +16,13 @@ import yaml
 from imagebuilder.boards.verify import verify_image
 from imagebuilder.build.execute import build
 from imagebuilder.core import resources
+from imagebuilder.disk.bmap import make_bmap
 from imagebuilder.disk.fat import MTOOLS_ENV, fat_read
 from imagebuilder.disk.image import check_filesystems
 from imagebuilder.disk.mount import mounted_image
 from imagebuilder.disk.partitions import boot_and_root
 from imagebuilder.disk.seed import read_hostname_seed
+from imagebuilder.disk.usage import image_usage
 from imagebuilder.engine.backends.chroot import chroot_session
 from imagebuilder.layers import nevership
 from imagebuilder.recipe.catalogue import LAYOUTS
@@ -68,6 +70,9 @@ def test_outputs_exist_and_sums_match(built: Path) -> None:
                             "worker.img.zst", "SHA256SUMS", "manifest.json",
                             "node1.img", "node1.img.bmap"])
     subprocess.run(["sha256sum", "--check", "--quiet", "SHA256SUMS"], cwd=built, check=True)
+    # A per-node image is checked through its bmap (read in full it would cost each node a whole image).
+    listed = [line.split("  ", 1)[1] for line in (built / "SHA256SUMS").read_text().splitlines()]
+    assert "node1.img.bmap" in listed and "node1.img" not in listed
 
 
 @pytest.mark.integration
@@ -196,6 +201,17 @@ def test_per_node_image_differs_only_in_boot_partition(built: Path) -> None:
     assert differing, "the seed is missing"
     assert all(boot.start <= o < boot.end for o in differing), differing
     assert read_hostname_seed(node) == "node1" and read_hostname_seed(worker) is None
+
+
+@pytest.mark.integration
+def test_per_node_bmap_is_the_one_read_from_scratch(built: Path, tmp_path: Path) -> None:
+    # Its digests are worker.img's but for the boot partition's: they must be what reading it all gives.
+    node = built / "node1.img"
+    assert (built / "node1.img.bmap").read_bytes() == make_bmap(node, image_usage(node))
+    target = tmp_path / "node1.copy"
+    subprocess.run(["bmaptool", "copy", "--bmap", built / "node1.img.bmap", node, target], check=True,
+                   capture_output=True)
+    assert sha256_of(target) == sha256_of(node)
 
 
 @pytest.mark.integration

@@ -15,7 +15,7 @@ from imagebuilder.build.plan import Inputs, plan_build, role_packages
 from imagebuilder.cli.main import main
 from imagebuilder.core.errors import ImageBuilderError, RecipeError
 from imagebuilder.engine.checks import DATA_CHECKS, stage_checks
-from imagebuilder.engine.stages import stage_image
+from imagebuilder.engine.stages import check_key, passed_before, stage_image
 from imagebuilder.layers.description import CHECK_TOOLS, load_description
 from imagebuilder.layers.render import BUILTIN, render_layer
 from imagebuilder.recipe.catalogue import LAYOUTS
@@ -162,3 +162,31 @@ def test_build_plan_command_prints_stages_and_json(recipe_file: Any, capsys: pyt
     assert all(s["action"] == "build" for s in document["stages"])
     # Read only: nothing made in the cache or the state directory.
     assert not (tmp_path / "cache").exists() and not (tmp_path / "state").exists()
+
+
+def check_keys(text: str, recipe_file: Any, role: str = "master") -> dict[tuple[str, str], str]:
+    stage = plan_build(load_recipe(recipe_file(text)), inputs(), Path("/cache/stages")).final(role).stage
+    return {(c.tool, c.path): check_key(stage, c) for c in stage.checks}
+
+
+def test_a_check_is_run_again_exactly_when_its_inputs_change(recipe_file: Any) -> None:
+    before = check_keys(VALID, recipe_file)
+    # A worker renamed: the DHCP reservations (dnsmasq's file) change, so does the master's layer, whose
+    # files the layer's own checks depend on; the nftables rules live in the same layer.
+    renamed = check_keys(VALID.replace("node2", "node9"), recipe_file)
+    dnsmasq = ("dnsmasq --test", "/etc/dnsmasq.d/cluster.conf")
+    assert before[dnsmasq] != renamed[dnsmasq]
+    # The same recipe: the same keys, so the checks are not run again.
+    assert check_keys(VALID, recipe_file) == before
+    # Another base (other tools in the image): every check again.
+    stage = plan_build(load_recipe(recipe_file(VALID)), inputs(BaseImage(BASE.path, "cd" * 32, BASE.layout, {})),
+                       Path("/cache/stages")).final("master").stage
+    assert not {check_key(stage, c) for c in stage.checks} & set(before.values())
+
+
+def test_passed_checks_are_read_from_the_records_of_the_stage_name(tmp_path: Path) -> None:
+    (tmp_path / "master-aaaaaaaaaaaaaaaaaaaaaaaa.json").write_text(json.dumps({"checks_passed": ["k1", "k2"]}))
+    (tmp_path / "master-bbbbbbbbbbbbbbbbbbbbbbbb.json").write_text(json.dumps({"checks_passed": ["k3"]}))
+    (tmp_path / "master-packages-cccccccccccccccccccccccc.json").write_text(json.dumps({"checks_passed": ["other"]}))
+    (tmp_path / "master-dddddddddddddddddddddddd.json").write_text("{not json")
+    assert passed_before(tmp_path, "master") == {"k1", "k2", "k3"}

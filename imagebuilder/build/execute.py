@@ -126,7 +126,7 @@ def _build(ctx: Context, recipe: Recipe, *, per_node: bool, backend: str | None)
                                              units=common.units + made[role].units) for role in ROLES}
         used += emit_outputs(ctx, recipe, base, results, k3s_missing=k3s.missing)
         if per_node:
-            emit_per_node(ctx, recipe, base.layout)
+            emit_per_node(ctx, recipe, results["worker"])
     log.info("images in %s", recipe.output_dir)
     if k3s.missing:
         log.warning("WARNING: the images have no k3s binary: %s", k3s.missing)

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from imagebuilder import __version__
 from imagebuilder.core.cache import touch
@@ -21,15 +23,16 @@ from imagebuilder.core.context import Context
 from imagebuilder.core.errors import ImageBuilderError
 from imagebuilder.core.log import Progress, log, step
 from imagebuilder.core.resources import allocated, atomic_output, ensure_space, file_lock, temporary_directory
-from imagebuilder.disk.copy import Copied, copy_image
+from imagebuilder.disk.bmap import range_extents
+from imagebuilder.disk.copy import Copied, clone_image, copy_image, digest_image, range_digests
 from imagebuilder.disk.ext4 import shrink_root
 from imagebuilder.disk.image import check_filesystems
 from imagebuilder.disk.partitions import grow_image
-from imagebuilder.engine.backends.interface import choose_backend
+from imagebuilder.disk.usage import Usage, image_usage
+from imagebuilder.engine.backends.interface import ImageTree, choose_backend
 from imagebuilder.engine.checks import ConfigCheck, check_rendered
 from imagebuilder.layers.render import RenderedLayer
 from imagebuilder.recipe.catalogue import Layout
-from imagebuilder.sources.checksums import sha256_of
 
 FORMAT = 5  # 2: stages shrink to what they hold; 3: copied hole for hole; 4: trimmed after the chroot;
 # 5: kernel arguments also where a kernel update keeps them
@@ -71,6 +74,9 @@ class StageResult:
     files: list[str]
     units: list[str]
     sha256: str | None = None  # of the stage image, taken when it was made and checked (None: older record)
+    usage: Usage | None = None  # what its file systems use, read when it was made
+    range_sha256: tuple[str, ...] = ()  # of each block-map range of usage (disk.bmap's block size)
+    fresh: bool = False  # made by this build, which just took its digests: reading it needs no check
 
 
 def stage_image(stage_dir: Path, stage: Stage) -> Path:
@@ -100,11 +106,32 @@ def copy_checked(source: Path, target: Path, extents: Sequence[tuple[int, int]] 
     copied = copy_image(source, target, extents, progress)
     expected = (cached_record(source) or {}).get("sha256")
     if expected and copied.sha256 != expected:
-        source.with_suffix(".json").unlink(missing_ok=True)
-        source.unlink(missing_ok=True)
-        raise ImageBuilderError(f"{source}: the cached image does not match its record (damaged on disk); "
-                                "it was removed", "build again: it is made anew")
+        damaged(source)
     return copied
+
+
+def check_entry(image: Path) -> None:
+    """Check that a cache entry still is what its record says, before a stage is made from it.
+
+    Where the record has the digest of each range its file systems use, those are checked (split between
+    the cores): the bytes a stage made from it takes on. Elsewhere (a base image) its whole digest.
+    """
+    record = cached_record(image) or {}
+    usage, expected = record.get("usage"), record.get("range_sha256")
+    if usage and expected:
+        good = range_digests(image, range_extents(Usage(usage["size"], tuple(map(tuple, usage["used"])),
+                                                        usage["data"]))) == tuple(expected)
+    else:
+        good = not record.get("sha256") or digest_image(image).sha256 == record["sha256"]
+    if not good:
+        damaged(image)
+
+
+def damaged(image: Path) -> NoReturn:
+    image.with_suffix(".json").unlink(missing_ok=True)
+    image.unlink(missing_ok=True)
+    raise ImageBuilderError(f"{image}: the cached image does not match its record (damaged on disk); "
+                            "it was removed", "build again: it is made anew")
 
 
 def realise(ctx: Context, stage: Stage, debs: Path) -> StageResult:
@@ -113,14 +140,18 @@ def realise(ctx: Context, stage: Stage, debs: Path) -> StageResult:
     image = stage_image(ctx.cache("stages"), stage)
     record = image.with_suffix(".json")
     with file_lock(image.with_suffix(".lock"), f"the {stage.name} stage"):
-        if cached_record(image) is not None:
+        fresh = cached_record(image) is None
+        if not fresh:
             log.info("stage %s: cached (%s)", stage.name, key[:12])
             touch(image)
         else:
             with step(f"stage {stage.name}"):
                 _build(ctx, stage, image, record, debs)
     info = json.loads(record.read_text())
-    return StageResult(image, key, info["packages"], info["files"], info["units"], info.get("sha256"))
+    usage = info.get("usage")
+    return StageResult(image, key, info["packages"], info["files"], info["units"], info.get("sha256"),
+                       Usage(usage["size"], tuple(map(tuple, usage["used"])), usage["data"]) if usage else None,
+                       tuple(info.get("range_sha256", ())), fresh)
 
 
 def _build(ctx: Context, stage: Stage, image: Path, record: Path, debs: Path) -> None:
@@ -129,8 +160,12 @@ def _build(ctx: Context, stage: Stage, image: Path, record: Path, debs: Path) ->
     # The copy of the parent, what apt may add, and some room for the file system's own growth.
     ensure_space(image.parent, allocated(stage.parent) + (GIB if stage.packages else 0) + 64 * 2**20,
                  f"the {stage.name} stage")
-    with temporary_directory(f"stage-{stage.name}-", ctx.cache("tmp")) as work, atomic_output(image) as tmp:
-        copy_checked(stage.parent, tmp)
+    with temporary_directory(f"stage-{stage.name}-", ctx.cache("tmp")) as work, atomic_output(image) as tmp, \
+            ThreadPoolExecutor(1, thread_name_prefix="check-parent") as checker:
+        # The kernel copies the parent (a reflink where it can); its digest is checked beside the stage's
+        # work, which mostly waits on programs, and before the stage is kept.
+        parent_checked = checker.submit(check_entry, stage.parent)
+        clone_image(stage.parent, tmp)
         grown = grow_image(tmp, stage.size or tmp.stat().st_size + (GIB if stage.packages else 0))
         with backend.open(tmp, stage.layout, stage.arch, work, grow_fs=grown) as tree:
             if stage.packages:
@@ -146,16 +181,70 @@ def _build(ctx: Context, stage: Stage, image: Path, record: Path, debs: Path) ->
                 tree.add_kernel_arguments(cmdline)
             if units:
                 tree.enable_units(units)
-            if stage.checks:
+            passed = run_new_checks(tree, stage, image.parent) if backend.name == "loop" else []
+            if stage.checks and backend.name != "loop":
                 tree.run_checks(list(stage.checks))
             packages = tree.list_packages()
             # Lists, host keys; then free blocks read as zeros, so bmaps and compressed copies carry only data.
             tree.tidy()
         if grown and stage.size is None and backend.name == "loop":
             shrink_root(tmp)
-        # Checked and digested once, when the stage is made: emitting it again needs neither.
+        # Checked and digested once, when the stage is made, with what its file systems use and the digest
+        # of each block-map range: emitting it needs none of that again.
         check_filesystems(tmp, work)
-        digest = sha256_of(tmp)
+        usage = image_usage(tmp)
+        digested = digest_image(tmp, range_extents(usage))
+        parent_checked.result()
         with atomic_output(record) as rec:
-            rec.write_text(json.dumps({"packages": packages, "files": files, "units": units, "sha256": digest,
-                                       "size": tmp.stat().st_size}, indent=1))
+            rec.write_text(json.dumps({
+                "packages": packages, "files": files, "units": units, "sha256": digested.sha256,
+                "size": tmp.stat().st_size, "range_sha256": digested.range_sha256, "checks_passed": passed,
+                "usage": {"size": usage.size, "used": usage.used, "data": usage.data}}, indent=1))
+
+
+def check_key(stage: Stage, check: ConfigCheck) -> str:
+    """What a check's verdict depends on: the image's tools (the parent), the command, the checked file and
+    the rest of its layer (a file it includes), and where every other file is and how it may be run (what
+    `systemd-analyze verify` looks for)."""
+    boot = stage.layout.boot_mount
+    own = next((layer for layer in stage.layers if any(f.system_path(boot) == check.path for f in layer.files)),
+               None)
+    material = {
+        "parent": stage.parent_key, "argv": check.argv, "tool": check.tool, "on_host": check.on_host,
+        "layer": sorted((f.system_path(boot), hashlib.sha256(f.data).hexdigest(), f.mode, f.symlink)
+                        for f in (own.files if own else ())),
+        "files": sorted((f.system_path(boot), f.mode, f.symlink, f.data.decode(errors="replace") if f.symlink
+                         else "") for layer in stage.layers for f in layer.files),
+        "units": sorted(unit for layer in stage.layers for unit in layer.units),
+    }
+    return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
+
+
+def passed_before(stage_dir: Path, name: str) -> set[str]:
+    """The checks the cached stages of this name passed (their records keep the keys)."""
+    passed: set[str] = set()
+    for record in stage_dir.glob(f"{name}-*.json"):
+        if not re.fullmatch(rf"{re.escape(name)}-[0-9a-f]{{24}}\.json", record.name):  # master-packages-...
+            continue
+        try:
+            passed.update(json.loads(record.read_text()).get("checks_passed", ()))
+        except (OSError, ValueError, TypeError):
+            continue
+    return passed
+
+
+def run_new_checks(tree: ImageTree, stage: Stage, stage_dir: Path) -> list[str]:
+    """Run the stage's checks but those that passed before on exactly the same inputs; return every key.
+
+    An overlay edit changes one file: the checks of the others (cloud-init schema and systemd-analyze verify
+    under emulation, about a second each) would only repeat their verdict.
+    """
+    keys = {check: check_key(stage, check) for check in stage.checks}
+    known = passed_before(stage_dir, stage.name)
+    todo = [check for check in stage.checks if keys[check] not in known]
+    if len(todo) < len(keys):
+        log.info("stage %s: %d of %d checks passed before on the same files and tools: not run again",
+                 stage.name, len(keys) - len(todo), len(keys))
+    if todo:
+        tree.run_checks(todo)
+    return sorted(set(keys.values()))

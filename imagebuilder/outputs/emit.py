@@ -18,17 +18,17 @@ from typing import Any
 from imagebuilder import __version__
 from imagebuilder.boards.verify import verify_image
 from imagebuilder.core.context import Context
-from imagebuilder.core.errors import ChecksFailed
+from imagebuilder.core.errors import ChecksFailed, DiskFull
 from imagebuilder.core.log import Progress, log, step
-from imagebuilder.core.resources import allocated, atomic_output, ensure_space
-from imagebuilder.disk.bmap import bmap_document, make_bmap, range_extents
-from imagebuilder.disk.copy import copy_image
+from imagebuilder.core.resources import allocated, atomic_output, ensure_space, free_space
+from imagebuilder.disk.bmap import bmap_document, range_extents
+from imagebuilder.disk.copy import can_reflink, clone_image, range_digests
+from imagebuilder.disk.partitions import Partition, read_partitions
 from imagebuilder.disk.seed import write_hostname_seed
-from imagebuilder.disk.usage import image_usage
+from imagebuilder.disk.usage import Usage, fat_used, image_usage, merge
 from imagebuilder.engine.stages import StageResult, copy_checked
 from imagebuilder.outputs.compress import COMPRESSORS, compress_cached, extension
 from imagebuilder.outputs.imager import OS_LIST, write_os_list
-from imagebuilder.recipe.catalogue import Layout
 from imagebuilder.recipe.model import Recipe
 from imagebuilder.sources.base import BaseImage
 from imagebuilder.sources.checksums import sha256_of
@@ -126,12 +126,22 @@ def emit_image(ctx: Context, recipe: Recipe, role: str, result: StageResult, out
     ensure_space(out, allocated(result.image), raw.name)
     # What the file systems use, from the stage itself: the bmap maps exactly that (issue: used blocks of
     # zeros left out of a bmap kept a used card's old bytes).
-    usage = image_usage(result.image)
-    extents = range_extents(usage) if recipe.output.bmap else []
-    # One pass: the copy (holes only where the stage has them), its digest and the bmap's range digests.
-    with atomic_output(raw, PRIVATE) as tmp, Progress(f"write {raw.name}", result.image.stat().st_size) as progress:
-        copied = copy_checked(result.image, tmp, extents, progress)
-    digest = copied.sha256
+    usage = result.usage or image_usage(result.image)
+    if result.fresh and result.sha256 and result.usage and result.range_sha256:
+        # Made and digested moments ago by this build: the kernel copies it (a reflink where the file
+        # system shares blocks), and its digests are the ones just taken.
+        with atomic_output(raw, PRIVATE) as tmp:
+            how = clone_image(result.image, tmp)
+        log.info("%s: %s of the %s stage", raw.name, "a reflink" if how == "reflink" else "a copy", role)
+        digest, range_sha256 = result.sha256, result.range_sha256
+    else:
+        # A stage from an earlier build: one pass copies it (holes only where the stage has them), checks
+        # it against its record and takes the bmap's range digests.
+        extents = range_extents(usage)
+        with atomic_output(raw, PRIVATE) as tmp, \
+                Progress(f"write {raw.name}", result.image.stat().st_size) as progress:
+            copied = copy_checked(result.image, tmp, extents, progress)
+        digest, range_sha256 = copied.sha256, copied.range_sha256
     verdict = verify_image(raw)
     if not verdict.ok:
         raw.unlink()
@@ -141,7 +151,7 @@ def emit_image(ctx: Context, recipe: Recipe, role: str, result: StageResult, out
     files: dict[str, dict[str, Any]] = {raw.name: {"sha256": digest, "signature": signature(raw)}}
     if recipe.output.bmap:
         bmap = raw.with_name(raw.name + ".bmap")
-        document = bmap_document(usage, list(copied.range_sha256))
+        document = bmap_document(usage, list(range_sha256))
         with atomic_output(bmap, PRIVATE) as tmp:
             tmp.write_bytes(document)
         files[bmap.name] = {"sha256": hashlib.sha256(document).hexdigest(), "signature": signature(bmap)}
@@ -172,25 +182,76 @@ def write_checksums(out: Path, names: list[Path], known: dict[str, str] | None =
         tmp.write_text("".join(lines))
 
 
-def emit_per_node(ctx: Context, recipe: Recipe, layout: Layout) -> list[Path]:
+def emit_per_node(ctx: Context, recipe: Recipe, worker: StageResult) -> list[Path]:
     """node1.img ...: the worker image with a hostname seed on the boot partition, for labelled cards.
 
-    They differ from worker.img only inside the boot partition, where the seed file is.
+    They differ from worker.img only inside the boot partition, where the seed file is, so each costs what
+    differs: a reflink of worker.img where the file system shares blocks (btrfs, XFS), the seed written into
+    it, and a bmap whose range digests are worker.img's but for the boot partition's. Where there are no
+    reflinks each image is a full copy: the disk that takes is said, and checked, before the first one.
+    SHA256SUMS lists each node's bmap, not the image: a whole-image digest would read every image in full,
+    and the bmap, which `imagebuilder flash` and bmaptool check while writing, holds a digest of every
+    block the card receives.
     """
     out = recipe.output_dir
+    source = out / "worker.img"
+    usage = worker.usage or image_usage(source)
+    digests = worker.range_sha256 or range_digests(source, range_extents(usage))
+    boot = read_partitions(source)[0]
     written = []
     with step(f"write {len(recipe.workers)} per-node images"):
-        for worker in recipe.workers:
-            image = out / f"{worker.hostname}.img"
+        shared = plan_per_node(source, out, len(recipe.workers))
+        for node in recipe.workers:
+            image = out / f"{node.hostname}.img"
             with atomic_output(image, PRIVATE) as tmp:
-                copy_image(out / "worker.img", tmp)
-                write_hostname_seed(tmp, worker.hostname)
+                clone_image(source, tmp)
+                write_hostname_seed(tmp, node.hostname)
             if recipe.output.bmap:
                 with atomic_output(image.with_name(image.name + ".bmap"), PRIVATE) as tmp:
-                    tmp.write_bytes(make_bmap(image, image_usage(image)))
+                    tmp.write_bytes(node_bmap(image, usage, digests, boot))
             written.append(image)
-    names = [Path(line.split("  ", 1)[1]) for line in (out / "SHA256SUMS").read_text().splitlines()]
-    names += [p.relative_to(out) for image in written for p in (image, image.with_name(image.name + ".bmap"))
-              if p.exists()]
-    write_checksums(out, sorted(set(names)))
+        log.info("%d per-node images (%s)", len(written), "reflinks of worker.img" if shared else "full copies")
+    # SHA256SUMS as emit_outputs wrote it (master and worker), with the new bmaps (or images) added.
+    known = {name: digest for digest, name in
+             (line.split("  ", 1) for line in (out / "SHA256SUMS").read_text().splitlines())}
+    names = [Path(name) for name in known]
+    added = [(image.with_name(image.name + ".bmap") if recipe.output.bmap else image).relative_to(out)
+             for image in written]
+    write_checksums(out, sorted({*names, *added}), {n: d for n, d in known.items() if Path(n) not in added})
     return written
+
+
+def plan_per_node(source: Path, out: Path, count: int) -> bool:
+    """Whether per-node images can share worker.img's blocks here; without, stop now when the disk cannot
+    hold them, and say what they take."""
+    shared = can_reflink(source, out)
+    if shared:
+        return True
+    needed = allocated(source) * count
+    free = free_space(out)
+    alternative = (f"or flash worker.img to every card with `imagebuilder flash --hostname NAME {source} "
+                   "DEVICE`, which writes the same seed with no image per node")
+    if needed > free:
+        raise DiskFull(f"{out}: {count} per-node images take {needed / 2**30:.1f} GiB here (this file system has "
+                       f"no reflinks: each is a full copy of worker.img), {free / 2**30:.1f} GiB are free",
+                       "build them on btrfs or XFS, where each takes only what differs, " + alternative)
+    log.warning("%d per-node images take %.1f GiB in %s: this file system has no reflinks, so each is a full "
+                "copy of worker.img (on btrfs or XFS each takes a few MiB); %s", count, needed / 2**30, out,
+                alternative)
+    return False
+
+
+def node_bmap(image: Path, worker_usage: Usage, worker_digests: tuple[str, ...], boot: Partition) -> bytes:
+    """The bmap of a per-node image: worker.img's, with the boot partition's allocation and digests read
+    again (the seed added a file there); nothing outside it is read."""
+    fat, _ = fat_used(image, boot)
+    # worker.img's used extents with the boot partition cut out (one may run from the gap before it on).
+    outside = [(low, high - low) for start, length in worker_usage.used
+               for low, high in ((start, min(start + length, boot.start)), (max(start, boot.end), start + length))
+               if low < high]
+    usage = Usage(worker_usage.size, tuple(merge([*outside, *fat])), worker_usage.data)
+    known = dict(zip(range_extents(worker_usage), worker_digests, strict=True))
+    ranges = range_extents(usage)
+    fresh = [r for r in ranges if r not in known or not (r[1] <= boot.start or r[0] >= boot.end)]
+    digests = dict(zip(fresh, range_digests(image, fresh, threads=1), strict=True))
+    return bmap_document(usage, [digests.get(r) or known[r] for r in ranges])
