@@ -65,11 +65,13 @@ def remove_tree(path: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_output(final: Path, mode: int = 0o666) -> Iterator[Path]:
+def atomic_output(final: Path, mode: int = 0o666, *, durable: bool = True) -> Iterator[Path]:
     """Yield a temporary file beside `final`; when the block succeeds, flush it to the disk and rename it
     into place (and flush the directory), so that after a power cut `final` is either whole or absent.
 
     mode: of the new file (less the umask); 0o600 for what holds secrets.
+    durable False: renamed without the flush, for a cache entry whose digest is checked whenever it is
+    read (a stage): a power cut may damage it, and the next build that reads it finds that out.
     """
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.with_name(f".{final.name}{PARTIAL}{secrets.token_hex(4)}")
@@ -77,9 +79,11 @@ def atomic_output(final: Path, mode: int = 0o666) -> Iterator[Path]:
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield tmp
-        sync_path(tmp)
+        if durable:
+            sync_path(tmp)
         os.replace(tmp, final)
-        sync_path(final.parent)
+        if durable:
+            sync_path(final.parent)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             remove_tree(tmp)
