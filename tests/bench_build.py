@@ -1,18 +1,28 @@
-"""Bench: `imagebuilder build` cold, warm, after an overlay edit and after adding a package, in one run.
+"""Bench: `imagebuilder build` against the floor of its work on this machine, in one run.
 
-    .venv/bin/python -m tests.bench_build [--keep]
+    .venv/bin/python -m tests.bench_build [--keep] [--base-cached] [--no-floors] [--no-xz]
 
-"Cold" means nothing cached but the base: the builds use a fresh --cache-dir into which the cached base
-images of the machine's cache (~/.cache/imagebuilder/bases) are hard-linked (or reflinked), with no stages,
-no compressed copies and an empty .deb cache. Each build is the real command in its own process, so the
-times include start-up. Ratios are against the cold build of the same run. The builds run a copy of the
-code and the built-in overlays taken when the bench starts, so edits made meanwhile cannot turn a warm
-rebuild into a cold one. Needs root and a cached arm64 bootstrap base (the integration tests make one).
+Builds, each the real command in its own process against a fresh cache (times include start-up):
+  cold         from nothing: the base bootstrapped, every stage made (--base-cached: the machine's cached
+               base images are linked in, and the cold figures have no floor to compare with)
+  warm         the same recipe again, no change
+  overlay      one file of a recipe overlay changed
+  package      one package added to the workers
+  5 / 250      the table with 5, then 250 workers (both remake the files stages and the outputs)
+  per-node     `build --per-node` with 5, 50 and 250 workers, onto btrfs (reflinks) and onto the folder
+               the bench runs in (here ext4: full copies, or the refusal when the disk cannot hold them)
+  xz           the same images emitted as xz
+Floors, in the same run: `../shared/tools/floors.sh` (the base, a role's packages, assembling and
+compressing an image, with plain Debian tools) for the cold build; for an overlay edit, the bench's own
+equivalent on the images just built (a sparse copy of each, one file written into its ext4 with debugfs,
+zstd -T0 of each). Compression's use of the cores: zstd and xz with one thread against all, on worker.img.
+Every figure is printed with its goal. Needs root.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import shutil
@@ -20,14 +30,17 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from imagebuilder.core.context import default_cache_dir
 from imagebuilder.core.run import is_root
+from imagebuilder.disk.partitions import boot_and_root
+from imagebuilder.outputs.compress import COMPRESSORS
 
 ROOT = Path(__file__).resolve().parent.parent
-GOALS = {"warm": "< 2 s and >= 10x faster than cold", "overlay": "< 30 s"}
+FLOORS = ROOT.parent / "shared" / "tools" / "floors.sh"
+MIB = 2**20
 
 RECIPE = """\
 cluster: {{name: bench}}
@@ -35,8 +48,7 @@ base: {{bootstrap: {{suite: bookworm}}}}
 # Benchmarks reach nothing outside this machine: no k3s release download.
 k3s: {{assets: none}}
 workers:
-  - {{hostname: node1, mac: "b8:27:eb:00:00:01"}}
-  - {{hostname: node2, mac: "b8:27:eb:00:00:02"}}
+{workers}
 packages: {{worker: [{packages}]}}
 overlays: [bench-overlay]
 output: {{dir: {out}, compress: {compress}, bmap: true}}
@@ -47,7 +59,16 @@ output: {{dir: {out}, compress: {compress}, bmap: true}}
 class Run:
     name: str
     seconds: float
-    steps: dict[str, float]
+    steps: dict[str, float] = field(default_factory=dict)
+    stderr: str = ""
+
+
+@dataclass
+class Goal:
+    what: str
+    figure: str
+    goal: str
+    met: bool | None  # None: not measured in this run
 
 
 def link_bases(source: Path, cache: Path) -> int:
@@ -66,9 +87,16 @@ def link_bases(source: Path, cache: Path) -> int:
     return count
 
 
-def write_recipe(work: Path, packages: list[str], compress: str = "zstd") -> Path:
+def workers(count: int) -> str:
+    return "\n".join(f'  - {{hostname: node{i}, mac: "b8:27:eb:00:{i // 256:02x}:{i % 256:02x}"}}'
+                     for i in range(1, count + 1))
+
+
+def write_recipe(work: Path, packages: list[str], *, compress: str = "zstd", count: int = 2,
+                 out: Path | None = None) -> Path:
     path = work / "recipe.yaml"
-    path.write_text(RECIPE.format(packages=", ".join(packages), out=work / "out", compress=compress))
+    path.write_text(RECIPE.format(workers=workers(count), packages=", ".join(packages),
+                                  out=out or work / "out", compress=compress))
     return path
 
 
@@ -90,85 +118,274 @@ def snapshot_source(source: Path, work: Path) -> Path:
     return src
 
 
-def timed_build(name: str, cache: Path, recipe: Path, log: Path, src: Path) -> Run:
+def timed_build(name: str, cache: Path, recipe: Path, log: Path, src: Path, *extra: str,
+                expect: int = 0) -> Run:
     # Each build in a mount namespace of its own: a process that another job on the machine starts in a
     # new namespace meanwhile (ip netns exec, a test's qemu) would otherwise hold a copy of the stage's
     # mounts, keep its filesystem alive after our umount, and fail the stage's fsck.
     argv = ["unshare", "--mount", "--propagation", "private",
-            sys.executable, "-m", "imagebuilder", "--cache-dir", str(cache), "build", str(recipe)]
+            sys.executable, "-m", "imagebuilder", "--cache-dir", str(cache), "build", *extra, str(recipe)]
+    print(f"bench_build: {name} ...", flush=True)
     start = time.monotonic()
     proc = subprocess.run(argv, cwd=src, stdin=subprocess.DEVNULL, capture_output=True, text=True, check=False)
     seconds = time.monotonic() - start
     with log.open("a") as f:
         f.write(f"===== {name}: {' '.join(argv)}\n{proc.stderr}\n")
-    if proc.returncode != 0:
+    if proc.returncode != expect:
         tail = "\n".join(proc.stderr.splitlines()[-15:])
-        raise SystemExit(f"bench_build: the {name} build failed (exit {proc.returncode}):\n{tail}\nlog: {log}")
+        raise SystemExit(f"bench_build: the {name} build exited {proc.returncode}, not {expect}:\n{tail}\nlog: {log}")
     steps: dict[str, float] = {}
     for line in proc.stderr.splitlines():
-        if (m := STEP_DONE.match(line)) and len(m.group(1)) <= 4:
-            steps[m.group(2)] = float(m.group(3))
-    return Run(name, seconds, steps)
+        if m := STEP_DONE.match(line):
+            steps[m.group(2)] = steps.get(m.group(2), 0.0) + float(m.group(3))
+    return Run(name, seconds, steps, proc.stderr)
 
 
-def print_table(runs: list[Run], cold: Run) -> None:
-    print(f"\n{'build':44} {'seconds':>8} {'ratio to cold':>14}")
-    for r in runs:
-        print(f"{r.name:44} {r.seconds:8.1f} {r.seconds / cold.seconds:14.3f}")
-    warm = next(r for r in runs if r.name.startswith("warm"))
-    overlay = next(r for r in runs if r.name.startswith("overlay"))
-    print(f"\ngoals: no-op {warm.seconds:.1f} s (< 2 s: {'met' if warm.seconds < 2 else 'MISSED'}); "
-          f"warm {cold.seconds / warm.seconds:.0f}x faster than cold (>= 10x: "
-          f"{'met' if cold.seconds / warm.seconds >= 10 else 'MISSED'}); overlay change {overlay.seconds:.1f} s "
-          f"(< 30 s: {'met' if overlay.seconds < 30 else 'MISSED'})")
-    print("\nslowest steps per build:")
-    for r in runs:
-        top = sorted(r.steps.items(), key=lambda kv: -kv[1])[:4]
-        print(f"  {r.name}: " + ", ".join(f"{k} {v:.1f}s" for k, v in top if not k.startswith("build ")))
+def compress_seconds(run: Run) -> float:
+    return sum(v for k, v in run.steps.items() if k.startswith("compress "))
+
+
+def timed(argv: list[str | Path], stdout: object = subprocess.DEVNULL) -> float:
+    start = time.monotonic()
+    subprocess.run(argv, check=True, stdout=stdout, stderr=subprocess.PIPE)  # type: ignore[call-overload]
+    return time.monotonic() - start
+
+
+def overlay_floor(out: Path, scratch: Path) -> dict[str, float]:
+    """The least an overlay edit can cost on these images: per image, a sparse copy, one file written into
+    its ext4 (debugfs -w, no mount) and zstd -T0 of the result (floors.sh steps e.1, e.3, d.2)."""
+    floor = {"copy": 0.0, "write": 0.0, "zstd": 0.0}
+    note = scratch / "note"
+    note.write_text("overlay floor\n")
+    for role in ("master", "worker"):
+        copy = scratch / f"{role}.img"
+        subprocess.run(["sync"], check=True)
+        floor["copy"] += timed(["cp", "--sparse=always", out / f"{role}.img", copy])
+        _, root = boot_and_root(copy)
+        floor["write"] += timed(["debugfs", "-w", "-R", f"write {note} /etc/bench-floor",
+                                 f"{copy}?offset={root.start}"])
+        floor["zstd"] += timed(["zstd", "-q", "-T0", "-3", "-f", copy, "-o", f"{copy}.zst"])
+        copy.unlink()
+        Path(f"{copy}.zst").unlink()
+    return floor
+
+
+def compression_threads(image: Path, scratch: Path, formats: list[str]) -> dict[str, tuple[float, float, int]]:
+    """Seconds with one thread and with all, and the size, of the build's own compress commands."""
+    results = {}
+    timed(["cat", image])  # in the page cache for both, as it is after a build
+    for fmt in formats:
+        argv = COMPRESSORS[fmt]
+        one = [a if a != "-T0" else "-T1" for a in argv]
+        target = scratch / f"threads.{fmt}"
+        times = {}
+        for name, command in (("all", argv), ("one", one), ("all again", argv)):
+            with open(target, "wb") as sink:
+                times[name] = timed([*command, image], stdout=sink)
+        size = target.stat().st_size
+        target.unlink()
+        results[fmt] = (times["one"], min(times["all"], times["all again"]), size)
+    return results
+
+
+def run_floors(script: Path, work: Path, log: Path) -> dict[str, float]:
+    """floors.sh a-e in its own folder (cold .deb cache); its rows by label."""
+    print(f"bench_build: floors ({script}), about 25 minutes ...", flush=True)
+    proc = subprocess.run([script, work], capture_output=True, text=True, check=False,
+                          env={**os.environ, "FLOORS_STEPS": "a b c d e"})
+    with log.open("a") as f:
+        f.write(f"===== floors: {script} {work}\n{proc.stdout}\n{proc.stderr}\n")
+    if proc.returncode != 0:
+        raise SystemExit(f"bench_build: floors.sh failed (exit {proc.returncode}); log: {log}")
+    rows = {}
+    for line in (work / "times.tsv").read_text().splitlines():
+        label, seconds, *_ = line.split("\t")
+        rows[label] = float(seconds)
+    return rows
+
+
+def floor_row(rows: dict[str, float], prefix: str) -> float:
+    return next(v for k, v in rows.items() if k.startswith(prefix))
+
+
+def btrfs_folder(work: Path, size_gib: int = 60) -> tuple[Path, Path]:
+    backing = work / "btrfs.img"
+    with open(backing, "wb") as f:
+        f.truncate(size_gib * 2**30)
+    subprocess.run(["mkfs.btrfs", "-q", backing], check=True)
+    mount = work / "btrfs"
+    mount.mkdir()
+    subprocess.run(["mount", "-o", "loop", backing, mount], check=True)
+    return mount, backing
+
+
+def exclusive_bytes(paths: list[Path]) -> int:
+    """What the files take on btrfs that no other file shares (btrfs filesystem du)."""
+    text = subprocess.run(["btrfs", "filesystem", "du", "--raw", *paths], check=True, capture_output=True,
+                          text=True).stdout
+    return sum(int(line.split()[1]) for line in text.splitlines()[1:] if line.strip())
+
+
+def per_node(name: str, cache: Path, work: Path, out: Path, count: int, log: Path, src: Path,
+             expect: int = 0) -> dict[str, object]:
+    write_overlay(work, f"per-node {count} {out}")
+    recipe = write_recipe(work, ["hello", "sl"], count=count, out=out)
+    run = timed_build(f"{name}: --per-node, {count} workers", cache, recipe, log, src, "--per-node", expect=expect)
+    folder = out / "bench"
+    nodes = sorted(folder.glob("node*.img"))
+    result: dict[str, object] = {"count": count, "seconds": run.steps.get(f"write {count} per-node images"),
+                                 "build": run.seconds, "nodes": len(nodes)}
+    if expect != 0:
+        result["refused"] = next((line for line in run.stderr.splitlines() if "per-node images take" in line), "")
+    elif name == "btrfs":
+        result["disk"] = exclusive_bytes(nodes)
+    else:
+        result["disk"] = sum(p.stat().st_blocks * 512 for p in nodes)
+    for p in folder.glob("node*"):
+        p.unlink()
+    return result
+
+
+def print_goals(goals: list[Goal]) -> None:
+    print(f"\n{'goal':58} {'measured':>34}  {'target':28} met")
+    for g in goals:
+        verdict = "-" if g.met is None else "yes" if g.met else "MISSED"
+        print(f"{g.what:58} {g.figure:>34}  {g.goal:28} {verdict}")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bases", type=Path, default=default_cache_dir() / "bases",
-                        help="where the cached base images are (default: the machine's cache)")
+                        help="where the cached base images are (for --base-cached)")
+    parser.add_argument("--base-cached", action="store_true",
+                        help="link the machine's cached bases in: the cold build skips the bootstrap")
+    parser.add_argument("--floors", type=Path, default=FLOORS, help="floors.sh (default: %(default)s)")
+    parser.add_argument("--no-floors", action="store_true", help="skip floors.sh (about 25 minutes)")
     parser.add_argument("--source", type=Path, default=ROOT, help="the imagebuilder tree to bench")
-    parser.add_argument("--no-xz", action="store_true", help="skip the xz emit (minutes on 2 cores)")
+    parser.add_argument("--no-xz", action="store_true", help="skip the xz runs (minutes on 2 cores)")
     parser.add_argument("--keep", action="store_true", help="keep the bench's cache and outputs")
     args = parser.parse_args(argv)
     if not is_root():
         print("bench_build: needs root (loop devices, mounts, chroot)", file=sys.stderr)
         return 2
     work = Path(tempfile.mkdtemp(prefix="bench-build-", dir="/var/tmp"))
+    btrfs: Path | None = None
+    goals: list[Goal] = []
     try:
         cache = work / "cache"
-        if link_bases(args.bases, cache) == 0:
-            print(f"bench_build: no base image in {args.bases}: run the integration tests first", file=sys.stderr)
+        if args.base_cached and link_bases(args.bases, cache) == 0:
+            print(f"bench_build: no base image in {args.bases}: run the integration tests first",
+                  file=sys.stderr)
             return 2
         src = snapshot_source(args.source.resolve(), work)
         log = work / "build.log"
         print(f"bench_build: {os.cpu_count()} cores; logs in {log}", flush=True)
+        floors: dict[str, float] = {}
+        if not args.no_floors and not args.base_cached:
+            if not args.floors.exists():
+                print(f"bench_build: no {args.floors}: the cold build has no floor (--floors PATH)", flush=True)
+            else:
+                floors = run_floors(args.floors.resolve(), work / "floors", log)
+                subprocess.run(["rm", "-rf", "--one-file-system", "--", work / "floors"], check=False)
+
         write_overlay(work, "first")
         recipe = write_recipe(work, ["hello"])
-        runs = [timed_build("cold (nothing cached but the base)", cache, recipe, log, src)]
-        runs.append(timed_build("warm rebuild (no change)", cache, recipe, log, src))
+        cold = timed_build("cold" + (" (base cached)" if args.base_cached else " (from nothing)"), cache, recipe,
+                           log, src)
+        runs = [cold, timed_build("warm rebuild (no change)", cache, recipe, log, src)]
         write_overlay(work, "second")
-        runs.append(timed_build("overlay file changed", cache, recipe, log, src))
-        recipe = write_recipe(work, ["hello", "sl"])
-        runs.append(timed_build("one package added", cache, recipe, log, src))
-        if not args.no_xz:
-            recipe = write_recipe(work, ["hello", "sl"], compress="xz")
-            runs.append(timed_build("xz emit of the same images (xz -T0 -6)", cache, recipe, log, src))
-        print_table(runs, runs[0])
+        overlay = timed_build("overlay file changed", cache, recipe, log, src)
+        runs.append(overlay)
+        runs.append(timed_build("one package added", cache, write_recipe(work, ["hello", "sl"]), log, src))
         out = work / "out" / "bench"
-        sizes = ", ".join(f"{p.name} {p.stat().st_size / 2**20:.0f} MiB ({p.stat().st_blocks * 512 / 2**20:.0f} "
-                          "MiB allocated)" for p in sorted(out.glob("*.img")))
-        print(f"images: {sizes}")
+        floor = overlay_floor(out, work)
+        write_overlay(work, "five")
+        five = timed_build("5 workers", cache, write_recipe(work, ["hello", "sl"], count=5), log, src)
+        write_overlay(work, "many")
+        many = timed_build("250 workers", cache, write_recipe(work, ["hello", "sl"], count=250), log, src)
+        runs += [five, many]
+
+        btrfs, _ = btrfs_folder(work)
+        nodes = [per_node("btrfs", cache, work, btrfs / "out", n, log, src) for n in (5, 50, 250)]
+        local = [per_node("ext4", cache, work, work / "out-local", 5, log, src)]
+        space = shutil.disk_usage(work).free
+        worker_allocated = (out / "worker.img").stat().st_blocks * 512
+        for n in (50, 250):
+            if worker_allocated * n < space * 0.9:
+                local.append(per_node("ext4", cache, work, work / "out-local", n, log, src))
+            else:
+                local.append(per_node("ext4", cache, work, work / "out-local", n, log, src, expect=2))
+
+        threads = compression_threads(out / "worker.img", work, ["zstd"] if args.no_xz else ["zstd", "xz"])
+        if not args.no_xz:
+            runs.append(timed_build("xz emit of the same images (xz -T0 -6)", cache,
+                                    write_recipe(work, ["hello", "sl"], count=250, compress="xz"), log, src))
+
+        print(f"\n{'build':44} {'seconds':>8} {'ratio to cold':>14}   slowest steps")
+        for r in runs:
+            top = sorted(((k, v) for k, v in r.steps.items() if not k.startswith("build ")), key=lambda kv: -kv[1])
+            print(f"{r.name:44} {r.seconds:8.1f} {r.seconds / cold.seconds:14.3f}   "
+                  + ", ".join(f"{k} {v:.1f}s" for k, v in top[:3]))
+
+        warm = runs[1]
+        goals.append(Goal("no-op rebuild", f"{warm.seconds:.1f} s", "< 2 s", warm.seconds < 2))
+        squeezed = overlay.seconds - compress_seconds(overlay)
+        goals.append(Goal("overlay edit, zstd, without its compression",
+                          f"{squeezed:.1f} s (+ {compress_seconds(overlay):.1f} s zstd)", "<= 10 s", squeezed <= 10))
+        floor_total = sum(floor.values())
+        goals.append(Goal("overlay edit / its floor (copy+write+zstd, 2 images)",
+                          f"{overlay.seconds:.1f} / {floor_total:.1f} s = {overlay.seconds / floor_total:.2f}x",
+                          "<= 2x", overlay.seconds <= 2 * floor_total))
+        goals.append(Goal("250 workers / 5 workers", f"{many.seconds:.1f} / {five.seconds:.1f} s = "
+                          f"{many.seconds / five.seconds:.3f}x", "<= 1.05x", many.seconds <= 1.05 * five.seconds))
+        if floors:
+            # What a cold build does, by plain tools: bootstrap the base, install the roles' packages (the
+            # first install cold, the second warm), assemble and compress two images.
+            cold_floor = (floor_row(floors, "a. base") + floor_row(floors, "b.1") + floor_row(floors, "b.2")
+                          + floor_row(floors, "b.4") + 2 * floor_row(floors, "c. assemble total")
+                          + 2 * floor_row(floors, "d.2"))
+            goals.append(Goal("cold build from nothing / sum of floors", f"{cold.seconds:.0f} / {cold_floor:.0f} s"
+                              f" = {cold.seconds / cold_floor:.2f}x", "<= 1.3x", cold.seconds <= 1.3 * cold_floor))
+        else:
+            goals.append(Goal("cold build from nothing / sum of floors", "not measured (see --no-floors, "
+                              "--base-cached)", "<= 1.3x", None))
+        full = worker_allocated
+        for result in nodes:
+            count = int(result["count"])  # type: ignore[call-overload]
+            per = int(result["disk"]) / count  # type: ignore[call-overload]
+            seconds = float(result["seconds"] or 0) / count  # type: ignore[arg-type]
+            goals.append(Goal(f"--per-node on btrfs, {count} nodes: per extra node",
+                              f"{seconds:.2f} s, {per / 1024:.0f} KiB (full: {full / MIB:.0f} MiB)",
+                              "what differs, not a copy", per < full / 50))
+        for result in local:
+            count = int(result["count"])  # type: ignore[call-overload]
+            if "refused" in result:
+                goals.append(Goal(f"--per-node on ext4, {count} nodes", "refused before writing: "
+                                  + str(result["refused"])[:60], "disk said up front", bool(result["refused"])))
+            else:
+                per = int(result["disk"]) / count  # type: ignore[call-overload]
+                seconds = float(result["seconds"] or 0) / count  # type: ignore[arg-type]
+                goals.append(Goal(f"--per-node on ext4 (no reflinks), {count} nodes: per node",
+                                  f"{seconds:.2f} s, {per / MIB:.0f} MiB", "full copies, said up front", None))
+        for fmt, (one, every, size) in threads.items():
+            goals.append(Goal(f"{fmt} on worker.img: 1 thread / all {os.cpu_count()} cores",
+                              f"{one:.1f} / {every:.1f} s = {one / every:.2f}x ({size / MIB:.0f} MiB)",
+                              "uses every core", one / every > 1.3))
+        print_goals(goals)
+        print("\ncompress options on worker.img "
+              f"({(out / 'worker.img').stat().st_size / MIB:.0f} MiB raw, {worker_allocated / MIB:.0f} MiB data):")
+        print(f"  none: 0 s, {worker_allocated / MIB:.0f} MiB on disk (sparse)")
+        for fmt, (_, every, size) in threads.items():
+            print(f"  {fmt}: {every:.1f} s on all cores, {size / MIB:.0f} MiB")
+        print("\nfloors (s): " + json.dumps(floors or "not run") + "\noverlay floor (s): " + json.dumps(floor))
     finally:
+        if btrfs is not None:
+            subprocess.run(["umount", btrfs], check=False)
         if args.keep:
             print(f"kept {work}")
         else:
             subprocess.run(["rm", "-rf", "--one-file-system", "--", work], check=False)
-    return 0
+    return 0 if all(g.met is not False for g in goals) else 1
 
 
 if __name__ == "__main__":
