@@ -98,6 +98,9 @@ def build_mounts(pid: int) -> str:
     own, invisible from the test's."""
     for child in reversed(descendants(pid)):
         try:
+            # A process in a chroot (a check run in the stage's tree) sees only the mounts under its root.
+            if os.readlink(f"/proc/{child}/root") != "/":
+                continue
             return Path(f"/proc/{child}/mountinfo").read_text()
         except OSError:
             continue

@@ -33,12 +33,21 @@ from tests.conftest import ROOT, build_mounts, leftovers, require_programs
 from tests.images import arm64_base, make_context, small_recipe
 
 
-def make_recipe(tmp_path: Path, marker: str = "one") -> Path:
+def make_recipe(tmp_path: Path, marker: str = "one", *, checked: bool = False) -> Path:
     extra = tmp_path / "extra" / "root" / "etc"
     extra.mkdir(parents=True, exist_ok=True)
     # The marker reaches the worker only: the master stage stays cached while a test rebuilds the worker.
     (extra / "cluster-note.j2").write_text(
         "{{ recipe.cluster.name }} {{ role }}{% if role == 'worker' %} " + marker + "{% endif %}\n")
+    if checked:
+        # A file the stage checks in its chroot, new with each marker: checks that passed before are not
+        # run again, and without one the worker stage would be in its chroot for a fraction of a second.
+        cloud = extra / "cloud" / "cloud.cfg.d"
+        cloud.mkdir(parents=True, exist_ok=True)
+        (cloud / "99-test-marker.cfg.j2").write_text(
+            "#cloud-config\nfinal_message: \"{% if role == 'worker' %}" + marker + "{% endif %}\"\n")
+        (tmp_path / "extra" / "layer.yaml").write_text(
+            "checks: [{file: root/etc/cloud/cloud.cfg.d/99-test-marker.cfg, tool: cloud-init-schema}]\n")
     path = tmp_path / "recipe.yaml"
     path.write_text(small_recipe("buildtest", tmp_path / "out",
                                  extra="packages: {worker: [hello]}\noverlays: [extra]\n"))
@@ -167,7 +176,7 @@ def test_failure_after_each_acquisition_leaves_nothing(built: Path, tmp_path: Pa
 def test_signal_during_build_unwinds(built: Path, tmp_path: Path, signum: int) -> None:
     ours = (str(make_context().cache_dir), str(tmp_path))
     assert leftovers(*ours) == []
-    recipe = make_recipe(tmp_path, marker=f"signal-{signum}-{time.time()}")
+    recipe = make_recipe(tmp_path, marker=f"signal-{signum}-{time.time()}", checked=True)
     proc = subprocess.Popen([sys.executable, "-m", "imagebuilder", "build", recipe], cwd=ROOT,
                             stderr=subprocess.PIPE, text=True)
     assert proc.stderr is not None

@@ -12,12 +12,11 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from imagebuilder import __version__
-from imagebuilder.boards.verify import Verdict, verify_image
+from imagebuilder.boards.verify import verify_image
 from imagebuilder.core.context import Context
 from imagebuilder.core.errors import ChecksFailed, DiskFull
 from imagebuilder.core.log import Progress, log, step
@@ -125,15 +124,6 @@ def emit_image(ctx: Context, recipe: Recipe, role: str, result: StageResult, out
         return previous
     raw = out / f"{role}.img"
     ensure_space(out, allocated(result.image), raw.name)
-    # verify reads the stage (the same bytes raw gets) on a thread of its own, beside the copy and the
-    # compression: it mostly waits on mtools and lsinitramfs.
-    with ThreadPoolExecutor(1, thread_name_prefix="verify") as pool:
-        checking = pool.submit(verify_image, result.image)
-        return _emit_image(ctx, recipe, role, result, raw, made_from, checking)
-
-
-def _emit_image(ctx: Context, recipe: Recipe, role: str, result: StageResult, raw: Path,
-                made_from: dict[str, Any], checking: Future[Verdict]) -> dict[str, Any]:
     # What the file systems use, from the stage itself: the bmap maps exactly that (issue: used blocks of
     # zeros left out of a bmap kept a used card's old bytes).
     usage = result.usage or image_usage(result.image)
@@ -152,6 +142,12 @@ def _emit_image(ctx: Context, recipe: Recipe, role: str, result: StageResult, ra
                 Progress(f"write {raw.name}", result.image.stat().st_size) as progress:
             copied = copy_checked(result.image, tmp, extents, progress)
         digest, range_sha256 = copied.sha256, copied.range_sha256
+    verdict = verify_image(raw)
+    if not verdict.ok:
+        raw.unlink()
+        raise ChecksFailed(f"{raw}: verify: " + "; ".join(verdict.lines()[1:] or ["no board would boot it"]),
+                           "the firmware or the early boot would fail with this image: fix what is named")
+    log.info("%s: verified for %s", raw.name, ", ".join(verdict.good_boards))
     files: dict[str, dict[str, Any]] = {raw.name: {"sha256": digest, "signature": signature(raw)}}
     if recipe.output.bmap:
         bmap = raw.with_name(raw.name + ".bmap")
@@ -172,13 +168,6 @@ def _emit_image(ctx: Context, recipe: Recipe, role: str, result: StageResult, ra
         compressed, _ = compress_cached(ctx, raw, digest, recipe.output.compress)
         # The digest of the emitted file itself, never a record of where it came from.
         files[compressed.name] = {"sha256": sha256_of(compressed), "signature": signature(compressed)}
-    verdict = checking.result()
-    if not verdict.ok:
-        for name in files:
-            (raw.parent / name).unlink(missing_ok=True)
-        raise ChecksFailed(f"{raw}: verify: " + "; ".join(verdict.lines()[1:] or ["no board would boot it"]),
-                           "the firmware or the early boot would fail with this image: fix what is named")
-    log.info("%s: verified for %s", raw.name, ", ".join(verdict.good_boards))
     log.info("%s: %d MiB raw, sha256 %s", raw.name, raw.stat().st_size // 2**20, digest[:16])
     for entry in files.values():
         entry["size"] = entry["signature"][0]
