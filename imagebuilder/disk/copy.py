@@ -144,9 +144,7 @@ def _copy(source: Path, target: Path | None, ranges: Sequence[tuple[int, int]],
                     raise OSError(errno.EIO, f"{source} ended at {offset} while reading it")
                 view = buffer[:n]
                 if target is not None:
-                    written = 0
-                    while written < n:
-                        written += os.pwrite(dst.fileno(), view[written:], offset + written)
+                    _write_all(dst.fileno(), view, offset)
                 busy[turn] = hashes.feed(offset, view)
                 turn = (turn + 1) % BUFFERS
                 offset += n
@@ -226,10 +224,14 @@ def copy_range(src: int, dst: int, start: int, end: int, shift: int = 0) -> None
 
 def _copy_by_hand(src: int, dst: int, start: int, end: int, shift: int) -> int:
     data = os.pread(src, end - start, start)
+    _write_all(dst, memoryview(data), start - shift)
+    return len(data)
+
+
+def _write_all(fd: int, data: memoryview, offset: int) -> None:
     written = 0
     while written < len(data):
-        written += os.pwrite(dst, data[written:], start - shift + written)
-    return len(data)
+        written += os.pwrite(fd, data[written:], offset + written)
 
 
 def range_digests(path: Path, ranges: Sequence[tuple[int, int]], threads: int = 2) -> tuple[str, ...]:

@@ -14,6 +14,7 @@ import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from imagebuilder.core.errors import ImageBuilderError
 from imagebuilder.core.run import output
@@ -30,6 +31,13 @@ class Usage:
     size: int  # of the image
     used: tuple[Extent, ...]  # sorted, disjoint
     data: int  # bytes the file systems hold (files and metadata), for the report
+
+    def to_record(self) -> dict[str, Any]:
+        return {"size": self.size, "used": self.used, "data": self.data}
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> Usage:
+        return cls(record["size"], tuple((start, length) for start, length in record["used"]), record["data"])
 
     @property
     def used_bytes(self) -> int:

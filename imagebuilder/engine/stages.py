@@ -119,8 +119,7 @@ def check_entry(image: Path) -> None:
     record = cached_record(image) or {}
     usage, expected = record.get("usage"), record.get("range_sha256")
     if usage and expected:
-        good = range_digests(image, range_extents(Usage(usage["size"], tuple(map(tuple, usage["used"])),
-                                                        usage["data"]))) == tuple(expected)
+        good = range_digests(image, range_extents(Usage.from_record(usage))) == tuple(expected)
     else:
         good = not record.get("sha256") or digest_image(image).sha256 == record["sha256"]
     if not good:
@@ -150,7 +149,7 @@ def realise(ctx: Context, stage: Stage, debs: Path) -> StageResult:
     info = json.loads(record.read_text())
     usage = info.get("usage")
     return StageResult(image, key, info["packages"], info["files"], info["units"], info.get("sha256"),
-                       Usage(usage["size"], tuple(map(tuple, usage["used"])), usage["data"]) if usage else None,
+                       Usage.from_record(usage) if usage else None,
                        tuple(info.get("range_sha256", ())), fresh)
 
 
@@ -201,7 +200,7 @@ def _build(ctx: Context, stage: Stage, image: Path, record: Path, debs: Path) ->
             rec.write_text(json.dumps({
                 "packages": packages, "files": files, "units": units, "sha256": digested.sha256,
                 "size": tmp.stat().st_size, "range_sha256": digested.range_sha256, "checks_passed": passed,
-                "usage": {"size": usage.size, "used": usage.used, "data": usage.data}}, indent=1))
+                "usage": usage.to_record()}, indent=1))
 
 
 def check_key(stage: Stage, check: ConfigCheck) -> str:
