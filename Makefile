@@ -17,7 +17,7 @@ BUILD_PACKAGES := python3 python3-venv python3-pip \
 	mmdebstrap qemu-user-static binfmt-support arch-test \
 	xz-utils zstd nftables openssl
 # Booting the images under qemu on a private LAN (make boot-test, and the boot tier of make test).
-BOOT_PACKAGES := qemu-system-arm qemu-utils socat openssh-client iproute2
+BOOT_PACKAGES := qemu-system-arm qemu-utils socat openssh-client iproute2 curl
 # What the test suite runs besides: the rootless backend (libguestfs and a host kernel for its
 # appliance), dnsmasq --test on rendered configs, Chromium for the dashboard, btrfs for reflinked copies.
 TEST_PACKAGES := $(BOOT_PACKAGES) python3-guestfs libguestfs-tools dnsmasq-base chromium systemd bmap-tools \

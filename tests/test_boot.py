@@ -131,8 +131,9 @@ def boot_workdirs() -> list[Path]:
     return sorted(make_context().cache("tmp").glob("imagebuilder-boot-*"))
 
 
-def build_cluster(tmp: Path, arch: str = "arm64") -> tuple[Path, Path]:
-    """The test recipe for arch (with a key made here) and its built images: (recipe, private key)."""
+def build_cluster(tmp: Path, arch: str = "arm64", variant: str = "", extra: str = "") -> tuple[Path, Path]:
+    """The test recipe for arch (with a key made here) and its built images: (recipe, private key).
+    variant: a cluster of its own (name suffix), whose recipe also has the lines `extra`."""
     system = {"arm64": "qemu-system-aarch64", "armhf": "qemu-system-arm"}[arch]
     require_programs(system, "qemu-img", "socat", "ssh", "ssh-keygen", "ip", "mcopy")
     key = tmp / "id_ed25519"
@@ -144,6 +145,8 @@ def build_cluster(tmp: Path, arch: str = "arm64") -> tuple[Path, Path]:
         text = text.replace("name: boottest", f"name: boottest-{arch}") + f"arch: {arch}\n"
         if not SECURITY[arch]:
             text = text.replace("{bootstrap: {suite: bookworm}}", "{bootstrap: {suite: bookworm, security: false}}")
+    if variant:
+        text = text.replace("name: boottest", f"name: boottest-{variant}") + extra
     recipe_path.write_text(text)
     from imagebuilder.build.execute import build
 

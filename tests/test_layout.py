@@ -10,7 +10,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "imagebuilder"
 # Bottom first: a folder may import from itself and from those before it.
-LAYERS = ("core", "recipe", "disk", "boards", "layers", "sources", "roles", "engine", "outputs", "build",
+LAYERS = ("core", "recipe", "disk", "boards", "netboot", "layers", "sources", "roles", "engine", "outputs", "build",
           "flash", "boottest", "status", "cli")
 
 

@@ -190,3 +190,22 @@ def test_passed_checks_are_read_from_the_records_of_the_stage_name(tmp_path: Pat
     (tmp_path / "master-packages-cccccccccccccccccccccccc.json").write_text(json.dumps({"checks_passed": ["other"]}))
     (tmp_path / "master-dddddddddddddddddddddddd.json").write_text("{not json")
     assert passed_before(tmp_path, "master") == {"k1", "k2", "k3"}
+
+
+def test_netboot_master_is_made_after_the_worker_and_from_its_key(recipe_file: Any) -> None:
+    text = VALID + "netboot: {workers: [node1]}\n"
+    plan = plan_build(load_recipe(recipe_file(text)), inputs(), Path("/cache/stages"))
+    names = [p.stage.name for p in plan.stages]
+    assert names == ["common", "worker-packages", "worker", "master-packages", "master"]
+    by_name = {p.stage.name: p.stage for p in plan.stages}
+    source = by_name["master"].netboot
+    assert source is not None and by_name["worker"].netboot is None
+    assert source.worker_image == stage_image(Path("/cache/stages"), by_name["worker"])
+    assert source.worker_key == by_name["worker"].key() and source.nodes == ("b8-27-eb-00-00-01",)
+    # A worker change (here its overlay, through the table) reaches the master's tree; a master-only package
+    # does not reach the worker.
+    before = keys(text, recipe_file)
+    assert keys(text + "packages: {master: [htop]}\n", recipe_file)["worker"] == before["worker"]
+    assert keys(text.replace("netboot: {workers: [node1]}", "netboot: {workers: [all]}"),
+                recipe_file)["master"] != before["master"]
+    assert keys(VALID, recipe_file)["master"] != before["master"]

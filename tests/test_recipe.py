@@ -131,6 +131,16 @@ MALFORMED = [
     ("monitoring-group-reserved", add("monitoring: {group: 224.0.0.1}\n"), "monitoring.group", "reserved"),
     ("monitoring-port", add("monitoring: {dashboard_port: 70000}\n"), "monitoring.dashboard_port", "1 to 65535"),
     ("monitoring-interval", add("monitoring: {interval: 0}\n"), "monitoring.interval", "1 to 300 seconds"),
+    ("netboot-unknown-worker", add("netboot: {workers: [nod1]}\n"), "netboot.workers[0]",
+     "not in the workers table; did you mean 'node1'?"),
+    ("netboot-all-and-names", add("netboot: {workers: [all, node1]}\n"), "netboot.workers", "not both"),
+    ("netboot-none", add("netboot: {workers: []}\n"), "netboot.workers", "no worker boots from the network"),
+    ("netboot-twice", add("netboot: {workers: [node1, node1]}\n"), "netboot.workers[1]", "given twice"),
+    ("netboot-relative-tree", add("netboot: {tree: srv/netboot}\n"), "netboot.tree", "absolute path"),
+    ("netboot-tree-spaces", add("netboot: {tree: '/srv/net boot'}\n"), "netboot.tree", "absolute path"),
+    ("netboot-tree-root", add("netboot: {tree: /}\n"), "netboot.tree", "not / itself"),
+    ("netboot-tree-dotdot", add("netboot: {tree: /srv/../etc}\n"), "netboot.tree", "without '..'"),
+    ("netboot-unknown-key", add("netboot: {serials: true}\n"), "netboot.serials", "unknown"),
 ]
 
 

@@ -95,6 +95,42 @@ def test_dnsmasq_accepts_the_config(master: dict[str, str], tmp_path: Path) -> N
                           check=False).returncode != 0
 
 
+def test_netboot_serves_the_pi_bootloader_on_the_lan_only(tmp_path: Path, recipe_file: Any,
+                                                          master: dict[str, str]) -> None:
+    files = files_of(rendered(CLUSTER + "netboot: {workers: [w1, w3], tree: /srv/pxe}\n", "master", tmp_path,
+                              recipe_file))
+    conf = files["root/etc/dnsmasq.d/cluster.conf"].splitlines()
+    assert [line for line in conf if line.startswith("dhcp-host=")] == [
+        "dhcp-host=dc:a6:32:00:00:01,set:netboot,w1,192.168.77.10,infinite",
+        "dhcp-host=dc:a6:32:00:00:02,w2,192.168.77.20,infinite",
+        "dhcp-host=dc:a6:32:00:00:03,set:netboot,w3,192.168.77.11,infinite",
+    ]
+    assert "enable-tftp=eth0" in conf and "tftp-root=/srv/pxe/tftp,eth0" in conf
+    assert 'pxe-service=tag:netboot,0,"Raspberry Pi Boot"' in conf
+    # Without netboot: no TFTP at all, and the firewall keeps port 69 closed.
+    assert not any("tftp" in line or "pxe" in line for line in master["root/etc/dnsmasq.d/cluster.conf"].splitlines())
+    assert " 69," not in master["root/etc/nftables.conf"] and "67, 69, 123" in files["root/etc/nftables.conf"]
+    require_programs("dnsmasq", "nft", "unshare")
+    path = tmp_path / "cluster.conf"
+    path.write_text(files["root/etc/dnsmasq.d/cluster.conf"])
+    out = subprocess.run(["dnsmasq", "--test", f"--conf-file={path}"], capture_output=True, text=True, check=False)
+    assert out.returncode == 0, out.stderr
+    rules = tmp_path / "nftables.conf"
+    rules.write_text(files["root/etc/nftables.conf"])
+    out = subprocess.run(["unshare", "--net", "nft", "-c", "-f", rules], capture_output=True, text=True, check=False)
+    assert out.returncode == 0, out.stderr
+    exports = files["root/etc/exports"]
+    check_exports(exports)
+    # The shared root (it holds the join token) for the netbooted workers' addresses only, not the subnet.
+    assert ("/srv/pxe/root 192.168.77.10(ro,async,no_subtree_check,no_root_squash) "
+            "192.168.77.11(ro,async,no_subtree_check,no_root_squash)\n") in exports
+    # Each node's state for its own address only; w2 boots from its card and has none.
+    assert "/srv/pxe/nodes/dc-a6-32-00-00-01 192.168.77.10(rw,sync,no_subtree_check,no_root_squash)" in exports
+    assert "dc-a6-32-00-00-02" not in exports and "/srv/pxe" not in master["root/etc/exports"]
+    everyone = files_of(rendered(CLUSTER + "netboot: {}\n", "master", tmp_path, recipe_file))
+    assert sum("set:netboot" in line for line in everyone["root/etc/dnsmasq.d/cluster.conf"].splitlines()) == 3
+
+
 def test_isolated_cluster_has_no_nat_and_a_default_route(master: dict[str, str], tmp_path: Path) -> None:
     rules = master["root/etc/nftables.conf"]
     # No NAT and no uplink: only the LAN's own filter (tests/test_firewall.py tries it with packets).
@@ -281,3 +317,18 @@ def test_bookworm_base_gets_cloud_init(recipe_file: Any) -> None:
         recipe = load_recipe(recipe_file(CLUSTER.replace("base: {bootstrap: {}}", f"base: {{image: {other}}}")))
         assert cloud_init_for_base(recipe, LAYOUTS["raspios"]) == ((), None)
     assert cloud_init_for_base(load_recipe(recipe_file(CLUSTER)), LAYOUTS["raspios"]) == ((), None)
+
+
+def test_netboot_initramfs_scripts_parse_and_name_the_tree(tmp_path: Path, recipe_file: Any,
+                                                           worker: dict[str, str]) -> None:
+    layers = rendered(CLUSTER + "netboot: {tree: /srv/pxe}\n", "worker", tmp_path, recipe_file)
+    assert "netboot" in layers and not any("initramfs-tools" in name for name in worker)
+    scripts = {f.tree_path: f for f in layers["netboot"].files}
+    bottom = scripts["root/etc/initramfs-tools/scripts/init-bottom/imagebuilder-netboot"]
+    assert 'tree="/srv/pxe"' in bottom.data.decode() and bottom.mode == 0o755
+    require_programs("dash")
+    for f in (f for f in scripts.values() if not f.path.endswith(".service")):
+        path = tmp_path / f.path.rsplit("/", 1)[-1]
+        path.write_bytes(f.data)
+        out = subprocess.run(["dash", "-n", path], capture_output=True, text=True, check=False)
+        assert out.returncode == 0, (f.path, out.stderr)

@@ -13,11 +13,13 @@ from __future__ import annotations
 import gzip
 import io
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from imagebuilder.boards.firmware import Selection, select
-from imagebuilder.boards.models import BOARDS, Board, boards_for
+from imagebuilder.boards.models import BOARDS, boards_for
 from imagebuilder.core.errors import CommandFailed
 from imagebuilder.core.resources import temporary_directory
 from imagebuilder.core.run import output, run
@@ -60,7 +62,11 @@ def read_root_file(image: Path, part: Partition, path: str) -> str | None:
 
 def image_arch(image: Path, root: Partition) -> str:
     """The Debian architecture of the image's userland (dpkg's own)."""
-    status = read_root_file(image, root, "/var/lib/dpkg/status") or ""
+    return dpkg_arch(read_root_file(image, root, "/var/lib/dpkg/status") or "")
+
+
+def dpkg_arch(status: str) -> str:
+    """dpkg's own architecture, from /var/lib/dpkg/status."""
     found = re.search(r"^Package: dpkg\n(?:[^\n]+\n)*?Architecture: (\S+)", status, re.M)
     return found.group(1) if found else "unknown"
 
@@ -123,7 +129,8 @@ def verify_image(image: Path, boards: list[str] | None = None) -> Verdict:
     with temporary_directory("imagebuilder-verify-") as work:
         for board in chosen:
             selection = select(config, board, boot.files)
-            verdict.boards[board.name] = _check_board(selection, verdict.arch, boot, image, root, work, listings)
+            verdict.boards[board.name] = check_board(
+                selection, verdict.arch, boot, lambda path: read_root_file(image, root, path), work, listings)
             verdict.notes += [n for n in selection.notes if n not in verdict.notes]
     return verdict
 
@@ -153,8 +160,22 @@ def _check_general(verdict: Verdict, image: Path, boot: BootPartition, root: Par
             verdict.general.append(f"/etc/fstab:{number}: {fields[0]} (for {fields[1]}) is no partition of the image")
 
 
-def _check_board(selection: Selection, arch: str, boot: BootPartition, image: Path, root: Partition,
-                 work: Path, listings: dict[str, tuple[set[str], set[str]] | None]) -> list[str]:
+class BootFiles(Protocol):
+    """What the firmware reads: a card's boot partition, or a netboot TFTP tree."""
+    files: set[str]
+
+    def read(self, name: str) -> bytes: ...
+    def copy(self, name: str, target: Path) -> Path: ...
+
+
+Listings = dict[str, tuple[set[str], set[str]] | None]
+
+
+def check_board(selection: Selection, arch: str, boot: BootFiles, read_root: Callable[[str], str | None],
+                work: Path, listings: Listings,
+                drivers: tuple[tuple[str, ...], str] | None = None) -> list[str]:
+    """What would stop this board: the firmware files, the kernel, initramfs and device tree it picks, and
+    the drivers the initramfs must hold (default: the SD card's; `drivers`: others, and what they are for)."""
     board = selection.board
     problems = list(selection.problems)
     if arch not in board.arches:
@@ -179,33 +200,35 @@ def _check_board(selection: Selection, arch: str, boot: BootPartition, image: Pa
     if selection.initramfs in boot.files and selection.initramfs is not None:
         name = selection.initramfs
         if name not in listings:
-            listings[name] = _initramfs_modules(boot.copy(name, work / "initrd"), image, root)
-        problems += _missing_drivers(board, name, listings[name])
+            listings[name] = _initramfs_modules(boot.copy(name, work / "initrd"), read_root)
+        wanted, purpose = drivers or (board.sd_modules, "the SD card would not be found")
+        problems += _missing_drivers(name, listings[name], wanted, purpose)
     elif selection.initramfs is None:
         problems.append("no initramfs: the root file system's drivers would have to be built into the kernel")
     return problems
 
 
-def _initramfs_modules(initrd: Path, image: Path, root: Partition) -> tuple[set[str], set[str]] | None:
+def _initramfs_modules(initrd: Path, read_root: Callable[[str], str | None]) -> tuple[set[str], set[str]] | None:
     """The modules in the initramfs and those built into its kernel; None when it cannot be listed."""
     try:
         listing = output(["lsinitramfs", initrd])
     except (OSError, CommandFailed):
         return None
     version = re.search(r"lib/modules/([^/\s]+)/", listing)
-    builtin_text = read_root_file(image, root, f"/lib/modules/{version.group(1)}/modules.builtin") if version else ""
+    builtin_text = read_root(f"/lib/modules/{version.group(1)}/modules.builtin") if version else ""
     builtin = {re.sub(r"\.ko$", "", line.rsplit("/", 1)[-1]).replace("-", "_")
                for line in (builtin_text or "").splitlines()}
     return modules_in(listing), builtin
 
 
-def _missing_drivers(board: Board, name: str, found: tuple[set[str], set[str]] | None) -> list[str]:
+def _missing_drivers(name: str, found: tuple[set[str], set[str]] | None, wanted: tuple[str, ...],
+                     purpose: str) -> list[str]:
     if found is None:
         return [f"cannot list the initramfs {name}"]
     modules, builtin = found
     problems = []
-    for wanted in board.sd_modules:
-        choices = wanted.split("|")
+    for needed in wanted:
+        choices = needed.split("|")
         if not any(c in modules or c in builtin for c in choices):
-            problems.append(f"the initramfs lacks {' or '.join(choices)}: the SD card would not be found")
+            problems.append(f"the initramfs lacks {' or '.join(choices)}: {purpose}")
     return problems

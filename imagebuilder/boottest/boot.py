@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import re
 import secrets
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -27,6 +28,7 @@ from imagebuilder.boottest.lan import (
     private_lan,
     uplink_server,
 )
+from imagebuilder.boottest.netboot import check_netboot, read_identity, tftp_boot_files
 from imagebuilder.boottest.plan import BootOptions, BootReport, CheckResult, Node, NodeResult, plan_nodes
 from imagebuilder.boottest.qemu import KERNEL_UP, GuestSpec, Uplink, make_overlay, running_guest, sentinel
 from imagebuilder.boottest.ssh import Ssh, find_login_key, write_ssh_config
@@ -58,7 +60,7 @@ def boot_test(ctx: Context, recipe: Recipe, options: BootOptions) -> BootReport:
     images = {role: image_of(recipe, role) for role in ("master", "worker")}
     nodes = plan_nodes(recipe, options)
     key = find_login_key(recipe, options.ssh_key)
-    for program in ("ip", "qemu-img", "ssh", "socat"):
+    for program in ("ip", "qemu-img", "ssh", "socat", *(("curl",) if recipe.netboot else ())):
         find_program(program)
     work = ctx.stack.enter_context(temporary_directory("imagebuilder-boot-", ctx.cache("tmp")))
     logs = options.logs or work
@@ -84,22 +86,29 @@ def boot_test(ctx: Context, recipe: Recipe, options: BootOptions) -> BootReport:
         # plan_nodes puts one node on the board, and only when --board gave one: then board and on_board are set.
         model = on_board if node.board else None
         files = model or kernels[node.role]
-        spec = GuestSpec(
+        disk: Path | None = None
+        if node.netboot:
+            files = tftp_boot_files(lan, str(recipe.network.master_ip), role_image, boards_for(recipe.arch)[0],
+                                    work / f"tftp-{node.tap}-{node.boot}")
+        else:
             # The SoC's SD controller takes cards of a power-of-two size only.
-            name=node.name, arch=recipe.arch,
-            disk=make_overlay(role_image, work / f"{node.tap}.qcow2", power_of_two=model is not None),
+            disk = make_overlay(role_image, work / f"{node.tap}.qcow2", power_of_two=model is not None)
+        spec = GuestSpec(
+            name=node.name, arch=recipe.arch, disk=disk,
             kernel=files.kernel, initrd=files.initrd, append=model_append(files) if model else files.append,
-            lan_tap=lan.add_tap(node.tap), lan_mac=node.mac,
+            lan_tap=lan.add_tap(node.tap) if node.boot == 1 else node.tap, lan_mac=node.mac,
             uplink=master_uplink(recipe) if node.role == "master" and recipe.network.uplink_interface else None,
             clock=node.clock,  # plan_nodes gives the board none: the models have no real-time clock
             board=board.qemu if model and board else None, dtb=files.dtb if model else None,
         )
         if model and board:
             firmware.append(firmware_result(node, board, files, role_image))
-        log.info("power on %s (%s, %s%s%s)", node.name, node.role, node.mac,
+        log.info("power on %s (%s, %s%s%s%s)", node.name, node.role, node.mac,
                  f", on {board.title}" if model and board else "",
+                 ", no card: from the master's netboot tree" if node.netboot else "",
                  f", clock at {node.clock}" if node.clock else "")
-        guest = ctx.stack.enter_context(running_guest(spec, logs / f"serial-{node.name}.log", lan.exec_argv([])))
+        serial = f"serial-{node.name}.log" if node.boot == 1 else f"serial-{node.name}-boot{node.boot}.log"
+        guest = ctx.stack.enter_context(running_guest(spec, logs / serial, lan.exec_argv([])))
         return NodeResult(node, guest, address=node.ip)
 
     with step(f"boot {recipe.cluster.name}: master, {len(nodes) - 1} workers"):
@@ -112,7 +121,35 @@ def boot_test(ctx: Context, recipe: Recipe, options: BootOptions) -> BootReport:
             wait_for_rest(result, options, deadline)
     with step("checks"):
         checks = [*firmware, *run_checks(recipe, results, ssh, nonce, options, deadline)]
+    netbooted = [r for r in results if r.node.netboot]
+    if netbooted:
+        checks += power_cycle(recipe, netbooted, ssh, power_on, deadline)
     return BootReport(recipe.cluster.name, results, checks, time.monotonic() - started)
+
+
+def power_cycle(recipe: Recipe, netbooted: list[NodeResult], ssh: Ssh, power_on: Callable[[Node], NodeResult],
+                deadline: float) -> list[CheckResult]:
+    """Read each netbooted node's identity, power it off and on again (a node without a card keeps nothing
+    of its own but its folder on the master), and check what it kept."""
+    assert recipe.netboot is not None
+    first = {r.node.name: read_identity(ssh, r) for r in netbooted}
+    again: dict[str, dict[str, str]] = {}
+    with step(f"power cycle of {len(netbooted)} netbooted workers"):
+        for r in netbooted:
+            ssh.run(r.host, "sudo systemctl poweroff")  # -no-reboot: qemu ends when the guest powers off
+            try:
+                r.guest.proc.wait(timeout=max(1.0, min(120.0, deadline - time.monotonic())))
+            except subprocess.TimeoutExpired:
+                r.guest.proc.kill()
+                r.guest.proc.wait()
+        cycled = [power_on(dataclasses.replace(r.node, boot=2)) for r in netbooted]
+        for result in cycled:
+            wait_for_boot(result, deadline)
+            if ssh.wait_until_up(result.host, deadline):
+                again[result.node.name] = read_identity(ssh, result)
+            log.info("%s, second power-on: %s", result.node.name, ", ".join(
+                f"{e} {t:.0f}s" if t is not None else f"{e} -" for e, t in result.times.items()))
+    return list(check_netboot(recipe.netboot.tree, str(recipe.network.master_ip), first, again))
 
 
 def boot_files(image: Path, dest: Path, options: BootOptions, arch: str, board: Board | None = None) -> BootFiles:

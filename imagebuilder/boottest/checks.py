@@ -102,8 +102,12 @@ def check_boot_reports(results: list[NodeResult]) -> Iterator[CheckResult]:
         yield CheckResult("boot finished", name, facts.get("state") == "running" and failed == "-",
                           f"state {facts.get('state')}; failed units: {failed}")
         root, boot = facts.get("root", ""), facts.get("boot", "")
-        yield CheckResult("root and boot on the card", name, root == f"{disk}2" and boot == f"{disk}1",
-                          f"root {root}, boot partition {boot or 'not mounted'}")
+        if r.node.netboot:
+            yield CheckResult("no card: root in RAM over the network", name, root == "overlay" and boot in ("", "-"),
+                              f"root {root}, boot partition {boot or 'none'}")
+        else:
+            yield CheckResult("root and boot on the card", name, root == f"{disk}2" and boot == f"{disk}1",
+                              f"root {root}, boot partition {boot or 'not mounted'}")
         memory = facts.get("memory-cgroup") == "yes"
         yield CheckResult("memory cgroup", name, memory,
                           f"/sys/fs/cgroup/cgroup.controllers {'lists' if memory else 'lacks'} memory")

@@ -42,11 +42,13 @@ class Node:
     tap: str
     clock: str | None = None  # where its clock starts (qemu -rtc base=); None: the host's time
     board: str | None = None  # the Raspberry Pi model (boards.models) it runs on; None: qemu's virt machine
+    netboot: bool = False  # no card: its kernel and initramfs come over TFTP, its root over NFS (recipe netboot)
+    boot: int = 1  # which power-on of this node (a netbooted node is powered on again to see it keeps its identity)
 
     @property
     def disk(self) -> str:
-        """Its card as its kernel names it."""
-        return "/dev/mmcblk0p" if self.board else "/dev/vda"
+        """Its card as its kernel names it ("" for none)."""
+        return "" if self.netboot else "/dev/mmcblk0p" if self.board else "/dev/vda"
 
 
 @dataclass
@@ -99,12 +101,17 @@ def plan_nodes(recipe: Recipe, options: BootOptions) -> list[Node]:
         raise ImageBuilderError(f"--workers {options.workers}: the recipe's table has {len(recipe.workers)}",
                                 f"use --workers {len(recipe.workers)} or fewer, and --unknown for more")
     nodes = [Node(recipe.master.hostname, "master", "02:00:00:b0:07:00", recipe.network.master_ip, True, "tap0")]
-    nodes += [Node(w.hostname, "worker", w.mac.lower().replace("-", ":"), w.ip, True, f"tap{i + 1}")
-              for i, w in enumerate(table)]
+    netbooted = {w.mac for w in recipe.netboot_workers()}
+    nodes += [Node(w.hostname, "worker", w.mac.lower().replace("-", ":"), w.ip, True, f"tap{i + 1}",
+                   netboot=w.mac in netbooted) for i, w in enumerate(table)]
     if options.board is not None:
         if len(nodes) < 2:
             raise ImageBuilderError(f"--board {options.board}: the card on the board is the table's first worker, "
                                     "and none is booted", "add a worker to the recipe's table, or --workers 1")
+        if nodes[1].netboot:
+            raise ImageBuilderError(f"--board {options.board}: the table's first worker boots from the network, "
+                                    "and qemu's Pi models run no network boot ROM",
+                                    "put a worker that boots from its card first in the table, or drop --board")
         nodes[1] = dataclasses.replace(nodes[1], board=options.board)
     for i in range(options.unknown):
         mac = unknown_mac(i)
@@ -113,7 +120,7 @@ def plan_nodes(recipe: Recipe, options: BootOptions) -> list[Node]:
     # reaches no time server either); the first worker on virt starts years ahead, as a board with a stale
     # clock chip might. The Pi models have no clock at all: they start at the image's build time.
     nodes[0] = dataclasses.replace(nodes[0], clock=CLOCK_BEHIND)
-    ahead = next((i for i, n in enumerate(nodes) if n.role == "worker" and n.board is None), None)
+    ahead = next((i for i, n in enumerate(nodes) if n.role == "worker" and n.board is None and not n.netboot), None)
     if ahead is not None:
         nodes[ahead] = dataclasses.replace(nodes[ahead], clock=CLOCK_AHEAD)
     return nodes

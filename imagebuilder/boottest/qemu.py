@@ -55,7 +55,7 @@ class Uplink:
 class GuestSpec:
     name: str
     arch: str
-    disk: Path  # a qcow2 overlay: the emitted image stays untouched
+    disk: Path | None  # a qcow2 overlay (the emitted image stays untouched); None: no card (netboot)
     kernel: Path
     initrd: Path | None
     append: str
@@ -85,9 +85,10 @@ def qemu_argv(spec: GuestSpec) -> list[str]:
         # A panic ends qemu instead of looping, so a broken guest fails the wait at once.
         "-no-reboot",
         "-kernel", str(spec.kernel), "-append", spec.append,
-        "-drive", f"if=none,id=disk,format=qcow2,file={spec.disk}",
-        "-device", f"virtio-blk-{m.bus},drive=disk",
     ]
+    if spec.disk is not None:
+        argv += ["-drive", f"if=none,id=disk,format=qcow2,file={spec.disk}",
+                 "-device", f"virtio-blk-{m.bus},drive=disk"]
     # The cluster LAN (a tap on the test's bridge) must be eth0 and the uplink eth1, as on a Pi whose
     # second NIC is a USB dongle.
     nics = [["-netdev", f"tap,id=lan,ifname={spec.lan_tap},script=no,downscript=no",

@@ -17,6 +17,7 @@ from imagebuilder.engine.checks import stage_checks
 from imagebuilder.engine.stages import Stage, stage_image
 from imagebuilder.layers.description import load_description
 from imagebuilder.layers.render import BUILTIN, RenderedLayer, render_layer
+from imagebuilder.netboot.populate import NetbootSource, state_folder
 from imagebuilder.recipe.catalogue import LAYOUTS, Layout, load_catalogue
 from imagebuilder.recipe.model import Recipe
 from imagebuilder.roles.cloudinit import cloud_init_for_base
@@ -73,8 +74,11 @@ def parse_size(text: str | None) -> int | None:
 
 
 def layer_directories(recipe: Recipe, role: str) -> list[tuple[str, Path]]:
-    """The built-in layer of a role, then (master and worker) the recipe's own overlay directories."""
+    """The built-in layer of a role (and, for workers that may boot from the network, the netboot layer),
+    then (master and worker) the recipe's own overlay directories."""
     layers = [(role, BUILTIN / role)]
+    if role == "worker" and recipe.netboot is not None:
+        layers.append(("netboot", BUILTIN / "netboot"))
     if role != "common":
         layers += [(str(d), d) for d in recipe.overlay_dirs()]
     return layers
@@ -97,6 +101,12 @@ def expected_layout(recipe: Recipe) -> Layout:
     if recipe.base.image is not None:
         return load_catalogue()[recipe.base.image].layout
     return LAYOUTS["raspios"]
+
+
+def netboot_source(recipe: Recipe, worker: Stage, stage_dir: Path) -> NetbootSource:
+    assert recipe.netboot is not None
+    return NetbootSource(stage_image(stage_dir, worker), worker.key(), recipe.netboot.tree,
+                         str(recipe.network.master_ip), tuple(state_folder(w.mac) for w in recipe.netboot_workers()))
 
 
 def plan_build(recipe: Recipe, inputs: Inputs, stage_dir: Path) -> BuildPlan:
@@ -128,7 +138,9 @@ def plan_build(recipe: Recipe, inputs: Inputs, stage_dir: Path) -> BuildPlan:
         checks=stage_checks(common_layers, layout.boot_mount),
     )
     planned = [PlannedStage(common, "common", inputs.base is not None)]
-    for role in ROLES:
+    # A netboot tree on the master is copied from the worker's final stage: the worker's stages come first.
+    finals: dict[str, Stage] = {}
+    for role in sorted(ROLES, key=lambda r: r != "worker") if recipe.netboot else ROLES:
         packages = role_packages(recipe, role)
         first_boot = () if installs else (*role_packages(recipe, "common"), *packages)
         layers = render_layers(recipe, role, template_variables(
@@ -141,8 +153,10 @@ def plan_build(recipe: Recipe, inputs: Inputs, stage_dir: Path) -> BuildPlan:
                            packages=packages, layers=(), arch=recipe.arch, layout=layout, size=size)
             planned.append(PlannedStage(parent, role, inputs.base is not None))
         missing = (K3S_UNIT[role],) if inputs.k3s.missing else ()
+        netboot = netboot_source(recipe, finals["worker"], stage_dir) if role == "master" and recipe.netboot else None
         stage = Stage(name=role, parent=stage_image(stage_dir, parent), parent_key=parent.key(), packages=(),
                       layers=layers, arch=recipe.arch, layout=layout, backend=inputs.backend, size=size,
-                      checks=stage_checks(layers, layout.boot_mount, missing))
+                      checks=stage_checks(layers, layout.boot_mount, missing), netboot=netboot)
+        finals[role] = stage
         planned.append(PlannedStage(stage, role, known))
     return BuildPlan(recipe, inputs, tuple(planned), tuple(notes))

@@ -7,14 +7,17 @@ import json
 from pathlib import Path
 
 from imagebuilder.boards.models import BOARDS
-from imagebuilder.boards.verify import verify_image
+from imagebuilder.boards.verify import Verdict, verify_image
 from imagebuilder.cli.command import Command
 from imagebuilder.core.context import Context
 from imagebuilder.core.errors import ChecksFailed, ImageBuilderError
+from imagebuilder.netboot.tree import verify_netboot_tree
 
 
 def _arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("image", type=Path, metavar="IMAGE", help="a raw image (.img), e.g. out/picluster/worker.img")
+    parser.add_argument("image", type=Path, metavar="IMAGE",
+                        help="a raw image (.img), e.g. out/picluster/worker.img; or a netboot tree (a folder, e.g. "
+                             "/srv/netboot on the master), read as each board's bootloader reads it over TFTP")
     parser.add_argument("--board", action="append", choices=sorted(BOARDS), metavar="BOARD",
                         help=f"check only this board (again for more): {', '.join(BOARDS)}; default: every board "
                              "the image's architecture runs")
@@ -23,9 +26,12 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
 
 def verify(ctx: Context, args: argparse.Namespace) -> int:
     image: Path = args.image
-    if not image.is_file() or image.name.endswith((".xz", ".zst", ".gz")):
+    if image.is_dir():
+        verdict = verify_served_tree(image, args.board)
+    elif not image.is_file() or image.name.endswith((".xz", ".zst", ".gz")):
         raise ImageBuilderError(f"{image}: not a raw image file", "give the .img (verify reads it in place)")
-    verdict = verify_image(image, args.board)
+    else:
+        verdict = verify_image(image, args.board)
     if args.json:
         print(json.dumps({"image": str(image), "arch": verdict.arch, "ok": verdict.ok, "boots_on": verdict.good_boards,
                           "problems": verdict.general, "boards": verdict.boards, "notes": verdict.notes}, indent=1))
@@ -35,6 +41,16 @@ def verify(ctx: Context, args: argparse.Namespace) -> int:
         raise ChecksFailed(f"{image}: verify found {len(verdict.general)} problem(s) for every board"
                            if verdict.general else f"{image}: no board would boot it")
     return 0
+
+
+def verify_served_tree(tree: Path, boards: list[str] | None) -> Verdict:
+    """A netboot tree, wherever it is seen from: the server and the path it is served under come from its own
+    cmdline.txt (nfsroot=SERVER:TREE/root), which verify_netboot_tree checks against the tree's layout."""
+    cmdline = tree / "tftp" / "cmdline.txt"
+    nfsroot = next((w.removeprefix("nfsroot=") for w in (cmdline.read_text().split() if cmdline.is_file() else ())
+                    if w.startswith("nfsroot=")), "")
+    server, _, served = nfsroot.partition(":")
+    return verify_netboot_tree(tree, server, boards, served=served.removesuffix("/root") or str(tree))
 
 
 COMMANDS = [

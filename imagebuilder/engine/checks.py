@@ -90,19 +90,21 @@ def run_checks(chroot: Chroot, checks: list[ConfigCheck]) -> None:
                                     "template or the recipe value it names") from None
 
 
-_EXPORT = re.compile(r"^(/\S+)\s+(\S+)\(([a-z_,=0-9]+)\)$")
+_EXPORT = re.compile(r"^(/\S+)((?:\s+\S+\([a-z_,=0-9]+\))+)$")
+_CLIENT = re.compile(r"(\S+)\(([a-z_,=0-9]+)\)")
 _EXPORT_OPTIONS = {"rw", "ro", "sync", "async", "no_subtree_check", "subtree_check", "root_squash",
                    "no_root_squash", "all_squash", "secure", "insecure", "wdelay", "no_wdelay", "crossmnt"}
 
 
 def check_exports(text: str, path: str = "/etc/exports") -> None:
-    """exports(5) syntax: exportfs has no dry run, so the lines are checked here."""
+    """exports(5) syntax: exportfs has no dry run, so the lines are checked here. A line is a path and one
+    or more clients, each with its options."""
     for number, line in enumerate(text.splitlines(), 1):
         if not line.strip() or line.lstrip().startswith("#"):
             continue
         match = _EXPORT.match(line.strip())
-        bad = [] if match is None else [o for o in match.group(3).split(",")
-                                       if o.split("=")[0] not in _EXPORT_OPTIONS | {"anonuid", "anongid", "fsid"}]
+        options = [] if match is None else [o for c in _CLIENT.finditer(match.group(2)) for o in c.group(2).split(",")]
+        bad = [o for o in options if o.split("=")[0] not in _EXPORT_OPTIONS | {"anonuid", "anongid", "fsid"}]
         if match is None or bad:
             raise ImageBuilderError(f"{path}:{number}: not a valid export line: {line.strip()}",
                                     "fix the layer's template of it (overlays/master/root/etc/exports.j2)")

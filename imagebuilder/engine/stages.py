@@ -32,6 +32,7 @@ from imagebuilder.disk.usage import Usage, image_usage
 from imagebuilder.engine.backends.interface import ImageTree, choose_backend
 from imagebuilder.engine.checks import ConfigCheck, check_rendered
 from imagebuilder.layers.render import RenderedLayer
+from imagebuilder.netboot.populate import NetbootSource
 from imagebuilder.recipe.catalogue import Layout
 
 FORMAT = 5  # 2: stages shrink to what they hold; 3: copied hole for hole; 4: trimmed after the chroot;
@@ -52,6 +53,7 @@ class Stage:
     # Role checks run with the image's own tools; they change nothing, so they are not in the key.
     checks: tuple[ConfigCheck, ...] = field(default=(), compare=False)
     backend: str = "loop"  # backend.BACKENDS
+    netboot: NetbootSource | None = None  # the master's: the worker stage its netboot tree is copied from
 
     def key(self) -> str:
         material: dict[str, object] = {
@@ -63,6 +65,8 @@ class Stage:
             # Same inputs, another image (no package installed, nothing run): never share a cache
             # entry. Loop keys stay as they were, so existing caches remain valid.
             material["backend"] = self.backend
+        if self.netboot is not None:
+            material["netboot"] = self.netboot.material()
         return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
 
 
@@ -157,7 +161,9 @@ def _build(ctx: Context, stage: Stage, image: Path, record: Path, debs: Path) ->
     backend = choose_backend(stage.backend)
     check_rendered(stage.layers, stage.layout.boot_mount)
     # The copy of the parent, what apt may add, and some room for the file system's own growth.
-    ensure_space(image.parent, allocated(stage.parent) + (GIB if stage.packages else 0) + 64 * 2**20,
+    # A netboot tree holds a copy of the worker's root and boot files.
+    extra = allocated(stage.netboot.worker_image) if stage.netboot else 0
+    ensure_space(image.parent, allocated(stage.parent) + (GIB if stage.packages else 0) + extra + 64 * 2**20,
                  f"the {stage.name} stage")
     # Not flushed to the disk (about 0.5 s): its digests are checked whenever it is read.
     with temporary_directory(f"stage-{stage.name}-", ctx.cache("tmp")) as work, \
@@ -167,7 +173,7 @@ def _build(ctx: Context, stage: Stage, image: Path, record: Path, debs: Path) ->
         # work, which mostly waits on programs, and before the stage is kept.
         parent_checked = checker.submit(check_entry, stage.parent)
         clone_image(stage.parent, tmp)
-        grown = grow_image(tmp, stage.size or tmp.stat().st_size + (GIB if stage.packages else 0))
+        grown = grow_image(tmp, stage.size or tmp.stat().st_size + (GIB if stage.packages else 0) + extra)
         with backend.open(tmp, stage.layout, stage.arch, work, grow_fs=grown) as tree:
             if stage.packages:
                 tree.install(stage.packages, debs)
@@ -180,6 +186,10 @@ def _build(ctx: Context, stage: Stage, image: Path, record: Path, debs: Path) ->
                 cmdline += layer.kernel_arguments
             if cmdline:
                 tree.add_kernel_arguments(cmdline)
+            if stage.netboot is not None:
+                tree.add_netboot_tree(stage.netboot, work)
+            if any(layer.description.initramfs for layer in stage.layers):
+                tree.update_initramfs()
             if units:
                 tree.enable_units(units)
             passed = run_new_checks(tree, stage, image.parent) if backend.name == "loop" else []

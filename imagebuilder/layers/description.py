@@ -66,6 +66,9 @@ class LayerDescription:
     modes: dict[str, str] = setting(default={}, check=check_modes,
                                     help="file modes git cannot keep, e.g. {root/etc/secret: \"0600\"}")
     checks: tuple[FileCheck, ...] = setting(default=[], help="generated files to check with the image's tools")
+    initramfs: bool = setting(default=False,
+                              help="the layer's files change the initramfs (hooks, scripts, modules): the stage "
+                                   "regenerates it after writing them")
 
     def mode_of(self, tree_path: str) -> int | None:
         mode = self.modes.get(tree_path)

@@ -218,3 +218,14 @@ def check_port(value: int) -> str | None:
 
 def check_interval(value: int) -> str | None:
     return None if 1 <= value <= 300 else f"{value} is not an interval: use 1 to 300 seconds"
+
+
+_SERVED_DIR = re.compile(r"/[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*")
+
+
+def check_served_dir(value: str) -> str | None:
+    """A folder the master serves (dnsmasq's tftp-root, /etc/exports): absolute, plain characters only."""
+    if _SERVED_DIR.fullmatch(value) and ".." not in value.split("/") and value.rstrip("/") not in ("", "/"):
+        return None
+    return (f"{shown(value)} is not a folder the master can serve: an absolute path of a-z, A-Z, 0-9, "
+            "'_', '.' and '-', not / itself, without '..'")

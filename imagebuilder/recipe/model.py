@@ -30,6 +30,7 @@ from imagebuilder.recipe.fields import (
     check_path,
     check_port,
     check_psk,
+    check_served_dir,
     check_sha256,
     check_size,
     check_ssid,
@@ -175,6 +176,16 @@ class Monitoring:
 
 
 @dataclass(frozen=True, kw_only=True)
+class Netboot:
+    workers: tuple[str, ...] = setting(default=["all"],
+                                       help="which workers boot from the network: [all], or hostnames from the "
+                                            "table (the others boot from their cards)")
+    tree: str = setting(default="/srv/netboot", check=check_served_dir,
+                        help="where the master keeps the boot files (TFTP), the shared root and each node's "
+                             "state")
+
+
+@dataclass(frozen=True, kw_only=True)
 class Recipe:
     cluster: Cluster = setting(help="the cluster's name and DNS domain")
     base: Base = setting(help="exactly one of image / url / bootstrap")
@@ -192,6 +203,8 @@ class Recipe:
                                         help="extra overlay directories (relative to the recipe), "
                                              "applied after the built-in ones")
     monitoring: Monitoring = setting(default=Monitoring, help="cluster status: beacons and the dashboard")
+    netboot: Netboot | None = setting(default=None,
+                                      help="workers without cards: the master serves their boot files and root")
     output: Output = setting(default=Output, help="what the build writes")
     # Not recipe keys: filled in by load_recipe.
     source: Path = dataclasses.field(default=Path("."), metadata={"internal": True})
@@ -203,6 +216,14 @@ class Recipe:
 
     def overlay_dirs(self) -> list[Path]:
         return [(self.source.parent / d).resolve() for d in self.overlays]
+
+    def netboot_workers(self) -> tuple[Worker, ...]:
+        """The workers that boot from the network (none without `netboot`)."""
+        if self.netboot is None:
+            return ()
+        if "all" in self.netboot.workers:
+            return self.workers
+        return tuple(w for w in self.workers if w.hostname in self.netboot.workers)
 
     def lan(self) -> ipaddress.IPv4Network:
         return ipaddress.IPv4Network(self.network.subnet)

@@ -40,9 +40,33 @@ def check_cluster(recipe: Recipe, loader: Loader) -> Recipe:
     _check_base(recipe, loader.problem)
     _check_names(recipe, loader.problem)
     _check_k3s_config(recipe, loader.problem)
+    _check_netboot(recipe, loader.problem)
     if any(loader.failed(f"network.{k}") for k in ("subnet", "master_ip", "dhcp_range")):
         return recipe
     return _check_addresses(recipe, loader)
+
+
+def _check_netboot(recipe: Recipe, problem: Problem) -> None:
+    if recipe.netboot is None:
+        return
+    names = [w.hostname for w in _partial(recipe.workers) if w is not None]
+    chosen = recipe.netboot.workers
+    if "all" in chosen and len(chosen) > 1:
+        problem("netboot.workers", "give [all] or a list of hostnames, not both")
+        return
+    if not chosen:
+        problem("netboot.workers", "no worker boots from the network: give [all] or hostnames, or remove netboot")
+    seen: set[str] = set()
+    for i, name in enumerate(chosen):
+        if name == "all":
+            continue
+        if name in seen:
+            problem(f"netboot.workers[{i}]", f"'{name}' is given twice")
+        elif name not in names:
+            near = difflib.get_close_matches(name, names, n=1)
+            problem(f"netboot.workers[{i}]", f"'{name}' is not in the workers table"
+                    + (f"; did you mean '{near[0]}'?" if near else ""))
+        seen.add(name)
 
 
 def _partial(items: tuple[T, ...]) -> tuple[T | None, ...]:

@@ -24,6 +24,7 @@ from imagebuilder.engine.checks import ConfigCheck
 from imagebuilder.layers.nevership import MACHINE_ID, NEVER_SHIP
 from imagebuilder.layers.render import RenderedLayer
 from imagebuilder.layers.write import add_kernel_arguments
+from imagebuilder.netboot.populate import NetbootSource
 from imagebuilder.recipe.catalogue import Layout
 from imagebuilder.sources.dpkg import installed_packages
 
@@ -168,6 +169,14 @@ class GuestfsTree:
             self.g.write(path, text.encode())
 
         return add_kernel_arguments(read, write, self.layout.boot_mount, arguments)
+
+    def update_initramfs(self) -> None:
+        raise ImageBuilderError("a layer changes the initramfs (netboot), which the guestfs backend cannot "
+                                "regenerate: it runs none of the image's programs", "build as root (the loop backend)")
+
+    def add_netboot_tree(self, source: NetbootSource, work: Path) -> int:
+        raise ImageBuilderError("netboot: the master's tree is copied from the worker's stage through loop "
+                                "devices, which the guestfs backend does not use", "build as root (the loop backend)")
 
     def run_checks(self, checks: list[ConfigCheck]) -> None:
         # The checks run the image's own tools (nft, exportfs...), which the appliance cannot run.

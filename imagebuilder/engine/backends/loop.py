@@ -7,7 +7,7 @@ import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 
-from imagebuilder.core.log import log
+from imagebuilder.core.log import log, step
 from imagebuilder.core.run import run
 from imagebuilder.disk.mount import mounted_image
 from imagebuilder.engine.apt import install_packages
@@ -16,6 +16,7 @@ from imagebuilder.engine.checks import ConfigCheck, run_checks
 from imagebuilder.layers.nevership import forget_identity
 from imagebuilder.layers.render import RenderedLayer
 from imagebuilder.layers.write import add_kernel_arguments_in_tree, write_layer
+from imagebuilder.netboot.populate import NetbootSource, populate_tree
 from imagebuilder.recipe.catalogue import Layout
 from imagebuilder.sources.dpkg import installed_packages
 
@@ -40,6 +41,14 @@ class LoopTree:
 
     def run_checks(self, checks: list[ConfigCheck]) -> None:
         run_checks(self.chroot, checks)
+
+    def update_initramfs(self) -> None:
+        # The kernel's own hooks run too (raspi-firmware copies the new initrd onto the boot partition).
+        with step("update-initramfs"):
+            self.chroot.run(["update-initramfs", "-u", "-k", "all"])
+
+    def add_netboot_tree(self, source: NetbootSource, work: Path) -> int:
+        return populate_tree(self.root, source, self.layout, work)
 
     def list_packages(self) -> dict[str, str]:
         return installed_packages(self.root)

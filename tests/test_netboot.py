@@ -1,0 +1,75 @@
+"""Network boot: the command line a netbooted worker gets, and the TFTP tree read as the bootloader would."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from imagebuilder.disk.fat import MTOOLS_ENV
+from imagebuilder.disk.partitions import boot_and_root
+from imagebuilder.netboot.tree import netboot_cmdline, verify_netboot_tree
+from tests.conftest import require_programs
+from tests.images import arm64_base
+
+CARD = ("console=serial0,115200 console=tty1 root=LABEL=rootfs rootfstype=ext4 fsck.repair=yes rootwait rw "
+        "net.ifnames=0 cgroup_memory=1 cgroup_enable=memory\n")
+
+
+def test_the_netboot_command_line_swaps_the_card_root_for_the_master() -> None:
+    line = netboot_cmdline(CARD, "10.0.0.1", "/srv/netboot")
+    assert line.endswith("\n") and line.count("\n") == 1
+    args = line.split()
+    assert not [a for a in args if a.startswith(("root=LABEL", "rootfstype", "fsck.repair")) or a in ("rw", "rootwait")]
+    for kept in ("console=serial0,115200", "console=tty1", "net.ifnames=0", "cgroup_memory=1", "cgroup_enable=memory"):
+        assert kept in args
+    for wanted in ("boot=nfs4root", "root=/dev/nfs", "nfsroot=10.0.0.1:/srv/netboot/root", "ip=dhcp", "ro",
+                   "netboot.overlay"):
+        assert wanted in args
+
+
+@pytest.mark.integration
+def test_a_tree_from_a_card_initramfs_is_refused_for_what_it_lacks(tmp_path: Path) -> None:
+    """The card's own boot files, unchanged: its initramfs cannot reach a root on the network, and its
+    command line names the card."""
+    require_programs("mcopy", "debugfs", "lsinitramfs")
+    image = arm64_base().path
+    boot, root = boot_and_root(image)
+    tftp, tree_root = tmp_path / "tree" / "tftp", tmp_path / "tree" / "root"
+    tftp.mkdir(parents=True)
+    subprocess.run(["mcopy", "-s", "-n", "-i", f"{image}@@{boot.start}", "::/*", tftp], check=True,
+                   env={**os.environ, **MTOOLS_ENV})
+    (tree_root / "etc").mkdir(parents=True)
+    (tree_root / "var/lib/dpkg").mkdir(parents=True)
+    status = subprocess.run(["debugfs", "-R", "cat /var/lib/dpkg/status", f"{image}?offset={root.start}"],
+                            capture_output=True, check=True).stdout
+    (tree_root / "var/lib/dpkg/status").write_bytes(status)
+    verdict = verify_netboot_tree(tmp_path / "tree", "10.0.0.1")
+    assert verdict.arch == "arm64"
+    assert "cmdline.txt: no boot=nfs4root" in verdict.general
+    assert any("lacks nfsv4" in p for p in verdict.boards["pi3b+"]), verdict.lines()
+    assert any("lacks lan78xx" in p for p in verdict.boards["pi3b+"])
+    assert any("lacks genet" in p for p in verdict.boards["pi4b"])
+    assert not verdict.ok
+    # With the netboot command line, only the drivers are left.
+    (tftp / "cmdline.txt").write_text(netboot_cmdline((tftp / "cmdline.txt").read_text(), "10.0.0.1",
+                                                      str(tmp_path / "tree")))
+    assert verify_netboot_tree(tmp_path / "tree", "10.0.0.1").general == []
+    # `imagebuilder verify DIR` reads the server and the served path from the tree's own cmdline.txt.
+    from imagebuilder.cli.verify import verify_served_tree
+
+    served = verify_served_tree(tmp_path / "tree", None)
+    assert served.general == [] and served.boards == verify_netboot_tree(tmp_path / "tree", "10.0.0.1").boards
+
+
+def test_netboot_user_data_keeps_restored_keys_and_grows_no_card() -> None:
+    from imagebuilder.netboot.populate import netboot_user_data
+
+    card = "#cloud-config\nusers: [{name: a}]\nssh_deletekeys: true\ngrowpart: {mode: auto}\nresize_rootfs: true\n"
+    text = netboot_user_data(card)
+    assert text.startswith("#cloud-config\n")
+    data = yaml.safe_load(text)
+    assert data == {"users": [{"name": "a"}], "ssh_deletekeys": False}
