@@ -37,8 +37,10 @@ def netbooted(built: tuple[Path, Path]) -> Iterator[tuple[BootReport, Path]]:
     logs = recipe_path.parent / "logs"
     before = namespaces()
     ctx = make_context()
+    # Four guests, then two of them again: 725 s here on an idle machine, close to the default 900.
     with ctx.stack:
-        report = boot_test(ctx, load_recipe(recipe_path), BootOptions(workers=2, unknown=1, ssh_key=key, logs=logs))
+        report = boot_test(ctx, load_recipe(recipe_path), BootOptions(workers=2, unknown=1, ssh_key=key, logs=logs,
+                                                                     timeout=1800))
     print(format_report(report))
     write_json(report, logs / "report.json")
     assert namespaces() == before, "a namespace outlived the boot test"
