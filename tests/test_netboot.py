@@ -73,3 +73,20 @@ def test_netboot_user_data_keeps_restored_keys_and_grows_no_card() -> None:
     assert text.startswith("#cloud-config\n")
     data = yaml.safe_load(text)
     assert data == {"users": [{"name": "a"}], "ssh_deletekeys": False}
+
+
+def test_netboot_checks_fail_a_node_that_changed_or_never_came_back() -> None:
+    from imagebuilder.boottest.netboot import check_netboot
+
+    seen = {"hostname": "node1", "machine-id": "a" * 32, "host key": "AAAA", "root": "overlay overlay",
+            "shared root": "nfs4 10.0.0.1:/srv/netboot/root", "state": "nfs4 10.0.0.1:/srv/netboot/nodes/b8-27"}
+    verdicts = {(c.name, c.node): c.ok for c in check_netboot(
+        "/srv/netboot", "10.0.0.1", {"node1": seen, "node2": seen, "node3": seen},
+        {"node1": seen, "node2": {**seen, "host key": "BBBB"}})}
+    assert verdicts[("root from the master under a RAM layer", "node1")]
+    assert verdicts[("own state folder on the master", "node1")]
+    assert verdicts[("identity kept across a power cycle", "node1")]
+    assert not verdicts[("identity kept across a power cycle", "node2")]  # a new host key
+    assert not verdicts[("identity kept across a power cycle", "node3")]  # did not come back
+    card = {**seen, "root": "/dev/vda2", "shared root": ""}
+    assert not all(c.ok for c in check_netboot("/srv/netboot", "10.0.0.1", {"node1": card}, {}))

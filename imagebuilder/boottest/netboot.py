@@ -84,6 +84,8 @@ def check_netboot(tree: str, server: str, first: dict[str, dict[str, str]],
                           seen["state"].startswith(f"nfs4 {server}:{want_state}"), f"{STATE} is {seen['state'] or '?'}")
         later = again.get(name)
         if later is None:
+            yield CheckResult("identity kept across a power cycle", name, False,
+                              "no ssh login after it was powered on again (before the test's deadline)")
             continue
         kept = [k for k in ("hostname", "machine-id", "host key") if seen[k] and later[k] == seen[k]]
         yield CheckResult("identity kept across a power cycle", name, len(kept) == 3,

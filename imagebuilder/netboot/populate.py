@@ -8,6 +8,7 @@ which its initramfs fills on first boot (overlays/netboot).
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,6 +71,17 @@ def netboot_user_data(text: str) -> str:
         data, sort_keys=False)
 
 
+def used_bytes(mount: Path) -> int:
+    st = os.statvfs(mount)
+    return (st.f_blocks - st.f_bfree) * st.f_frsize
+
+
+def statvfs_free(mount: Path) -> int:
+    """Free bytes for root (the build), reserved blocks included."""
+    st = os.statvfs(mount)
+    return st.f_bfree * st.f_frsize
+
+
 def populate_tree(master_root: Path, source: NetbootSource, layout: Layout, work: Path) -> int:
     """Write the tree into the master's mounted root; return its size in bytes. Refuses a tree no board
     would boot from (verify_netboot_tree)."""
@@ -83,6 +95,13 @@ def populate_tree(master_root: Path, source: NetbootSource, layout: Layout, work
     with step(f"netboot tree: the worker's root into {source.tree}/root"), \
             loop_device(source.worker_image, offset=root_part.start, size=root_part.size, read_only=True) as device, \
             mounted(device, work / "worker-root", fstype="ext4", options=("ro", "noload")) as worker:
+        need, free = used_bytes(worker), statvfs_free(master_root)
+        if need > free:
+            # Only with output.image_size: otherwise the stage grew the master's root by the worker's image.
+            raise ImageBuilderError(f"output.image_size: the master's root has {free // 2**20} MiB free, and the "
+                                    f"netboot tree needs about {need // 2**20} MiB",
+                                    f"raise output.image_size by {(need - free) // 2**20 + 64} MiB or more, or "
+                                    "remove it (the image then grows by what it holds)")
         # -a keeps owners, modes, hard links, times and extended attributes (file capabilities).
         run(["cp", "-a", "--one-file-system", f"{worker}/.", root])
     boot_in_root = root / layout.boot_mount.lstrip("/")
