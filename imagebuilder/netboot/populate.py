@@ -92,6 +92,15 @@ def populate_tree(master_root: Path, source: NetbootSource, layout: Layout, work
     for folder in (root, tftp, nodes):
         folder.mkdir(parents=True)
     boot_part, root_part = boot_and_root(source.worker_image)
+    # The boot files first: the room left for the root is then measured with them in.
+    boot_in_root = root / layout.boot_mount.lstrip("/")
+    boot_in_root.mkdir(parents=True, exist_ok=True)
+    where = f"{source.worker_image}@@{boot_part.start}"
+    for target in (tftp, boot_in_root):
+        run(["mcopy", "-i", where, "-s", "-p", "-m", "-Q", "::/*", target], env=MTOOLS_ENV)
+    # The seed (user-data: users, keys, password hashes) stays off TFTP, which anyone on the LAN can read.
+    for name in SEED_FILES:
+        (tftp / name).unlink(missing_ok=True)
     with step(f"netboot tree: the worker's root into {source.tree}/root"), \
             loop_device(source.worker_image, offset=root_part.start, size=root_part.size, read_only=True) as device, \
             mounted(device, work / "worker-root", fstype="ext4", options=("ro", "noload")) as worker:
@@ -104,14 +113,6 @@ def populate_tree(master_root: Path, source: NetbootSource, layout: Layout, work
                                     "remove it (the image then grows by what it holds)")
         # -a keeps owners, modes, hard links, times and extended attributes (file capabilities).
         run(["cp", "-a", "--one-file-system", f"{worker}/.", root])
-    boot_in_root = root / layout.boot_mount.lstrip("/")
-    boot_in_root.mkdir(parents=True, exist_ok=True)
-    where = f"{source.worker_image}@@{boot_part.start}"
-    for target in (tftp, boot_in_root):
-        run(["mcopy", "-i", where, "-s", "-p", "-m", "-Q", "::/*", target], env=MTOOLS_ENV)
-    # The seed (user-data: users, keys, password hashes) stays off TFTP, which anyone on the LAN can read.
-    for name in SEED_FILES:
-        (tftp / name).unlink(missing_ok=True)
     for config in (boot_in_root / "user-data", root / "etc/cloud/cloud.cfg.d/90-imagebuilder.cfg"):
         if config.is_file():
             config.write_text(netboot_user_data(config.read_text()))
