@@ -11,7 +11,7 @@ import yaml
 
 from imagebuilder.disk.fat import MTOOLS_ENV
 from imagebuilder.disk.partitions import boot_and_root
-from imagebuilder.netboot.tree import netboot_cmdline, verify_netboot_tree
+from imagebuilder.netboot.tree import netboot_cmdline, served_at, verify_netboot_tree
 from tests.conftest import require_programs
 from tests.images import arm64_base
 
@@ -27,7 +27,7 @@ def test_the_netboot_command_line_swaps_the_card_root_for_the_master() -> None:
     for kept in ("console=serial0,115200", "console=tty1", "net.ifnames=0", "cgroup_memory=1", "cgroup_enable=memory"):
         assert kept in args
     for wanted in ("boot=nfs4root", "root=/dev/nfs", "nfsroot=10.0.0.1:/srv/netboot/root", "ip=dhcp", "ro",
-                   "netboot.overlay"):
+                   "netboot.overlay", "ds=nocloud;s=file:///boot/firmware/"):
         assert wanted in args
 
 
@@ -59,10 +59,8 @@ def test_a_tree_from_a_card_initramfs_is_refused_for_what_it_lacks(tmp_path: Pat
                                                       str(tmp_path / "tree")))
     assert verify_netboot_tree(tmp_path / "tree", "10.0.0.1").general == []
     # `imagebuilder verify DIR` reads the server and the served path from the tree's own cmdline.txt.
-    from imagebuilder.cli.verify import verify_served_tree
-
-    served = verify_served_tree(tmp_path / "tree", None)
-    assert served.general == [] and served.boards == verify_netboot_tree(tmp_path / "tree", "10.0.0.1").boards
+    assert served_at(tmp_path / "tree") == ("10.0.0.1", str(tmp_path / "tree"))
+    assert served_at(tmp_path / "nothing") == ("", "")
 
 
 def test_netboot_user_data_keeps_restored_keys_and_grows_no_card() -> None:
@@ -80,13 +78,16 @@ def test_netboot_checks_fail_a_node_that_changed_or_never_came_back() -> None:
 
     seen = {"hostname": "node1", "machine-id": "a" * 32, "host key": "AAAA", "root": "overlay overlay",
             "shared root": "nfs4 10.0.0.1:/srv/netboot/root", "state": "nfs4 10.0.0.1:/srv/netboot/nodes/b8-27"}
+    macs = {"node1": "b8:27:eb:00:00:01", "node2": "b8:27:eb:00:00:02", "node3": "b8:27:eb:00:00:03"}
+    seen = {**seen, "state": "nfs4 10.0.0.1:/srv/netboot/nodes/b8-27-eb-00-00-01"}
     verdicts = {(c.name, c.node): c.ok for c in check_netboot(
-        "/srv/netboot", "10.0.0.1", {"node1": seen, "node2": seen, "node3": seen},
+        "/srv/netboot", "10.0.0.1", macs, {"node1": seen, "node2": seen, "node3": seen},
         {"node1": seen, "node2": {**seen, "host key": "BBBB"}})}
     assert verdicts[("root from the master under a RAM layer", "node1")]
     assert verdicts[("own state folder on the master", "node1")]
+    assert not verdicts[("own state folder on the master", "node2")]  # node1's folder, not its own
     assert verdicts[("identity kept across a power cycle", "node1")]
     assert not verdicts[("identity kept across a power cycle", "node2")]  # a new host key
     assert not verdicts[("identity kept across a power cycle", "node3")]  # did not come back
     card = {**seen, "root": "/dev/vda2", "shared root": ""}
-    assert not all(c.ok for c in check_netboot("/srv/netboot", "10.0.0.1", {"node1": card}, {}))
+    assert not all(c.ok for c in check_netboot("/srv/netboot", "10.0.0.1", macs, {"node1": card}, {}))

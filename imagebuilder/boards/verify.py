@@ -160,7 +160,7 @@ def _check_general(verdict: Verdict, image: Path, boot: BootPartition, root: Par
             verdict.general.append(f"/etc/fstab:{number}: {fields[0]} (for {fields[1]}) is no partition of the image")
 
 
-class BootFiles(Protocol):
+class BootSource(Protocol):
     """What the firmware reads: a card's boot partition, or a netboot TFTP tree."""
     files: set[str]
 
@@ -171,7 +171,7 @@ class BootFiles(Protocol):
 Listings = dict[str, tuple[set[str], set[str]] | None]
 
 
-def check_board(selection: Selection, arch: str, boot: BootFiles, read_root: Callable[[str], str | None],
+def check_board(selection: Selection, arch: str, boot: BootSource, read_root: Callable[[str], str | None],
                 work: Path, listings: Listings,
                 drivers: tuple[tuple[str, ...], str] | None = None) -> list[str]:
     """What would stop this board: the firmware files, the kernel, initramfs and device tree it picks, and

@@ -149,7 +149,8 @@ def power_cycle(recipe: Recipe, netbooted: list[NodeResult], ssh: Ssh, power_on:
                 again[result.node.name] = read_identity(ssh, result)
             log.info("%s, second power-on: %s", result.node.name, ", ".join(
                 f"{e} {t:.0f}s" if t is not None else f"{e} -" for e, t in result.times.items()))
-    return list(check_netboot(recipe.netboot.tree, str(recipe.network.master_ip), first, again))
+    macs = {r.node.name: r.node.mac for r in netbooted}
+    return list(check_netboot(recipe.netboot.tree, str(recipe.network.master_ip), macs, first, again))
 
 
 def boot_files(image: Path, dest: Path, options: BootOptions, arch: str, board: Board | None = None) -> BootFiles:

@@ -22,6 +22,7 @@ from imagebuilder.core.errors import ImageBuilderError
 from imagebuilder.core.run import find_program, run
 from imagebuilder.disk.fat import BootPartition
 from imagebuilder.disk.partitions import boot_and_root
+from imagebuilder.netboot.populate import state_folder
 
 STATE = "/var/lib/imagebuilder/netboot-state"
 
@@ -71,17 +72,18 @@ def read_identity(ssh: Ssh, result: NodeResult) -> dict[str, str]:
     return {what: " ".join((ssh.text(result.host, command) or "").split()) for what, command in commands.items()}
 
 
-def check_netboot(tree: str, server: str, first: dict[str, dict[str, str]],
+def check_netboot(tree: str, server: str, macs: dict[str, str], first: dict[str, dict[str, str]],
                   again: dict[str, dict[str, str]]) -> Iterator[CheckResult]:
-    """first/again: read_identity of each netbooted node after its first and its second power-on."""
+    """first/again: read_identity of each netbooted node (by name; macs: its MAC) after its first and its
+    second power-on."""
     for name, seen in first.items():
         want_root = f"nfs4 {server}:{tree}/root"
         yield CheckResult("root from the master under a RAM layer", name,
                           seen["root"].startswith("overlay") and seen["shared root"] == want_root,
                           f"/ is {seen['root'] or '?'}, its lower layer {seen['shared root'] or '?'}; want {want_root}")
-        want_state = f"{tree}/nodes/"
-        yield CheckResult("own state folder on the master", name,
-                          seen["state"].startswith(f"nfs4 {server}:{want_state}"), f"{STATE} is {seen['state'] or '?'}")
+        want_state = f"nfs4 {server}:{tree}/nodes/{state_folder(macs[name])}"
+        yield CheckResult("own state folder on the master", name, seen["state"] == want_state,
+                          f"{STATE} is {seen['state'] or '?'}; want {want_state}")
         later = again.get(name)
         if later is None:
             yield CheckResult("identity kept across a power cycle", name, False,

@@ -7,11 +7,11 @@ import json
 from pathlib import Path
 
 from imagebuilder.boards.models import BOARDS
-from imagebuilder.boards.verify import Verdict, verify_image
+from imagebuilder.boards.verify import verify_image
 from imagebuilder.cli.command import Command
 from imagebuilder.core.context import Context
 from imagebuilder.core.errors import ChecksFailed, ImageBuilderError
-from imagebuilder.netboot.tree import verify_netboot_tree
+from imagebuilder.netboot.tree import served_at, verify_netboot_tree
 
 
 def _arguments(parser: argparse.ArgumentParser) -> None:
@@ -27,7 +27,8 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
 def verify(ctx: Context, args: argparse.Namespace) -> int:
     image: Path = args.image
     if image.is_dir():
-        verdict = verify_served_tree(image, args.board)
+        server, served = served_at(image)
+        verdict = verify_netboot_tree(image, server, args.board, served=served or str(image))
     elif not image.is_file() or image.name.endswith((".xz", ".zst", ".gz")):
         raise ImageBuilderError(f"{image}: not a raw image file", "give the .img (verify reads it in place)")
     else:
@@ -41,16 +42,6 @@ def verify(ctx: Context, args: argparse.Namespace) -> int:
         raise ChecksFailed(f"{image}: verify found {len(verdict.general)} problem(s) for every board"
                            if verdict.general else f"{image}: no board would boot it")
     return 0
-
-
-def verify_served_tree(tree: Path, boards: list[str] | None) -> Verdict:
-    """A netboot tree, wherever it is seen from: the server and the path it is served under come from its own
-    cmdline.txt (nfsroot=SERVER:TREE/root), which verify_netboot_tree checks against the tree's layout."""
-    cmdline = tree / "tftp" / "cmdline.txt"
-    nfsroot = next((w.removeprefix("nfsroot=") for w in (cmdline.read_text().split() if cmdline.is_file() else ())
-                    if w.startswith("nfsroot=")), "")
-    server, _, served = nfsroot.partition(":")
-    return verify_netboot_tree(tree, server, boards, served=served.removesuffix("/root") or str(tree))
 
 
 COMMANDS = [

@@ -82,9 +82,9 @@ def statvfs_free(mount: Path) -> int:
     return st.f_bfree * st.f_frsize
 
 
-def populate_tree(master_root: Path, source: NetbootSource, layout: Layout, work: Path) -> int:
-    """Write the tree into the master's mounted root; return its size in bytes. Refuses a tree no board
-    would boot from (verify_netboot_tree)."""
+def populate_tree(master_root: Path, source: NetbootSource, layout: Layout, work: Path) -> None:
+    """Write the tree into the master's mounted root. Refuses a tree no board would boot from
+    (verify_netboot_tree)."""
     tree = master_root / source.tree.lstrip("/")
     root, tftp, nodes = tree / "root", tree / "tftp", tree / "nodes"
     if tree.exists():
@@ -117,10 +117,10 @@ def populate_tree(master_root: Path, source: NetbootSource, layout: Layout, work
         if config.is_file():
             config.write_text(netboot_user_data(config.read_text()))
     card = BootPartition(source.worker_image, boot_part).read("cmdline.txt").decode(errors="replace")
-    seed = f"ds=nocloud;s=file://{layout.boot_mount.rstrip('/')}/"
-    cmdline = netboot_cmdline(card.splitlines()[0] if card.strip() else "", source.server, source.tree)
-    (tftp / "cmdline.txt").write_text(f"{cmdline.rstrip()} {seed}\n")
-    (boot_in_root / "cmdline.txt").write_text((tftp / "cmdline.txt").read_text())
+    cmdline = netboot_cmdline(card.splitlines()[0] if card.strip() else "", source.server, source.tree,
+                              layout.boot_mount)
+    for folder in (tftp, boot_in_root):
+        (folder / "cmdline.txt").write_text(cmdline)
     (root / "etc/fstab").write_text(netboot_fstab())
     (root / "etc/cloud/cloud.cfg.d/90-imagebuilder-datasource.cfg").write_text(
         netboot_cloud_config(layout.boot_mount))
@@ -136,4 +136,3 @@ def populate_tree(master_root: Path, source: NetbootSource, layout: Layout, work
                                 "report it: the worker stage's boot files or initramfs lack what netboot needs")
     size = int(run(["du", "-sxb", tree], capture=True).stdout.split()[0])
     log.info("netboot tree %s: %d MiB (the worker's root and boot files)", source.tree, size // 2**20)
-    return size

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from imagebuilder.boards.firmware import select
 from imagebuilder.boards.models import BOARDS, boards_for
-from imagebuilder.boards.verify import Verdict, check_board, dpkg_arch
+from imagebuilder.boards.verify import Listings, Verdict, check_board, dpkg_arch
 from imagebuilder.core.resources import temporary_directory
 
 # What the card's command line says about its root, which a netbooted node does not have.
@@ -20,11 +20,22 @@ _CARD_ROOT = re.compile(r"^(root|rootfstype|rootwait|rootdelay|fsck\.repair|init
 NETBOOT_MODULES = ("nfsv4", "overlay")
 
 
-def netboot_cmdline(card: str, server: str, tree: str) -> str:
-    """The card's kernel command line with its root replaced: NFSv4 from the master, a RAM layer on top."""
+def netboot_cmdline(card: str, server: str, tree: str, boot_mount: str = "/boot/firmware") -> str:
+    """The card's kernel command line with its root replaced: NFSv4 from the master, a RAM layer on top, and
+    cloud-init's seed in the root's copy of the boot files (there is no boot partition to find by label)."""
     kept = [a for a in card.split() if not _CARD_ROOT.match(a)]
     return " ".join([*kept, "boot=nfs4root", "root=/dev/nfs", f"nfsroot={server}:{tree}/root", "ip=dhcp", "ro",
-                     "netboot.overlay"]) + "\n"
+                     "netboot.overlay", f"ds=nocloud;s=file://{boot_mount.rstrip('/')}/"]) + "\n"
+
+
+def served_at(tree: Path) -> tuple[str, str]:
+    """The server and the path a built tree is served under, read back from its cmdline.txt's nfsroot=
+    (("", "") when it has none)."""
+    cmdline = tree / "tftp" / "cmdline.txt"
+    words = cmdline.read_text(errors="replace").split() if cmdline.is_file() else []
+    nfsroot = next((w.removeprefix("nfsroot=") for w in words if w.startswith("nfsroot=")), "")
+    server, _, path = nfsroot.partition(":")
+    return server, path.removesuffix("/root")
 
 
 class BootTree:
@@ -69,7 +80,7 @@ def verify_netboot_tree(tree: Path, server: str, boards: list[str] | None = None
     verdict.arch = dpkg_arch(read_root("/var/lib/dpkg/status") or "")
     chosen = [BOARDS[b] for b in boards] if boards else boards_for(verdict.arch)
 
-    listings: dict[str, tuple[set[str], set[str]] | None] = {}
+    listings: Listings = {}
     with temporary_directory("imagebuilder-verify-netboot-") as work:
         for board in chosen:
             if not board.net_modules:

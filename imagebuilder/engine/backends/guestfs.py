@@ -174,7 +174,7 @@ class GuestfsTree:
         raise ImageBuilderError("a layer changes the initramfs (netboot), which the guestfs backend cannot "
                                 "regenerate: it runs none of the image's programs", "build as root (the loop backend)")
 
-    def add_netboot_tree(self, source: NetbootSource, work: Path) -> int:
+    def add_netboot_tree(self, source: NetbootSource, work: Path) -> None:
         raise ImageBuilderError("netboot: the master's tree is copied from the worker's stage through loop "
                                 "devices, which the guestfs backend does not use", "build as root (the loop backend)")
 

@@ -47,8 +47,8 @@ class LoopTree:
         with step("update-initramfs"):
             self.chroot.run(["update-initramfs", "-u", "-k", "all"])
 
-    def add_netboot_tree(self, source: NetbootSource, work: Path) -> int:
-        return populate_tree(self.root, source, self.layout, work)
+    def add_netboot_tree(self, source: NetbootSource, work: Path) -> None:
+        populate_tree(self.root, source, self.layout, work)
 
     def list_packages(self) -> dict[str, str]:
         return installed_packages(self.root)
