@@ -27,9 +27,10 @@ class Context:
     stack: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
 
     def cache(self, *parts: str) -> Path:
-        # The cache holds images with the clusters' secrets in them: its owner's only.
+        # The cache holds images with the clusters' secrets in them: its owner's only. (Another imagebuilder
+        # may make it at the same moment: test_two_processes_fetch_once.)
         if not self.cache_dir.exists():
-            self.cache_dir.mkdir(parents=True, mode=0o700)
+            self.cache_dir.mkdir(parents=True, mode=0o700, exist_ok=True)
         path = self.cache_dir.joinpath(*parts)
         path.mkdir(parents=True, exist_ok=True)
         return path
