@@ -16,7 +16,9 @@ import yaml
 from imagebuilder.boards.verify import verify_image
 from imagebuilder.build.execute import build
 from imagebuilder.core import resources
+from imagebuilder.core.errors import ImageBuilderError
 from imagebuilder.disk.bmap import make_bmap
+from imagebuilder.disk.copy import can_reflink
 from imagebuilder.disk.fat import MTOOLS_ENV, fat_read
 from imagebuilder.disk.image import check_filesystems
 from imagebuilder.disk.mount import mounted_image
@@ -193,6 +195,53 @@ def test_signal_during_build_unwinds(built: Path, tmp_path: Path, signum: int) -
     assert proc.wait(timeout=120) == 128 + signum, rest
     assert "interrupted" in rest and "Traceback" not in rest
     assert leftovers(*ours) == []
+
+
+@pytest.mark.integration
+def test_outputs_are_the_stages_themselves_kept_by_a_rebuild_and_an_edit_through_them_is_found(
+        built: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Where there are no reflinks (this machine's ext4), an image is its stage's file (no second write of it).
+    A rebuild without changes keeps it as it is; an edit of the output in place is an edit of the cache
+    entry, which the next build finds instead of emitting it."""
+    recipe = load_recipe(make_recipe(tmp_path, marker=f"share-{time.time()}"))
+    out = recipe.output_dir
+
+    def build_once() -> None:
+        ctx = make_context()
+        with ctx.stack:
+            build(ctx, recipe)
+
+    build_once()
+    stages = make_context().cache_dir / "stages"
+    for role in ("master", "worker"):
+        image = out / f"{role}.img"
+        assert oct(image.stat().st_mode & 0o777) == "0o600"
+        if (out.stat().st_dev == stages.stat().st_dev and not can_reflink(image, out)):
+            assert [p.name for p in stages.glob(f"{role}-*.img") if p.stat().st_ino == image.stat().st_ino]
+            assert f"{role}.img: the {role} stage's file itself" in caplog.text
+    def images() -> dict[str, tuple[int, int]]:  # SHA256SUMS and manifest.json are written by every build
+        return {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in out.glob("*.img*")}
+
+    before = images()
+    assert len(before) == 6  # the images, their bmaps and zstd copies
+    caplog.clear()
+    build_once()
+    assert caplog.text.count("outputs kept") == 2, caplog.text
+    assert images() == before
+    worker = out / "worker.img"
+    _, root = boot_and_root(worker)
+    with worker.open("r+b") as f:  # the root file system's superblock: read by every check
+        f.seek(root.start + 1024 + 100)
+        byte = f.read(1)
+        f.seek(-1, 1)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    edited = sha256_of(worker)
+    with pytest.raises(ImageBuilderError, match="written through an output that is this file"):
+        build_once()
+    build_once()
+    sums = dict(line.split("  ")[::-1] for line in (out / "SHA256SUMS").read_text().splitlines())
+    assert sums["worker.img"] == sha256_of(worker) != edited
+    assert verify_image(out / "worker.img").ok
 
 
 @pytest.mark.integration

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from imagebuilder.cli.main import main
-from imagebuilder.core.cache import GRACE, list_entries, prune, record_use
+from imagebuilder.core.cache import GRACE, list_entries, prune, record_use, touch
 
 DAY = 86400.0
 
@@ -24,9 +24,11 @@ def entry(cache: Path, name: str, age: float, companions: tuple[str, ...] = ()) 
         (path / "hello.deb").write_bytes(b"x" * 4096)
     else:
         path.write_bytes(b"x" * 4096)
-    for suffix in companions:
-        path.with_name(path.name.removesuffix(".img") + suffix if suffix.startswith(".") else suffix).write_text("")
     stamp = time.time() - age
+    for suffix in companions:  # written with the entry: as old
+        companion = path.with_name(path.name.removesuffix(".img") + suffix if suffix.startswith(".") else suffix)
+        companion.write_text("")
+        os.utime(companion, (stamp, stamp))
     os.utime(path, (stamp, stamp))
     return path
 
@@ -113,3 +115,14 @@ def test_cache_command_lists_sizes_and_users(cache: Path, capsys: pytest.Capture
     assert all(e["bytes"] > 0 for e in listed.values())
     assert main(["--cache-dir", str(cache), "cache", "prune"]) == 0
     assert "removed 4 entries" in capsys.readouterr().out
+
+
+def test_a_stage_marked_used_through_its_record_is_kept_and_its_image_untouched(cache: Path) -> None:
+    """An emitted image may be the stage's file itself (a hard link): its mtime says the output is unchanged,
+    so a cache hit marks the stage used through its record."""
+    image = cache / "stages/master-older.img"
+    before = image.stat().st_mtime_ns
+    touch(image.with_suffix(".json"))
+    prune(cache)
+    assert "stages/master-older.img" in names(cache)
+    assert image.stat().st_mtime_ns == before

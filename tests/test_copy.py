@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import subprocess
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from imagebuilder.core.resources import loop_device, mounted
+from imagebuilder.core.resources import atomic_output, loop_device, mounted
 from imagebuilder.disk.copy import (
     CHUNK,
     can_reflink,
@@ -19,6 +20,7 @@ from imagebuilder.disk.copy import (
     data_extents,
     digest_image,
     range_digests,
+    share_image,
 )
 from tests.conftest import require_programs, require_root
 
@@ -65,6 +67,37 @@ def test_clone_copies_by_the_kernel_holes_for_holes(tmp_path: Path) -> None:
     assert target.read_bytes() == data
     assert target.stat().st_blocks <= source.stat().st_blocks + 8
     assert not list(tmp_path.glob(".imagebuilder-reflink-probe-*"))
+
+
+def test_share_gives_the_file_itself_where_there_are_no_reflinks(tmp_path: Path) -> None:
+    source = tmp_path / "stage.img"
+    data = sparse_file(source)
+    with atomic_output(tmp_path / "out.img", 0o600) as tmp:
+        how = share_image(source, tmp)
+    target = tmp_path / "out.img"
+    assert target.read_bytes() == data
+    if how == "hardlink":
+        assert target.stat().st_ino == source.stat().st_ino and source.stat().st_nlink == 2
+    else:
+        assert how == "reflink" and can_reflink(source, tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.img", "stage.img"]  # no spare, no partial
+
+
+def test_share_leaves_the_target_as_it_was_when_it_cannot(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Across file systems (no reflink, no hard link) nothing is shared: the caller copies into the very file
+    it made (its mode, its lock)."""
+    source, target = tmp_path / "stage.img", tmp_path / "out.img"
+    sparse_file(source)
+    target.write_bytes(b"mine")
+    inode = target.stat().st_ino
+
+    def cross_device(src: object, dst: object) -> None:
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+    monkeypatch.setattr(os, "link", cross_device)
+    monkeypatch.setattr("imagebuilder.disk.copy._reflink", lambda src, dst: False)
+    assert share_image(source, target) is None
+    assert target.stat().st_ino == inode and source.stat().st_nlink == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.img", "stage.img"]
 
 
 def test_copy_range_moves_bytes_to_an_offset(tmp_path: Path) -> None:

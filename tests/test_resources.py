@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import subprocess
 import sys
@@ -35,6 +36,20 @@ def test_atomic_output_only_renames_when_complete(tmp_path: Path) -> None:
     with atomic_output(final) as tmp:
         tmp.write_text("whole")
     assert final.read_text() == "whole" and list(final.parent.iterdir()) == [final]
+
+
+def test_atomic_output_over_a_link_to_the_same_file_leaves_no_partial(tmp_path: Path) -> None:
+    """An output emitted again as the stage's file itself: rename(2) of one link over another of the same
+    file does nothing, and the temporary name would stay (found by test_kill)."""
+    stage = tmp_path / "stage.img"
+    stage.write_text("stage")
+    final = tmp_path / "out" / "master.img"
+    final.parent.mkdir()
+    os.link(stage, final)
+    with atomic_output(final) as tmp:
+        tmp.unlink()
+        os.link(stage, tmp)
+    assert list(final.parent.iterdir()) == [final] and final.stat().st_ino == stage.stat().st_ino
 
 
 def _ext4_image(path: Path) -> Path:

@@ -59,7 +59,7 @@ def sweep(cache_dir: Path, *others: Path) -> int:
 
 
 def touch(path: Path) -> None:
-    """Mark a cache entry as just used."""
+    """Mark a cache entry as just used (through its record where it has one: see _entry)."""
     with contextlib.suppress(FileNotFoundError):
         os.utime(path)
 
@@ -75,10 +75,12 @@ def _allocated(path: Path) -> int:
 
 def _entry(kind: str, path: Path, companions: list[Path]) -> Entry:
     present = [c for c in companions if c.exists()]
-    try:
-        used = path.stat().st_mtime
-    except FileNotFoundError:
-        used = 0.0
+    # A stage is marked used through its record, not its image: an emitted image may be the stage's file
+    # itself (a hard link), and the outputs' unchanged-check reads its mtime.
+    used = 0.0
+    for path_or_companion in (path, *present):
+        with contextlib.suppress(FileNotFoundError):
+            used = max(used, path_or_companion.stat().st_mtime)
     return Entry(kind, path, present, _allocated(path) + sum(_allocated(c) for c in present), used)
 
 

@@ -82,6 +82,8 @@ def atomic_output(final: Path, mode: int = 0o666, *, durable: bool = True) -> It
         if durable:
             sync_path(tmp)
         os.replace(tmp, final)
+        if os.path.lexists(tmp):  # rename(2) does nothing when both names are links to one file (share_image)
+            os.unlink(tmp)
         if durable:
             sync_path(final.parent)
     except BaseException:

@@ -187,6 +187,32 @@ def clone_image(source: Path, target: Path) -> str:
         raise
 
 
+def share_image(source: Path, target: Path) -> str | None:
+    """Make target (an existing file, replaced) hold source's bytes without copying them; return how, or
+    None where neither way works here (target then is left as it was).
+
+    "reflink": target shares source's blocks and is a file of its own (btrfs, XFS).
+    "hardlink": target is source itself, the only way without a copy elsewhere (ext4). Only for a source
+    nobody writes again (a finished cache entry): a write through either name changes both.
+    """
+    with open(source, "rb", buffering=0) as src, open(target, "wb", buffering=0) as dst:
+        if _reflink(src.fileno(), dst.fileno()):
+            return "reflink"
+    # The file atomic_output made (its lock, its mode) is set aside until the link exists, and is back
+    # when there is none.
+    spare = target.with_name(target.name + ".spare")
+    os.replace(target, spare)
+    try:
+        os.link(source, target)
+    except OSError as e:
+        os.replace(spare, target)
+        if e.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.EOPNOTSUPP, errno.ENOSYS):
+            raise
+        return None
+    spare.unlink()
+    return "hardlink"
+
+
 def _reflink(src: int, dst: int) -> bool:
     try:
         fcntl.ioctl(dst, FICLONE, src)

@@ -24,7 +24,7 @@ from imagebuilder.core.errors import ImageBuilderError
 from imagebuilder.core.log import Progress, log, step
 from imagebuilder.core.resources import allocated, atomic_output, ensure_space, file_lock, temporary_directory
 from imagebuilder.disk.bmap import range_extents
-from imagebuilder.disk.copy import Copied, clone_image, copy_image, digest_image, range_digests
+from imagebuilder.disk.copy import Copied, clone_image, copy_image, digest_image, range_digests, share_image
 from imagebuilder.disk.ext4 import shrink_root
 from imagebuilder.disk.image import check_filesystems
 from imagebuilder.disk.partitions import grow_image
@@ -114,6 +114,21 @@ def copy_checked(source: Path, target: Path, extents: Sequence[tuple[int, int]] 
     return copied
 
 
+def share_checked(source: Path, target: Path, extents: Sequence[tuple[int, int]] = (),
+                  progress: Progress | None = None) -> tuple[Copied, str]:
+    """Give target a cache entry's bytes, as copy_checked does, but by sharing them where the file systems
+    allow (see share_image); then one read of the shared bytes checks them. Returns how: "reflink",
+    "hardlink" or "copy"."""
+    how = share_image(source, target)
+    if how is None:
+        return copy_checked(source, target, extents, progress), "copy"
+    copied = digest_image(target, extents)
+    expected = (cached_record(source) or {}).get("sha256")
+    if expected and copied.sha256 != expected:
+        damaged(source)
+    return copied, how
+
+
 def check_entry(image: Path) -> None:
     """Check that a cache entry still is what its record says, before a stage is made from it.
 
@@ -133,8 +148,8 @@ def check_entry(image: Path) -> None:
 def damaged(image: Path) -> NoReturn:
     image.with_suffix(".json").unlink(missing_ok=True)
     image.unlink(missing_ok=True)
-    raise ImageBuilderError(f"{image}: the cached image does not match its record (damaged on disk); "
-                            "it was removed", "build again: it is made anew")
+    raise ImageBuilderError(f"{image}: the cached image does not match its record (damaged on disk, or written "
+                            "through an output that is this file); it was removed", "build again: it is made anew")
 
 
 def realise(ctx: Context, stage: Stage, debs: Path) -> StageResult:
@@ -146,7 +161,7 @@ def realise(ctx: Context, stage: Stage, debs: Path) -> StageResult:
         fresh = cached_record(image) is None
         if not fresh:
             log.info("stage %s: cached (%s)", stage.name, key[:12])
-            touch(image)
+            touch(record)  # not the image: it may be an output too (emit.py), whose mtime says it is unchanged
         else:
             with step(f"stage {stage.name}"):
                 _build(ctx, stage, image, record, debs)
@@ -167,7 +182,7 @@ def _build(ctx: Context, stage: Stage, image: Path, record: Path, debs: Path) ->
                  f"the {stage.name} stage")
     # Not flushed to the disk (about 0.5 s): its digests are checked whenever it is read.
     with temporary_directory(f"stage-{stage.name}-", ctx.cache("tmp")) as work, \
-            atomic_output(image, durable=False) as tmp, \
+            atomic_output(image, 0o600, durable=False) as tmp, \
             ThreadPoolExecutor(1, thread_name_prefix="check-parent") as checker:
         # The kernel copies the parent (a reflink where it can); its digest is checked beside the stage's
         # work, which mostly waits on programs, and before the stage is kept.

@@ -1,6 +1,8 @@
 """Write the build's outputs: raw images, compressed copies, bmaps, SHA256SUMS, manifest.json.
 
-Every file is written under a temporary name and renamed when complete. Compressed copies are cached
+Every file is written under a temporary name and renamed when complete. A raw image is not written again:
+it shares its stage's blocks (a reflink), or is the stage's file itself (a hard link, on ext4), or, across
+file systems, is a copy by the kernel. Compressed copies are cached
 by the raw image's digest: xz takes minutes, and an unchanged image should not pay it twice. What each
 output was made from is kept in out/.imagebuilder-emit.json: when a stage did not change and its outputs
 are still there as written (same size, mtime and inode), they are neither copied, digested nor
@@ -22,11 +24,11 @@ from imagebuilder.core.errors import ChecksFailed, DiskFull
 from imagebuilder.core.log import Progress, log, step
 from imagebuilder.core.resources import allocated, atomic_output, ensure_space, free_space
 from imagebuilder.disk.bmap import bmap_document, range_extents
-from imagebuilder.disk.copy import can_reflink, clone_image, range_digests
+from imagebuilder.disk.copy import can_reflink, clone_image, range_digests, share_image
 from imagebuilder.disk.partitions import Partition, read_partitions
 from imagebuilder.disk.seed import write_hostname_seed
 from imagebuilder.disk.usage import Usage, fat_used, image_usage, merge
-from imagebuilder.engine.stages import StageResult, copy_checked
+from imagebuilder.engine.stages import StageResult, share_checked
 from imagebuilder.outputs.compress import COMPRESSORS, compress_cached, extension
 from imagebuilder.outputs.imager import OS_LIST, write_os_list
 from imagebuilder.recipe.model import Recipe
@@ -37,6 +39,13 @@ STATE = ".imagebuilder-emit.json"
 # The images hold the agent token, password hashes and the Wi-Fi passphrase, the master the cluster's CA key
 # and server token: the output folder and everything in it are for its owner only.
 PRIVATE = 0o600
+SHARED = {
+    "reflink": "a reflink of the {role} stage (its blocks shared, a file of its own)",
+    # ext4 has no reflinks: a copy would write the image a second time. The cache entry is never written
+    # again, and an edit through the output's name is found by the next build's check of the stage.
+    "hardlink": "the {role} stage's file itself (a hard link: edit a copy of it, not the file)",
+    "copy": "a copy of the {role} stage",
+}
 
 
 def emit_outputs(ctx: Context, recipe: Recipe, base: BaseImage, results: dict[str, StageResult], *,
@@ -128,20 +137,22 @@ def emit_image(ctx: Context, recipe: Recipe, role: str, result: StageResult, out
     # zeros left out of a bmap kept a used card's old bytes).
     usage = result.usage or image_usage(result.image)
     if result.fresh and result.sha256 and result.usage and result.range_sha256:
-        # Made and digested moments ago by this build: the kernel copies it (a reflink where the file
-        # system shares blocks), and its digests are the ones just taken.
+        # Made and digested moments ago by this build: the image is the stage's file itself or shares its
+        # blocks (a copy by the kernel where neither works), and its digests are the ones just taken.
         with atomic_output(raw, PRIVATE) as tmp:
-            how = clone_image(result.image, tmp)
-        log.info("%s: %s of the %s stage", raw.name, "a reflink" if how == "reflink" else "a copy", role)
+            how = share_image(result.image, tmp) or clone_image(result.image, tmp)
+            tmp.chmod(PRIVATE)  # a hard link has the stage's mode: 0644 in caches made before stages were 0600
         digest, range_sha256 = result.sha256, result.range_sha256
     else:
-        # A stage from an earlier build: one pass copies it (holes only where the stage has them), checks
-        # it against its record and takes the bmap's range digests.
+        # A stage from an earlier build: shared or copied, and checked against its record on the way,
+        # which gives the bmap's range digests.
         extents = range_extents(usage)
         with atomic_output(raw, PRIVATE) as tmp, \
                 Progress(f"write {raw.name}", result.image.stat().st_size) as progress:
-            copied = copy_checked(result.image, tmp, extents, progress)
+            copied, how = share_checked(result.image, tmp, extents, progress)
+            tmp.chmod(PRIVATE)
         digest, range_sha256 = copied.sha256, copied.range_sha256
+    log.info("%s: %s", raw.name, SHARED[how].format(role=role))
     verdict = verify_image(raw)
     if not verdict.ok:
         raw.unlink()
@@ -165,9 +176,11 @@ def emit_image(ctx: Context, recipe: Recipe, role: str, result: StageResult, out
     if recipe.output.compress != "none":
         # Compressed copies take well under half of the data (zstd about a quarter, xz less).
         ensure_space(ctx.cache("compressed"), allocated(raw) // 2, f"the {recipe.output.compress} copy of {raw.name}")
-        compressed, _ = compress_cached(ctx, raw, digest, recipe.output.compress)
-        # The digest of the emitted file itself, never a record of where it came from.
-        files[compressed.name] = {"sha256": sha256_of(compressed), "signature": signature(compressed)}
+        compressed, compressed_sha256 = compress_cached(ctx, raw, digest, recipe.output.compress)
+        # The digest of the emitted file itself (taken from it just now when it was just made), never a
+        # record of where it came from.
+        files[compressed.name] = {"sha256": compressed_sha256 or sha256_of(compressed),
+                                  "signature": signature(compressed)}
     log.info("%s: %d MiB raw, sha256 %s", raw.name, raw.stat().st_size // 2**20, digest[:16])
     for entry in files.values():
         entry["size"] = entry["signature"][0]
