@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from imagebuilder.core import resources
+from imagebuilder.core.mountinfo import mounts_at
 from imagebuilder.core.resources import atomic_output, loop_device, mounted, temporary_directory
 from imagebuilder.core.run import run
 from tests.conftest import ROOT, loop_devices, mounts, require_programs, require_root
@@ -56,6 +57,37 @@ def _ext4_image(path: Path) -> Path:
     run(["truncate", "-s", "16M", path])
     run(["mkfs.ext4", "-q", "-F", path])
     return path
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("how", ["bind", "tmpfs"])
+def test_a_signal_just_after_the_mount_command_leaves_no_mount(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                               how: str) -> None:
+    """The kernel made the mount, the signal lands before its undo is registered: it is undone all the same."""
+    require_root()
+    real_run = resources.run
+
+    def interrupted_after_mount(argv: list[str], **kwargs: object) -> object:
+        result = real_run(argv, **kwargs)  # type: ignore[arg-type]
+        if argv[0] == "mount":
+            raise KeyboardInterrupt
+        return result
+
+    monkeypatch.setattr(resources, "run", interrupted_after_mount)
+    target = tmp_path / "target"
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            if how == "bind":
+                (tmp_path / "source").mkdir()
+                with resources.bind_mount(tmp_path / "source", target):
+                    pass
+            else:
+                with resources.mounted("tmpfs", target, fstype="tmpfs"):
+                    pass
+        assert mounts_at(target) == 0
+    finally:
+        while mounts_at(target):
+            subprocess.run(["umount", target], check=True)
 
 
 @pytest.mark.integration

@@ -21,6 +21,7 @@ from pathlib import Path
 from imagebuilder.core import loopdev
 from imagebuilder.core.errors import DiskFull
 from imagebuilder.core.log import VERBOSE, log
+from imagebuilder.core.mountinfo import mounts_at
 from imagebuilder.core.run import find_program, run, terminate
 
 # Called with a description after each acquisition has registered its undo. The failure-injection
@@ -185,7 +186,7 @@ def mounted(
     if options:
         argv += ["-o", ",".join(options)]
     target.mkdir(parents=True, exist_ok=True)
-    run([*argv, source, target])
+    mount_now([*argv, source, target], target)
     try:
         acquired(f"mount {target}")
         yield target
@@ -199,7 +200,7 @@ def bind_mount(source: Path, target: Path, *, read_only: bool = False) -> Iterat
         target.mkdir(parents=True, exist_ok=True)
     elif not target.exists():
         target.touch()
-    run(["mount", "--bind", source, target])
+    mount_now(["mount", "--bind", source, target], target)
     try:
         acquired(f"bind mount {target}")
         # Private, so mounts made below the target are not propagated back to the host.
@@ -209,6 +210,19 @@ def bind_mount(source: Path, target: Path, *, read_only: bool = False) -> Iterat
         yield target
     finally:
         unmount(target, recursive=True)
+
+
+def mount_now(argv: list[str | os.PathLike[str]], target: Path) -> None:
+    """Run a mount command. A signal that lands while it runs may come after the kernel made the mount and
+    before its undo is registered (test_signal_during_build_unwinds caught a /proc bind left that way, so
+    the tree above it could not be unmounted): then the mount is undone here."""
+    before = mounts_at(target)
+    try:
+        run(argv)
+    except BaseException:
+        if mounts_at(target) > before:
+            unmount(target, recursive=True)
+        raise
 
 
 def unmount(target: Path, *, recursive: bool = False) -> None:

@@ -12,22 +12,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from imagebuilder.core.errors import ImageBuilderError
+from imagebuilder.core.mountinfo import DevNo, Mount, parse_mountinfo, unescape
 
 # Mount points whose disk we never write, whatever --force says.
 SYSTEM_MOUNTS = ("/", "/boot", "/boot/firmware", "/boot/efi", "/usr")
 
-DevNo = tuple[int, int]
 
 
 class TargetRefused(ImageBuilderError):
     """The device must not be written: mounted, the system disk, too small, not a disk."""
-
-
-@dataclass(frozen=True)
-class Mount:
-    devno: DevNo
-    mountpoint: str
-    source: str
 
 
 @dataclass(frozen=True)
@@ -72,33 +65,8 @@ class Target:
         return f"{self.path}: {self.model or 'unknown model'}, {self.size / 2**30:.2f} GiB; {parts}"
 
 
-def _unescape(text: str) -> str:
-    # mountinfo writes space, tab, newline and backslash as \ooo octal.
-    out, i = [], 0
-    while i < len(text):
-        if text[i] == "\\" and text[i + 1:i + 4].isdigit():
-            out.append(chr(int(text[i + 1:i + 4], 8)))
-            i += 4
-        else:
-            out.append(text[i])
-            i += 1
-    return "".join(out)
-
-
-def parse_mountinfo(text: str) -> list[Mount]:
-    mounts = []
-    for line in text.splitlines():
-        fields = line.split()
-        if len(fields) < 10 or "-" not in fields:
-            continue
-        major, minor = fields[2].split(":")
-        dash = fields.index("-")
-        mounts.append(Mount((int(major), int(minor)), _unescape(fields[4]), _unescape(fields[dash + 2])))
-    return mounts
-
-
 def parse_swaps(text: str) -> list[str]:
-    return [_unescape(line.split()[0]) for line in text.splitlines()[1:] if line.strip()]
+    return [unescape(line.split()[0]) for line in text.splitlines()[1:] if line.strip()]
 
 
 def _read(path: Path, default: str = "") -> str:
