@@ -16,7 +16,7 @@ import yaml
 from imagebuilder.boards.verify import verify_image
 from imagebuilder.build.execute import build
 from imagebuilder.core import resources
-from imagebuilder.core.errors import ImageBuilderError
+from imagebuilder.core.errors import ChecksFailed, ImageBuilderError
 from imagebuilder.disk.bmap import make_bmap
 from imagebuilder.disk.copy import can_reflink
 from imagebuilder.disk.fat import MTOOLS_ENV, fat_read
@@ -242,6 +242,24 @@ def test_outputs_are_the_stages_themselves_kept_by_a_rebuild_and_an_edit_through
     sums = dict(line.split("  ")[::-1] for line in (out / "SHA256SUMS").read_text().splitlines())
     assert sums["worker.img"] == sha256_of(worker) != edited
     assert verify_image(out / "worker.img").ok
+
+
+@pytest.mark.integration
+def test_an_image_no_board_would_boot_is_refused_when_its_stage_is_made(built: Path, tmp_path: Path) -> None:
+    """verify runs when a role's stage is made (beside its digest): a refused stage is neither cached nor
+    emitted."""
+    broken = tmp_path / "broken" / "boot"
+    broken.mkdir(parents=True)
+    (broken / "config.txt").write_text("[all]\narm_64bit=1\nkernel=no-such-kernel.img\n")
+    recipe_path = tmp_path / "recipe.yaml"
+    recipe_path.write_text(small_recipe("verifytest", tmp_path / "out",
+                                        extra="packages: {worker: [hello]}\noverlays: [broken]\n"))
+    recipe = load_recipe(recipe_path)
+    for _ in range(2):  # the second time too: the refused stage was not kept
+        ctx = make_context()
+        with pytest.raises(ChecksFailed, match="the master image: verify: .*no-such-kernel.img"), ctx.stack:
+            build(ctx, recipe)
+        assert not list(recipe.output_dir.glob("*.img"))
 
 
 @pytest.mark.integration

@@ -20,7 +20,7 @@ from typing import Protocol
 
 from imagebuilder.boards.firmware import Selection, select
 from imagebuilder.boards.models import BOARDS, boards_for
-from imagebuilder.core.errors import CommandFailed
+from imagebuilder.core.errors import ChecksFailed, CommandFailed
 from imagebuilder.core.resources import temporary_directory
 from imagebuilder.core.run import output, run
 from imagebuilder.disk.fat import BootPartition, fat_label, fat_serial
@@ -53,6 +53,14 @@ class Verdict:
             out += [f"  {name}: {p}" for p in problems]
         out += [f"  note: {n}" for n in self.notes]
         return out
+
+
+def bootable_boards(verdict: Verdict, what: str) -> list[str]:
+    """The boards an image to be emitted boots on; ChecksFailed, naming what is missing, when none."""
+    if not verdict.ok:
+        raise ChecksFailed(f"{what}: verify: " + "; ".join(verdict.lines()[1:] or ["no board would boot it"]),
+                           "the firmware or the early boot would fail with this image: fix what is named")
+    return verdict.good_boards
 
 
 def read_root_file(image: Path, part: Partition, path: str) -> str | None:

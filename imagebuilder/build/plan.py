@@ -156,7 +156,8 @@ def plan_build(recipe: Recipe, inputs: Inputs, stage_dir: Path) -> BuildPlan:
         netboot = netboot_source(recipe, finals["worker"], stage_dir) if role == "master" and recipe.netboot else None
         stage = Stage(name=role, parent=stage_image(stage_dir, parent), parent_key=parent.key(), packages=(),
                       layers=layers, arch=recipe.arch, layout=layout, backend=inputs.backend, size=size,
-                      checks=stage_checks(layers, layout.boot_mount, missing), netboot=netboot)
+                      checks=stage_checks(layers, layout.boot_mount, missing), netboot=netboot,
+                      verify=True)
         finals[role] = stage
         planned.append(PlannedStage(stage, role, known))
     return BuildPlan(recipe, inputs, tuple(planned), tuple(notes))

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from imagebuilder import __version__
+from imagebuilder.boards.verify import bootable_boards, verify_image
 from imagebuilder.core.cache import touch
 from imagebuilder.core.context import Context
 from imagebuilder.core.errors import ImageBuilderError
@@ -54,6 +55,9 @@ class Stage:
     checks: tuple[ConfigCheck, ...] = field(default=(), compare=False)
     backend: str = "loop"  # backend.BACKENDS
     netboot: NetbootSource | None = None  # the master's: the worker stage its netboot tree is copied from
+    # An image is emitted from it: what each board's firmware needs is checked (boards/verify.py) when it is
+    # made, beside its digest. It changes nothing, so it is not in the key.
+    verify: bool = field(default=False, compare=False)
 
     def key(self) -> str:
         material: dict[str, object] = {
@@ -81,6 +85,7 @@ class StageResult:
     usage: Usage | None = None  # what its file systems use, read when it was made
     range_sha256: tuple[str, ...] = ()  # of each block-map range of usage (disk.bmap's block size)
     fresh: bool = False  # made by this build, which just took its digests: reading it needs no check
+    boards: tuple[str, ...] | None = None  # the boards verify found it boots on when it was made (None: not run)
 
 
 def stage_image(stage_dir: Path, stage: Stage) -> Path:
@@ -167,9 +172,10 @@ def realise(ctx: Context, stage: Stage, debs: Path) -> StageResult:
                 _build(ctx, stage, image, record, debs)
     info = json.loads(record.read_text())
     usage = info.get("usage")
+    boards = info.get("boards")
     return StageResult(image, key, info["packages"], info["files"], info["units"], info.get("sha256"),
                        Usage.from_record(usage) if usage else None,
-                       tuple(info.get("range_sha256", ())), fresh)
+                       tuple(info.get("range_sha256", ())), fresh, tuple(boards) if boards is not None else None)
 
 
 def _build(ctx: Context, stage: Stage, image: Path, record: Path, debs: Path) -> None:
@@ -219,13 +225,17 @@ def _build(ctx: Context, stage: Stage, image: Path, record: Path, debs: Path) ->
         # of each block-map range: emitting it needs none of that again.
         check_filesystems(tmp, work)
         usage = image_usage(tmp)
-        digested = digest_image(tmp, range_extents(usage))
+        # verify mostly waits on mtools and lsinitramfs: beside the digest, which keeps a core busy.
+        with ThreadPoolExecutor(1, thread_name_prefix="verify") as verifier:
+            verifying = verifier.submit(verify_image, tmp) if stage.verify else None
+            digested = digest_image(tmp, range_extents(usage))
+            boards = bootable_boards(verifying.result(), f"the {stage.name} image") if verifying else None
         parent_checked.result()
         with atomic_output(record) as rec:
             rec.write_text(json.dumps({
                 "packages": packages, "files": files, "units": units, "sha256": digested.sha256,
                 "size": tmp.stat().st_size, "range_sha256": digested.range_sha256, "checks_passed": passed,
-                "usage": usage.to_record()}, indent=1))
+                "usage": usage.to_record(), **({"boards": boards} if boards is not None else {})}, indent=1))
 
 
 def check_key(stage: Stage, check: ConfigCheck) -> str:
