@@ -6,6 +6,7 @@ import errno
 import hashlib
 import os
 import subprocess
+import threading
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,7 @@ from imagebuilder.disk.copy import (
     digest_image,
     range_digests,
     share_image,
+    stream_image,
 )
 from tests.conftest import require_programs, require_root
 
@@ -98,6 +100,28 @@ def test_share_leaves_the_target_as_it_was_when_it_cannot(tmp_path: Path, monkey
     assert share_image(source, target) is None
     assert target.stat().st_ino == inode and source.stat().st_nlink == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.img", "stage.img"]
+
+
+def test_stream_gives_every_byte_holes_as_zeros(tmp_path: Path) -> None:
+    """What a compressor reads from the pipe is the file, byte for byte, holes and all."""
+    source = tmp_path / "a.img"
+    data = sparse_file(source)
+    reader, writer = os.pipe()
+    received: list[bytes] = []
+
+    def drain() -> None:
+        while chunk := os.read(reader, 1 << 20):
+            received.append(chunk)
+
+    thread = threading.Thread(target=drain)
+    thread.start()
+    try:
+        stream_image(source, writer)
+    finally:
+        os.close(writer)
+        thread.join()
+        os.close(reader)
+    assert b"".join(received) == data
 
 
 def test_copy_range_moves_bytes_to_an_offset(tmp_path: Path) -> None:

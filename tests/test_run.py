@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shlex
 import subprocess
 import time
@@ -50,6 +51,18 @@ def test_check_false_returns_code() -> None:
 
 def test_input_is_fed() -> None:
     assert output(["cat"], input=b"hello") == "hello"
+
+
+def test_a_feed_writes_standard_input_and_a_command_that_stops_reading_tells_by_its_status() -> None:
+    def feed(pipe: int) -> None:
+        for _ in range(64):  # 4 MiB: more than any pipe holds
+            os.write(pipe, b"x" * 65536)
+
+    assert len(run(["wc", "-c"], capture=True, feed=feed).stdout.strip()) > 0
+    assert output(["wc", "-c"], feed=feed) == str(64 * 65536)
+    assert output(["head", "-c", "3"], feed=feed) == "xxx"  # it stopped reading: no BrokenPipeError here
+    with pytest.raises(CommandFailed):
+        run(["sh", "-c", "head -c 1 >/dev/null; exit 5"], feed=feed)
 
 
 def test_a_command_past_its_timeout_is_stopped_and_said_so() -> None:

@@ -70,6 +70,7 @@ def run(
     on_line: Callable[[str], None] | None = None,
     inherit_env: bool = True,
     timeout: float | None = None,
+    feed: Callable[[int], None] | None = None,
 ) -> subprocess.CompletedProcess[bytes]:
     """Run argv and wait for it.
 
@@ -78,6 +79,8 @@ def run(
     chroot get only what the build gives them, never the caller's).
     on_line: called with every stderr and (uncaptured) stdout line, for progress.
     timeout: seconds after which it is stopped and CommandTimedOut raised (whatever `check` says).
+    feed: writes the command's standard input (given the pipe's descriptor), for input too large for
+    `input`; a command that stops reading ends it (the command's exit status then tells).
     """
     args = [os.fspath(a) for a in argv]
     args[0] = find_program(args[0]) if "/" not in args[0] else args[0]
@@ -100,7 +103,7 @@ def run(
 
     proc = subprocess.Popen(
         args,
-        stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
+        stdin=subprocess.PIPE if input is not None or feed is not None else subprocess.DEVNULL,
         stdout=subprocess.PIPE if capture or stdout is None else stdout,
         stderr=subprocess.PIPE,
         env=full_env,
@@ -124,6 +127,10 @@ def run(
             assert proc.stdin is not None
             proc.stdin.write(input)
             proc.stdin.close()
+        if feed is not None:
+            assert proc.stdin is not None
+            with contextlib.suppress(BrokenPipeError), proc.stdin:
+                feed(proc.stdin.fileno())
         returncode = proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         terminate(proc)

@@ -13,6 +13,7 @@ copy_file_range), and no byte passes through this process.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import hashlib
@@ -29,6 +30,7 @@ CHUNK = 4 << 20
 _ZEROS = memoryview(bytes(CHUNK))
 BUFFERS = 4  # in flight between the reader and the two hashing threads
 FICLONE = 0x40049409  # linux/fs.h: _IOW(0x94, 9, int)
+F_SETPIPE_SZ = 1031  # linux/fcntl.h
 
 
 @dataclass(frozen=True)
@@ -164,6 +166,33 @@ def _hash_zeros(hashes: _Hashes, start: int, end: int) -> None:
         n = min(CHUNK, end - start)
         hashes.feed(start, _ZEROS[:n])
         start += n
+
+
+def stream_image(source: Path, pipe: int) -> None:
+    """Write the whole of source into a pipe: its data by the kernel (sendfile), its holes as zeros from
+    memory. A compressor reading the file itself would read the holes (about 1 GiB in our images) through
+    the page cache, which first fills it with pages of zeros: 3 s of system time per image, measured,
+    against 1.4 s this way."""
+    with contextlib.suppress(OSError):  # a larger pipe: fewer wake-ups (1 MiB is what anyone may ask)
+        fcntl.fcntl(pipe, F_SETPIPE_SZ, 1 << 20)
+    with open(source, "rb", buffering=0) as src:
+        size = os.fstat(src.fileno()).st_size
+        position = 0
+        for start, end in data_extents(src.fileno(), size):
+            _write_zeros(pipe, start - position)
+            offset = start
+            while offset < end:
+                sent = os.sendfile(pipe, src.fileno(), offset, end - offset)
+                if sent == 0:
+                    raise OSError(errno.EIO, f"{source} ended at {offset} while reading it")
+                offset += sent
+            position = end
+        _write_zeros(pipe, size - position)
+
+
+def _write_zeros(fd: int, count: int) -> None:
+    while count > 0:
+        count -= os.write(fd, _ZEROS[:min(count, CHUNK)])
 
 
 def clone_image(source: Path, target: Path) -> str:

@@ -11,7 +11,7 @@ from imagebuilder.core.context import Context
 from imagebuilder.core.log import step
 from imagebuilder.core.resources import atomic_output, file_lock
 from imagebuilder.core.run import run
-from imagebuilder.disk.copy import share_image
+from imagebuilder.disk.copy import share_image, stream_image
 from imagebuilder.sources.checksums import sha256_of
 
 COMPRESSORS = {"xz": ["xz", "-T0", "-6", "-c"], "zstd": ["zstd", "-T0", "-3", "-q", "-c"]}
@@ -31,7 +31,7 @@ def compress_cached(ctx: Context, raw: Path, digest: str, fmt: str) -> tuple[Pat
         if made:
             with step(f"compress {raw.name} ({fmt}, all cores)"), atomic_output(cached, 0o600) as tmp, \
                     open(tmp, "wb") as sink:
-                run([*COMPRESSORS[fmt], raw], stdout=sink)
+                run(COMPRESSORS[fmt], stdout=sink, feed=lambda pipe: stream_image(raw, pipe))
         touch(cached)
         cached.chmod(0o600)  # an image holds the cluster's secrets (and the emitted copy is this file)
         # Read while it is in the page cache: the emitted file is this one (shared below).
