@@ -61,8 +61,9 @@ def test_a_feed_writes_standard_input_and_a_command_that_stops_reading_tells_by_
     assert len(run(["wc", "-c"], capture=True, feed=feed).stdout.strip()) > 0
     assert output(["wc", "-c"], feed=feed) == str(64 * 65536)
     assert output(["head", "-c", "3"], feed=feed) == "xxx"  # it stopped reading: no BrokenPipeError here
-    with pytest.raises(CommandFailed):
-        run(["sh", "-c", "head -c 1 >/dev/null; exit 5"], feed=feed)
+    with pytest.raises(CommandFailed) as failed:
+        run(["sh", "-c", "head -c 1 >/dev/null; exit 5"], feed=feed, feed_from="/tmp/an image")
+    assert failed.value.message.endswith("exit 5' < '/tmp/an image'")
 
 
 def test_a_command_past_its_timeout_is_stopped_and_said_so() -> None:

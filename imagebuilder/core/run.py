@@ -71,6 +71,7 @@ def run(
     inherit_env: bool = True,
     timeout: float | None = None,
     feed: Callable[[int], None] | None = None,
+    feed_from: str | os.PathLike[str] | None = None,
 ) -> subprocess.CompletedProcess[bytes]:
     """Run argv and wait for it.
 
@@ -80,11 +81,14 @@ def run(
     on_line: called with every stderr and (uncaptured) stdout line, for progress.
     timeout: seconds after which it is stopped and CommandTimedOut raised (whatever `check` says).
     feed: writes the command's standard input (given the pipe's descriptor), for input too large for
-    `input`; a command that stops reading ends it (the command's exit status then tells).
+    `input`; a command that stops reading ends it (the command's exit status then tells). feed_from: the
+    file it gives, shown as `< file` in the command line, so that the line still runs as it is.
     """
     args = [os.fspath(a) for a in argv]
     args[0] = find_program(args[0]) if "/" not in args[0] else args[0]
     shown = shlex.join([os.path.basename(args[0]), *args[1:]])
+    if feed_from is not None:
+        shown += f" < {shlex.quote(os.fspath(feed_from))}"
     log.log(VERBOSE, "+ %s", shown)
     if inherit_env:
         full_env = dict(os.environ)
