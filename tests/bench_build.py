@@ -352,9 +352,13 @@ def main(argv: list[str] | None = None) -> int:
 
         warm = runs[1]
         goals.append(Goal("no-op rebuild", f"{warm.seconds:.1f} s", "< 2 s", warm.seconds < 2))
-        squeezed = overlay.seconds - compress_seconds(overlay)
+        # "The compression of the two images" is what zstd -T0 alone takes on them, measured in this run (the
+        # floor's zstd): the build compresses one image beside the other's stage, so its own compress steps
+        # overlap other work, and subtracting them would count that work twice.
+        squeezed = overlay.seconds - floor["zstd"]
         goals.append(Goal("overlay edit, zstd, without its compression",
-                          f"{squeezed:.1f} s (+ {compress_seconds(overlay):.1f} s zstd)", "<= 10 s", squeezed <= 10))
+                          f"{squeezed:.1f} s (+ {floor['zstd']:.1f} s zstd alone; its compress steps "
+                          f"{compress_seconds(overlay):.1f} s)", "<= 10 s", squeezed <= 10))
         # The floor of an overlay edit, per image: a sparse copy and its writeback, one file written, zstd
         # -T0 (floors.sh e.1, e.1s, e.3, d.2); the bench's own measurement of the same only without floors.sh.
         if floors:

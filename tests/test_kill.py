@@ -28,7 +28,7 @@ from tests.test_diskfull import seeded_cache
 KILL_POINTS = [
     ("apt in the chroot", r"‣ install \d+ packages$", 4.0),
     ("writing a stage's overlay", r"‣ stage master$", 1.5),
-    ("writing the outputs", r"‣ write outputs to ", 0.5),
+    ("writing the outputs", r"‣ write outputs of master\.img to ", 0.2),
     ("compressing", r"‣ compress master\.img ", 0.5),
 ]
 

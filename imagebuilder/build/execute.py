@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 from pathlib import Path
+from typing import Any
 
 from imagebuilder.build.plan import BuildPlan, Inputs, plan_build, role_packages
+from imagebuilder.core.beside import run_beside
 from imagebuilder.core.cache import prune, record_use, sweep
 from imagebuilder.core.context import Context
 from imagebuilder.core.errors import CommandFailed, ImageBuilderError
@@ -13,7 +16,7 @@ from imagebuilder.core.log import VERBOSE, log, step
 from imagebuilder.core.resources import disk_full, free_space
 from imagebuilder.engine.backends.interface import choose_backend
 from imagebuilder.engine.stages import StageResult, is_cached, realise
-from imagebuilder.outputs.emit import emit_outputs, emit_per_node
+from imagebuilder.outputs.emit import emit_image, emit_per_node, open_outputs, write_index
 from imagebuilder.recipe.model import Recipe
 from imagebuilder.roles.cloudinit import cloud_init_for_base
 from imagebuilder.roles.secrets import k3s_secrets, read_k3s_secrets
@@ -116,15 +119,29 @@ def _build(ctx: Context, recipe: Recipe, *, per_node: bool, backend: str | None)
                     ", ".join(map(str, row["layers"])) or "none")  # type: ignore[call-overload]
         debs = ctx.cache("debs", f"{recipe.arch}-{base.sha256[:16]}")
         used.append(debs)
-        made = {}
-        for planned in plan.stages:
-            made[planned.stage.name] = realise(ctx, planned.stage, debs)
-            used.append(made[planned.stage.name].image)
-        common = made["common"]
-        # Each role's image carries what the common stage wrote, then its own.
-        results = {role: dataclasses.replace(made[role], files=common.files + made[role].files,
-                                             units=common.units + made[role].units) for role in ROLES}
-        used += emit_outputs(ctx, recipe, base, results, k3s_missing=k3s.missing)
+        assert plan.stages[0].role == "common"
+        common = realise(ctx, plan.stages[0].stage, debs)
+        used.append(common.image)
+        previous = open_outputs(recipe)
+
+        def make_role(role: str) -> tuple[StageResult, dict[str, Any]]:
+            """The role's stages, then its image's outputs (bmap, compressed copy)."""
+            made = [realise(ctx, planned.stage, debs) for planned in plan.stages if planned.role == role]
+            used.extend(m.image for m in made)
+            final = made[-1]
+            # Its image carries what the common stage wrote, then its own.
+            result = dataclasses.replace(final, files=common.files + final.files, units=common.units + final.units)
+            return result, emit_image(ctx, recipe, role, result, recipe.output_dir, previous["images"].get(role))
+
+        # The roles' stages and outputs side by side (while one waits on mounts and programs, the other's
+        # digest or compression runs); one after the other where the master's netboot tree is copied from
+        # the worker's image.
+        order = [p.role for p in plan.stages if p.role != "common" and p.stage.name == p.role]
+        jobs = {role: functools.partial(make_role, role) for role in order}
+        done = run_beside(jobs) if recipe.netboot is None else {role: job() for role, job in jobs.items()}
+        results = {role: done[role][0] for role in ROLES}
+        used += write_index(ctx, recipe, base, results, {role: done[role][1] for role in ROLES}, previous,
+                            k3s_missing=k3s.missing)
         if per_node:
             emit_per_node(ctx, recipe, results["worker"])
     log.info("images in %s", recipe.output_dir)

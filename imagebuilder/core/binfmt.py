@@ -6,6 +6,7 @@ interpreter is opened once on the host and nothing has to be copied into the ima
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 from imagebuilder.core.errors import ImageBuilderError
@@ -16,6 +17,8 @@ BINFMT = Path("/proc/sys/fs/binfmt_misc")
 QEMU_NAME = {"arm64": "qemu-aarch64", "armhf": "qemu-arm"}
 # Where qemu-user-static ships its registrations (systemd-binfmt's format, one line each).
 _CONF_DIRS = (Path("/usr/lib/binfmt.d"), Path("/etc/binfmt.d"))
+# The master's and the worker's stages start their chroots at once (core/beside.py): one registers.
+_registering = threading.Lock()
 
 
 def entry_ready(entry: Path) -> bool:
@@ -28,6 +31,11 @@ def entry_ready(entry: Path) -> bool:
 
 def ensure_binfmt(arch: str) -> None:
     """Register qemu-user-static for `arch` if it is not; raise with what to install when we cannot."""
+    with _registering:
+        _register(arch)
+
+
+def _register(arch: str) -> None:
     name = QEMU_NAME[arch]
     entry = BINFMT / name
     if entry_ready(entry):

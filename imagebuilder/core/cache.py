@@ -94,7 +94,7 @@ def list_entries(cache_dir: Path) -> list[Entry]:
         for path in sorted(folder.iterdir()):
             name = path.name
             if kind == "debs" and path.is_dir():
-                found.append(_entry(kind, path, []))
+                found.append(_entry(kind, path, [path.with_name(f"{name}.lock")]))
             elif kind in ("bases", "stages") and name.endswith(".img") and not name.startswith("."):
                 found.append(_entry(kind, path, [path.with_suffix(".json"), path.with_suffix(".lock")]))
             elif kind == "raw" and name.endswith(".img") and not name.startswith("."):

@@ -81,3 +81,8 @@ class Interrupted(BaseException):
     def __init__(self, signum: int) -> None:
         super().__init__(signum)
         self.signum = signum
+
+
+class Cancelled(BaseException):
+    """A job run beside another (core/beside.py) is stopped because the other failed or a signal came: it
+    unwinds what it holds like Interrupted does, and the error that stopped it is the one reported."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from types import TracebackType
@@ -23,8 +24,25 @@ logging.addLevelName(VERBOSE, "VERBOSE")
 
 
 
-class _Nesting:
-    depth = 0
+class _Nesting(threading.local):
+    depth = 0  # per thread: jobs run beside each other (core/beside.py) nest their own steps
+
+
+_nesting = _Nesting()
+
+
+def nesting() -> int:
+    return _nesting.depth
+
+
+@contextlib.contextmanager
+def nested(depth: int) -> Iterator[None]:
+    """This thread's steps are indented as if nested `depth` deep (a job started by a thread that was)."""
+    before, _nesting.depth = _nesting.depth, depth
+    try:
+        yield
+    finally:
+        _nesting.depth = before
 
 
 def setup_logging(verbose: bool, debug: bool) -> None:
@@ -39,14 +57,14 @@ def setup_logging(verbose: bool, debug: bool) -> None:
 @contextlib.contextmanager
 def step(name: str) -> Iterator[None]:
     """Log `name` on entry and its duration on exit; nested steps are indented."""
-    indent = "  " * _Nesting.depth
+    indent = "  " * _nesting.depth
     log.info("%s‣ %s", indent, name)
     start = time.monotonic()
-    _Nesting.depth += 1
+    _nesting.depth += 1
     try:
         yield
     finally:
-        _Nesting.depth -= 1
+        _nesting.depth -= 1
     log.info("%s✓ %s (%.1fs)", indent, name, time.monotonic() - start)
 
 

@@ -301,7 +301,7 @@ def network_namespace(name: str) -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def file_lock(path: Path, what: str) -> Iterator[None]:
+def file_lock(path: Path, what: str, holder: str = "another imagebuilder that is making") -> Iterator[None]:
     """Hold an exclusive lock on `path` (created if needed): one builder of a cache entry at a time."""
     import fcntl
 
@@ -310,7 +310,7 @@ def file_lock(path: Path, what: str) -> Iterator[None]:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            log.info("waiting for another imagebuilder that is making %s", what)
+            log.info("waiting for %s %s", holder, what)
             fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield

@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import IO
 
+from imagebuilder.core.beside import stoppable
 from imagebuilder.core.errors import CommandFailed, CommandTimedOut, ToolMissing
 from imagebuilder.core.log import VERBOSE, log
 
@@ -72,6 +73,7 @@ def run(
     timeout: float | None = None,
     feed: Callable[[int], None] | None = None,
     feed_from: str | os.PathLike[str] | None = None,
+    cancellable: bool = False,
 ) -> subprocess.CompletedProcess[bytes]:
     """Run argv and wait for it.
 
@@ -83,6 +85,7 @@ def run(
     feed: writes the command's standard input (given the pipe's descriptor), for input too large for
     `input`; a command that stops reading ends it (the command's exit status then tells). feed_from: the
     file it gives, shown as `< file` in the command line, so that the line still runs as it is.
+    cancellable: long work a job run beside others may be stopped in (core/beside.py); never an undo.
     """
     args = [os.fspath(a) for a in argv]
     args[0] = find_program(args[0]) if "/" not in args[0] else args[0]
@@ -127,15 +130,8 @@ def run(
     for t in threads:
         t.start()
     try:
-        if input is not None:
-            assert proc.stdin is not None
-            proc.stdin.write(input)
-            proc.stdin.close()
-        if feed is not None:
-            assert proc.stdin is not None
-            with contextlib.suppress(BrokenPipeError), proc.stdin:
-                feed(proc.stdin.fileno())
-        returncode = proc.wait(timeout=timeout)
+        with stoppable(proc) if cancellable else contextlib.nullcontext():
+            returncode = _communicate(proc, input, feed, timeout)
     except subprocess.TimeoutExpired:
         terminate(proc)
         for t in threads:
@@ -159,6 +155,19 @@ def run(
             list(tail),
         )
     return result
+
+
+def _communicate(proc: subprocess.Popen[bytes], input: bytes | None, feed: Callable[[int], None] | None,
+                 timeout: float | None) -> int:
+    if input is not None:
+        assert proc.stdin is not None
+        proc.stdin.write(input)
+        proc.stdin.close()
+    if feed is not None:
+        assert proc.stdin is not None
+        with contextlib.suppress(BrokenPipeError), proc.stdin:
+            feed(proc.stdin.fileno())
+    return proc.wait(timeout=timeout)
 
 
 def output(argv: Sequence[str | os.PathLike[str]], **kwargs: object) -> str:

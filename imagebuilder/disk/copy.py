@@ -23,6 +23,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from imagebuilder.core.beside import raise_if_cancelled
 from imagebuilder.core.log import Progress
 from imagebuilder.core.resources import disk_full
 
@@ -138,6 +139,7 @@ def _copy(source: Path, target: Path | None, ranges: Sequence[tuple[int, int]],
             _hash_zeros(hashes, position, start)
             offset = start
             while offset < end:
+                raise_if_cancelled()
                 for future in busy[turn]:  # the hashing threads are done with this buffer
                     future.result()
                 buffer = buffers[turn]
@@ -207,6 +209,7 @@ def clone_image(source: Path, target: Path) -> str:
                 return "reflink"
             size = os.fstat(src.fileno()).st_size
             for start, end in data_extents(src.fileno(), size):
+                raise_if_cancelled()
                 copy_range(src.fileno(), dst.fileno(), start, end)
             os.ftruncate(dst.fileno(), size)
             return "copy"
@@ -306,6 +309,7 @@ def range_digests(path: Path, ranges: Sequence[tuple[int, int]], threads: int = 
                 digest = hashlib.sha256()
                 start, end = ranges[index]
                 while start < end:
+                    raise_if_cancelled()
                     n = os.preadv(f.fileno(), [buffer[:min(CHUNK, end - start)]], start)
                     if n == 0:
                         raise OSError(errno.EIO, f"{path} ended at {start} while reading it")

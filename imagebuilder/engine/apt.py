@@ -6,14 +6,17 @@ from pathlib import Path
 
 from imagebuilder.core.errors import CommandFailed, ImageBuilderError
 from imagebuilder.core.log import log, step
-from imagebuilder.core.resources import bind_mount
+from imagebuilder.core.resources import bind_mount, file_lock
 from imagebuilder.engine.backends.chroot import Chroot
 
 
 def install_packages(chroot: Chroot, packages: tuple[str, ...], debs: Path) -> None:
     """apt-get install in the chroot, with the .deb files kept on the host between builds."""
     archives = chroot.root / "var/cache/apt/archives"
-    with bind_mount(debs, archives), step(f"install {len(packages)} packages"):
+    # One apt at a time in the shared .deb folder: apt-get stops at once on its lock instead of waiting, and
+    # the master's and the worker's packages stages run beside each other (as two builds may).
+    with file_lock(debs.with_name(f"{debs.name}.lock"), f"the .deb cache {debs.name}", "the other apt-get using"), \
+            bind_mount(debs, archives), step(f"install {len(packages)} packages"):
         chroot.run(["apt-get", "update", "-q"])
         try:
             chroot.run(["apt-get", "install", "-y", "-q", "--no-install-recommends",

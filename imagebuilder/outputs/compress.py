@@ -31,7 +31,8 @@ def compress_cached(ctx: Context, raw: Path, digest: str, fmt: str) -> tuple[Pat
         if made:
             with step(f"compress {raw.name} ({fmt}, all cores)"), atomic_output(cached, 0o600) as tmp, \
                     open(tmp, "wb") as sink:
-                run(COMPRESSORS[fmt], stdout=sink, feed=lambda pipe: stream_image(raw, pipe), feed_from=raw)
+                run(COMPRESSORS[fmt], stdout=sink, feed=lambda pipe: stream_image(raw, pipe), feed_from=raw,
+                    cancellable=True)
         touch(cached)
         cached.chmod(0o600)  # an image holds the cluster's secrets (and the emitted copy is this file)
         # Read while it is in the page cache: the emitted file is this one (shared below).

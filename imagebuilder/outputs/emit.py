@@ -48,20 +48,26 @@ SHARED = {
 }
 
 
-def emit_outputs(ctx: Context, recipe: Recipe, base: BaseImage, results: dict[str, StageResult], *,
-                 k3s_missing: str | None = None) -> list[Path]:
-    """Write every output; return the cache entries they came from (the compressed copies)."""
+def open_outputs(recipe: Recipe) -> dict[str, Any]:
+    """Make the output folder (its owner's only); return what the last build wrote there."""
     out = recipe.output_dir
     out.mkdir(parents=True, exist_ok=True, mode=0o700)
     out.chmod(0o700)
-    previous = read_state(out)
-    state: dict[str, Any] = {"recipe": recipe.digest, "images": {}}
+    return read_state(out)
+
+
+def write_index(ctx: Context, recipe: Recipe, base: BaseImage, results: dict[str, StageResult],
+                records: dict[str, dict[str, Any]], previous: dict[str, Any], *,
+                k3s_missing: str | None = None) -> list[Path]:
+    """What describes the images emitted (emit_image's records): SHA256SUMS, manifest.json, os_list.json
+    and the emit state; return the cache entries the images came from (the compressed copies)."""
+    out = recipe.output_dir
+    state: dict[str, Any] = {"recipe": recipe.digest, "images": records}
     images: dict[str, dict[str, object]] = {}
     digests: dict[str, str] = {}
-    with step(f"write outputs to {out}"):
+    with step(f"write SHA256SUMS and manifest.json to {out}"):
         for role, result in results.items():
-            record = emit_image(ctx, recipe, role, result, out, previous["images"].get(role))
-            state["images"][role] = record
+            record = records[role]
             digests.update({name: entry["sha256"] for name, entry in record["files"].items()})
             raw = record["files"][f"{role}.img"]
             images[role] = {"file": f"{role}.img", "sha256": raw["sha256"], "size": raw["size"],
@@ -127,6 +133,12 @@ def still_there(out: Path, record: dict[str, Any]) -> bool:
 def emit_image(ctx: Context, recipe: Recipe, role: str, result: StageResult, out: Path,
                previous: dict[str, Any] | None) -> dict[str, Any]:
     """Write role.img and its bmap and compressed copy; return what they were made from and their digests."""
+    with step(f"write outputs of {role}.img to {out}"):
+        return _emit_image(ctx, recipe, role, result, out, previous)
+
+
+def _emit_image(ctx: Context, recipe: Recipe, role: str, result: StageResult, out: Path,
+                previous: dict[str, Any] | None) -> dict[str, Any]:
     made_from = {"stage": result.key, "bmap": recipe.output.bmap, "compress": recipe.output.compress}
     if previous is not None and previous.get("made_from") == made_from and still_there(out, previous):
         log.info("%s.img: unchanged (stage %s), outputs kept", role, result.key[:12])
@@ -229,7 +241,7 @@ def emit_per_node(ctx: Context, recipe: Recipe, worker: StageResult) -> list[Pat
                     tmp.write_bytes(node_bmap(image, usage, digests, boot))
             written.append(image)
         log.info("%d per-node images (%s)", len(written), "reflinks of worker.img" if shared else "full copies")
-    # SHA256SUMS as emit_outputs wrote it (master and worker), with the new bmaps (or images) added.
+    # SHA256SUMS as write_index wrote it (master and worker), with the new bmaps (or images) added.
     known = {name: digest for digest, name in
              (line.split("  ", 1) for line in (out / "SHA256SUMS").read_text().splitlines())}
     names = [Path(name) for name in known]

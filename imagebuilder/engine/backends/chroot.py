@@ -85,5 +85,5 @@ class Chroot:
         self.root = root
 
     def run(self, argv: Sequence[str], env: Mapping[str, str] | None = None, **kwargs: object) -> None:
-        run(["chroot", self.root, *argv], env={**CHROOT_ENV, **(env or {})}, inherit_env=False,
+        run(["chroot", self.root, *argv], cancellable=True, env={**CHROOT_ENV, **(env or {})}, inherit_env=False,
             **kwargs)  # type: ignore[arg-type]
