@@ -356,9 +356,11 @@ def main(argv: list[str] | None = None) -> int:
         # floor's zstd): the build compresses one image beside the other's stage, so its own compress steps
         # overlap other work, and subtracting them would count that work twice.
         squeezed = overlay.seconds - floor["zstd"]
+        slowest = max(edits, key=lambda r: r.seconds)
         goals.append(Goal("overlay edit, zstd, without its compression",
                           f"{squeezed:.1f} s (+ {floor['zstd']:.1f} s zstd alone; its compress steps "
-                          f"{compress_seconds(overlay):.1f} s)", "<= 10 s", squeezed <= 10))
+                          f"{compress_seconds(overlay):.1f} s; slowest edit {slowest.seconds - floor['zstd']:.1f} s)",
+                          "<= 10 s", squeezed <= 10))
         # The floor of an overlay edit, per image: a sparse copy and its writeback, one file written, zstd
         # -T0 (floors.sh e.1, e.1s, e.3, d.2); the bench's own measurement of the same only without floors.sh.
         if floors:
@@ -367,7 +369,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             floor_total, source = sum(floor.values()), "own"
         goals.append(Goal(f"overlay edit / its floor ({source}: copy+write+zstd, 2 images)",
-                          f"{overlay.seconds:.1f} / {floor_total:.1f} s = {overlay.seconds / floor_total:.2f}x",
+                          f"{overlay.seconds:.1f} / {floor_total:.1f} s = {overlay.seconds / floor_total:.2f}x "
+                          f"(slowest edit {slowest.seconds / floor_total:.2f}x)",
                           "<= 2x", overlay.seconds <= 2 * floor_total))
         goals.append(Goal("250 workers / 5 workers", f"{many.seconds:.1f} / {five.seconds:.1f} s = "
                           f"{many.seconds / five.seconds:.3f}x", "<= 1.05x", many.seconds <= 1.05 * five.seconds))
