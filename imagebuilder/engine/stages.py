@@ -19,6 +19,7 @@ from typing import Any, NoReturn
 
 from imagebuilder import __version__
 from imagebuilder.boards.verify import bootable_boards, verify_image
+from imagebuilder.core.beside import raise_if_cancelled
 from imagebuilder.core.cache import touch
 from imagebuilder.core.context import Context
 from imagebuilder.core.errors import ImageBuilderError
@@ -202,6 +203,9 @@ def _build(ctx: Context, stage: Stage, image: Path, record: Path, debs: Path) ->
             units: list[str] = []
             cmdline: list[str] = []
             for layer in stage.layers:
+                # Between its steps a stage stops when the other role's failed (the guestfs backend's
+                # operations run in this process: no program to stop).
+                raise_if_cancelled()
                 files += tree.write_layer(layer)
                 units += layer.units
                 cmdline += layer.kernel_arguments
@@ -211,6 +215,7 @@ def _build(ctx: Context, stage: Stage, image: Path, record: Path, debs: Path) ->
                 tree.add_netboot_tree(stage.netboot, work)
             if any(layer.description.initramfs for layer in stage.layers):
                 tree.update_initramfs()
+            raise_if_cancelled()
             if units:
                 tree.enable_units(units)
             passed = run_new_checks(tree, stage, image.parent) if backend.name == "loop" else []
@@ -221,6 +226,7 @@ def _build(ctx: Context, stage: Stage, image: Path, record: Path, debs: Path) ->
             tree.tidy()
         if grown and stage.size is None and backend.name == "loop":
             shrink_root(tmp)
+        raise_if_cancelled()
         # Checked and digested once, when the stage is made, with what its file systems use and the digest
         # of each block-map range: emitting it needs none of that again.
         check_filesystems(tmp, work)
