@@ -68,7 +68,8 @@ def test_a_failing_job_stops_the_other_and_its_undo_runs(tmp_path: Path) -> None
 
     start = time.monotonic()
     with pytest.raises(RuntimeError, match="the master's stage failed"):
-        run_beside({"master": failing, "worker": lambda: long_job(pidfile, undone, "worker")})
+        # The failing job second: its error must not wait for the first job to end on its own.
+        run_beside({"worker": lambda: long_job(pidfile, undone, "worker"), "master": failing})
     assert time.monotonic() - start < 10  # not the minute the program would have run
     assert undone == ["worker"]
     assert not alive(int(pidfile.read_text()))

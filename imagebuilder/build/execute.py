@@ -138,7 +138,7 @@ def _build(ctx: Context, recipe: Recipe, *, per_node: bool, backend: str | None)
         # the worker's image.
         order = [p.role for p in plan.stages if p.role != "common" and p.stage.name == p.role]
         jobs = {role: functools.partial(make_role, role) for role in order}
-        done = run_beside(jobs) if recipe.netboot is None else {role: job() for role, job in jobs.items()}
+        done = run_beside(jobs, side_by_side=recipe.netboot is None)
         results = {role: done[role][0] for role in ROLES}
         used += write_index(ctx, recipe, base, results, {role: done[role][1] for role in ROLES}, previous,
                             k3s_missing=k3s.missing)

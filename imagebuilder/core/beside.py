@@ -14,7 +14,6 @@ from __future__ import annotations
 import signal
 import subprocess
 import threading
-import time
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager, suppress
@@ -62,10 +61,10 @@ def _stop_running(sig: int) -> None:
                     proc.send_signal(sig)
 
 
-def run_beside(jobs: Mapping[str, Callable[[], T]]) -> dict[str, T]:
+def run_beside(jobs: Mapping[str, Callable[[], T]], *, side_by_side: bool = True) -> dict[str, T]:
     """Run the jobs on threads of their own; return their results by name, or raise the first error after
-    every job has ended (the others cancelled)."""
-    if len(jobs) < 2:
+    every job has ended (the others cancelled). side_by_side False: one after the other, in their order."""
+    if len(jobs) < 2 or not side_by_side:
         return {name: job() for name, job in jobs.items()}
     depth = nesting()
 
@@ -77,9 +76,8 @@ def run_beside(jobs: Mapping[str, Callable[[], T]]) -> dict[str, T]:
         futures: dict[str, Future[T]] = {name: pool.submit(start, job) for name, job in jobs.items()}
         try:
             done, _ = wait(futures.values(), return_when=FIRST_EXCEPTION)
-            failed = next((f for f in futures.values() if f in done and f.exception() is not None), None)
-            if failed is not None:
-                raise failed.exception()  # type: ignore[misc]
+            for future in done:
+                future.result()  # a failed job's error, raised here before waiting on the others
             return {name: future.result() for name, future in futures.items()}
         except BaseException:
             _cancel(list(futures.values()))
@@ -92,10 +90,8 @@ def _cancel(futures: list[Future[T]]) -> None:
     _cancelled.set()
     try:
         _stop_running(signal.SIGTERM)
-        deadline = time.monotonic() + GRACE
-        while not all(f.done() for f in futures):
-            if time.monotonic() > deadline:
-                _stop_running(signal.SIGKILL)
-            wait(futures, timeout=0.2)
+        if wait(futures, timeout=GRACE).not_done:
+            _stop_running(signal.SIGKILL)
+            wait(futures)
     finally:
         _cancelled.clear()
