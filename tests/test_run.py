@@ -10,7 +10,7 @@ import time
 import pytest
 
 from imagebuilder.core.errors import CommandFailed, CommandTimedOut, ToolMissing
-from imagebuilder.core.run import PACKAGE_OF, output, run, terminate
+from imagebuilder.core.run import output, run, search_path, terminate
 
 
 def test_capture_and_argv_with_spaces(tmp_path) -> None:
@@ -31,18 +31,25 @@ def test_failure_is_a_copyable_line_with_stderr_tail() -> None:
     assert error.stderr_tail[-1] == "line40" and len(error.stderr_tail) == 15
 
 
-def test_missing_program_names_package() -> None:
+def test_a_program_the_table_does_not_know_names_no_package() -> None:
     with pytest.raises(ToolMissing) as excinfo:
         run(["mkfs.nonexistentfs"])
-    assert excinfo.value.message == "mkfs.nonexistentfs not found: install mkfs.nonexistentfs"
+    assert excinfo.value.message == "mkfs.nonexistentfs not found"
+    assert excinfo.value.hint == "imagebuilder doctor lists what this machine lacks"
 
 
-def test_missing_program_of_known_package(monkeypatch) -> None:
-    monkeypatch.setitem(PACKAGE_OF, "definitely-not-installed-tool", "some-package")
+def test_missing_program_names_the_package_of_the_table(monkeypatch, tmp_path) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))  # no sbin beside it: nothing is found
     with pytest.raises(ToolMissing) as excinfo:
-        run(["definitely-not-installed-tool"])
-    assert excinfo.value.message == "definitely-not-installed-tool not found: install some-package"
-    assert excinfo.value.hint == "apt-get install some-package"
+        run(["lsinitramfs", "/boot/initrd.img"])
+    assert excinfo.value.message == "lsinitramfs not found: install initramfs-tools-core"
+    assert excinfo.value.hint == "apt-get install initramfs-tools-core"
+
+
+def test_search_path_adds_the_sbin_beside_each_bin() -> None:
+    assert search_path("/usr/local/bin:/usr/bin:/bin:/opt/tools") == \
+        "/usr/local/bin:/usr/bin:/bin:/opt/tools:/usr/local/sbin:/usr/sbin:/sbin"
+    assert search_path("/usr/bin:/usr/sbin") == "/usr/bin:/usr/sbin"
 
 
 def test_check_false_returns_code() -> None:

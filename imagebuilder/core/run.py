@@ -21,34 +21,26 @@ from typing import IO
 from imagebuilder.core.beside import stoppable
 from imagebuilder.core.errors import CommandFailed, CommandTimedOut, ToolMissing
 from imagebuilder.core.log import VERBOSE, log
+from imagebuilder.core.programs import distribution, package_of
 
-# Which Debian package provides a program, for the "not found: install X" line.
-PACKAGE_OF = {
-    "losetup": "util-linux", "partx": "util-linux", "mount": "mount", "umount": "mount",
-    "findmnt": "util-linux", "sfdisk": "fdisk", "mkfs.ext4": "e2fsprogs", "e2fsck": "e2fsprogs",
-    "resize2fs": "e2fsprogs", "debugfs": "e2fsprogs", "tune2fs": "e2fsprogs", "fsck.ext4": "e2fsprogs",
-    "mkfs.vfat": "dosfstools", "fsck.vfat": "dosfstools", "mcopy": "mtools", "mdir": "mtools",
-    "mtype": "mtools", "mdel": "mtools", "mmd": "mtools", "mlabel": "mtools",
-    "mmdebstrap": "mmdebstrap", "qemu-aarch64-static": "qemu-user-static",
-    "qemu-arm-static": "qemu-user-static", "update-binfmts": "binfmt-support",
-    "xz": "xz-utils", "zstd": "zstd", "bmaptool": "bmap-tools", "chroot": "coreutils",
-    "qemu-system-aarch64": "qemu-system-arm", "qemu-system-arm": "qemu-system-arm",
-    "qemu-img": "qemu-utils", "dnsmasq": "dnsmasq-base", "nft": "nftables",
-    "cloud-init": "cloud-init", "systemd-analyze": "systemd", "exportfs": "nfs-kernel-server",
-    "unzip": "unzip", "openssl": "openssl", "unshare": "util-linux", "fstrim": "util-linux", "apt-config": "apt",
-}
-
-# Programs live in sbin too, which a user's PATH may lack.
-_EXTRA_PATH = ("/usr/local/sbin", "/usr/sbin", "/sbin")
 _TAIL_LINES = 15
+
+
+def search_path(path: str) -> str:
+    """PATH with the sbin beside each of its bin folders: a user's PATH often lacks sbin, where programs
+    such as sfdisk live. Only beside what PATH names, so a PATH restricted to a folder stays restricted."""
+    folders = [f for f in path.split(os.pathsep) if f]
+    beside = [str(Path(f).with_name("sbin")) for f in folders if Path(f).name == "bin"]
+    return os.pathsep.join(dict.fromkeys([*folders, *beside]))
 
 
 def find_program(name: str) -> str:
     """Return the path of `name`, or raise ToolMissing naming the package that provides it."""
-    path = os.environ.get("PATH", "")
-    found = shutil.which(name, path=os.pathsep.join([path, *_EXTRA_PATH]))
+    found = shutil.which(name, path=search_path(os.environ.get("PATH", "")))
     if found is None:
-        package = PACKAGE_OF.get(name, name)
+        package = package_of(name, distribution())
+        if package is None:
+            raise ToolMissing(f"{name} not found", "imagebuilder doctor lists what this machine lacks")
         raise ToolMissing(f"{name} not found: install {package}", f"apt-get install {package}")
     return found
 
