@@ -11,19 +11,19 @@ VENV := .venv
 BIN := $(VENV)/bin
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-# Building images: partitions, file systems, FAT without a mount, the foreign-arch chroot, compression.
-BUILD_PACKAGES := python3 python3-venv python3-pip \
-	util-linux mount fdisk e2fsprogs dosfstools mtools \
-	mmdebstrap qemu-user-static binfmt-support arch-test \
-	xz-utils zstd nftables openssl
-# Booting the images under qemu on a private LAN (make boot-test, and the boot tier of make test).
-BOOT_PACKAGES := qemu-system-arm qemu-utils socat openssh-client iproute2 curl
-# What the test suite runs besides: the rootless backend (libguestfs and a host kernel for its
-# appliance), dnsmasq --test on rendered configs, Chromium for the dashboard, btrfs for reflinked copies.
-TEST_PACKAGES := $(BOOT_PACKAGES) python3-guestfs libguestfs-tools dnsmasq-base chromium systemd bmap-tools \
-	btrfs-progs
+# The packages each tier needs, from the one table of programs (imagebuilder/core/programs.py, which
+# the system python3 reads before any venv exists). build: partitions, file systems, FAT without a mount,
+# the foreign-arch chroot, compression, verify. boot: qemu guests on a private LAN (make boot-test).
+# test: what the test suite runs besides (the rootless backend and a host kernel for its appliance,
+# dnsmasq --test, Chromium for the dashboard, btrfs for reflinked copies). `imagebuilder doctor` reads it too.
+# Recursive (=): expanded when a setup target runs, after setup-python made sure python3 is there.
+PROGRAMS_TABLE := $(PYTHON) imagebuilder/core/programs.py packages
+BUILD_PACKAGES = $(shell $(PROGRAMS_TABLE) build)
+BOOT_PACKAGES = $(shell $(PROGRAMS_TABLE) boot)
+TEST_PACKAGES = $(shell $(PROGRAMS_TABLE) boot test)
+LINT_PACKAGES = $(shell $(PROGRAMS_TABLE) lint)
 
-.PHONY: setup setup-build setup-boot setup-test venv venv-test test test-fast images boot-test lint bench clean
+.PHONY: setup setup-python setup-build setup-boot setup-test setup-lint venv venv-test test test-fast images boot-test lint bench clean
 
 # Installs the Debian packages named in $(1), those that are missing only.
 define apt_install
@@ -38,19 +38,17 @@ endef
 
 setup: setup-build venv
 
-setup-build:
+setup-python:
+	$(call apt_install,python3)
+
+setup-build: setup-python
 	$(call apt_install,$(BUILD_PACKAGES))
 
-setup-boot:
+setup-boot: setup-python
 	$(call apt_install,$(BOOT_PACKAGES))
 
-# libguestfs's appliance boots the host's own kernel: a workstation has one in /boot; a VM or container
-# may not, and then gets the distribution's kernel package for this architecture.
-HOST_KERNEL := $(shell ls /boot/vmlinuz-* >/dev/null 2>&1 || { grep -qi '^ID=ubuntu' /etc/os-release \
-	&& echo linux-image-generic || echo linux-image-$$(dpkg --print-architecture); })
-
 setup-test: setup-build
-	$(call apt_install,$(TEST_PACKAGES) $(HOST_KERNEL))
+	$(call apt_install,$(TEST_PACKAGES))
 
 venv: $(BIN)/.installed
 
@@ -90,7 +88,10 @@ bench: setup-test venv-test
 # The programs that run on the nodes (overlays/*/root/usr/local/lib/imagebuilder/*.py) are linted too.
 NODE_PROGRAMS := $(wildcard overlays/*/root/usr/local/lib/imagebuilder/*.py)
 
-lint: venv-test
+setup-lint: setup-python
+	$(call apt_install,$(LINT_PACKAGES))
+
+lint: setup-lint venv-test
 	$(BIN)/ruff check imagebuilder tests overlays
 	$(BIN)/mypy
 	$(BIN)/mypy --strict $(NODE_PROGRAMS)
