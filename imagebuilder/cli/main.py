@@ -2,7 +2,7 @@
 
 Exit status: 0 done; 2 a user's mistake or the machine's state (one line and a hint); 3 checks failed
 (boot-test, verify: the report says which); 130/143/129 interrupted (everything acquired was undone); 1 a
-bug (with its traceback).
+bug (with its traceback), or doctor finding the build tier incomplete.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 from types import FrameType
 
 from imagebuilder import __version__
-from imagebuilder.cli import boottest, build, cache, flash, recipes, status, verify
+from imagebuilder.cli import boottest, build, cache, doctor, flash, recipes, status, verify
 from imagebuilder.cli.command import Command
 from imagebuilder.core.context import Context, default_cache_dir, default_state_dir
 from imagebuilder.core.errors import ImageBuilderError, Interrupted, NeedsRoot
@@ -26,7 +26,8 @@ from imagebuilder.core.run import is_root
 
 # In the order `--help` lists them.
 COMMANDS: list[Command] = [*recipes.COMMANDS, *status.COMMANDS, *flash.COMMANDS, *build.COMMANDS,
-                           *verify.COMMANDS, *boottest.COMMANDS, *cache.COMMANDS]
+                           *verify.COMMANDS, *boottest.COMMANDS, *cache.COMMANDS,
+                           *doctor.COMMANDS]
 
 
 def build_parser(commands: Sequence[Command]) -> argparse.ArgumentParser:
