@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ import pytest
 from imagebuilder.core.cache import recipe_records, record_use
 from imagebuilder.core.context import Context
 from imagebuilder.core.log import setup_logging
+from imagebuilder.disk.copy import copy_image
 from imagebuilder.recipe.model import Bootstrap
 from imagebuilder.sources.base import BaseImage
 from imagebuilder.sources.bootstrap import bootstrap_base
@@ -75,6 +77,15 @@ def small_recipe(name: str, out: Path, *, compress: str = "zstd", bmap: bool = T
 
 def arm64_base() -> BaseImage:
     return bootstrap_test_base("arm64")
+
+
+def seeded_cache(cache: Path) -> None:
+    """A cache holding only the arm64 bootstrap base (copied from the machine's, holes kept): a build on it
+    makes every stage."""
+    base = arm64_base()
+    (cache / "bases").mkdir(parents=True)
+    copy_image(base.path, cache / "bases" / base.path.name)
+    shutil.copy(base.path.with_suffix(".json"), cache / "bases")
 
 
 def armhf_base() -> BaseImage:

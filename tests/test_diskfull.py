@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -18,7 +17,7 @@ from imagebuilder.core.errors import DiskFull
 from imagebuilder.core.resources import PARTIAL, mounted
 from imagebuilder.disk.copy import copy_image
 from tests.conftest import ROOT, require_root
-from tests.images import arm64_base, small_recipe
+from tests.images import arm64_base, seeded_cache, small_recipe
 
 
 @pytest.fixture
@@ -47,14 +46,6 @@ def test_a_copy_that_runs_out_of_space_names_the_folder(small, tmp_path: Path) -
 def build(recipe: Path, cache: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "imagebuilder", "--cache-dir", str(cache), "build", str(recipe)],
                           cwd=ROOT, capture_output=True, text=True, check=False)
-
-
-def seeded_cache(cache: Path) -> None:
-    """A cache holding only the bootstrap base (copied from the machine's, holes kept)."""
-    base = arm64_base()
-    (cache / "bases").mkdir(parents=True)
-    copy_image(base.path, cache / "bases" / base.path.name)
-    shutil.copy(base.path.with_suffix(".json"), cache / "bases")
 
 
 @pytest.mark.integration
