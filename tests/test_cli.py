@@ -32,6 +32,15 @@ def test_validate_reports_each_problem_on_its_own_line(recipe_file) -> None:
     ]
 
 
+def test_unknown_k3s_option_is_one_line_with_a_suggestion(recipe_file) -> None:
+    path = recipe_file(VALID + "k3s: {extra_config: {tls-sans: [master.lab]}}\n")
+    result = imagebuilder("validate", str(path))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.splitlines() == [
+        f"{path}: k3s.extra_config.tls-sans: 'tls-sans' is not a k3s v1.31 server option; did you mean 'tls-san'? "
+        f"(line {VALID.count(chr(10)) + 1})"]
+
+
 def test_missing_recipe_is_one_line() -> None:
     result = imagebuilder("validate", "no/such.yaml")
     assert result.returncode == 2

@@ -150,10 +150,9 @@ def _build(ctx: Context, recipe: Recipe, *, per_node: bool, backend: str | None)
         done = run_beside(jobs, side_by_side=recipe.netboot is None)
         results = {role: done[role][0] for role in ROLES}
         used += write_index(ctx, recipe, base, results, {role: done[role][1] for role in ROLES}, previous,
-                            k3s_missing=k3s.missing)
+                            k3s_source=k3s.source)
         if per_node:
             emit_per_node(ctx, recipe, results["worker"])
-    log.info("images in %s", recipe.output_dir)
-    if k3s.missing:
-        log.warning("WARNING: the images have no k3s binary: %s", k3s.missing)
+    log.info("images in %s (%s)", recipe.output_dir,
+             f"k3s {recipe.k3s.version} from {k3s.source}" if k3s.included else "no k3s binary: k3s.assets is none")
     return results

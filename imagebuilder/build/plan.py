@@ -120,8 +120,12 @@ def plan_build(recipe: Recipe, inputs: Inputs, stage_dir: Path) -> BuildPlan:
         notes.append("the base image is not in the cache: it is made first, and every stage after it")
     if inputs.secrets is None:
         notes.append("the cluster has no k3s secrets yet: the first build makes them (the role stages hold them)")
-    if inputs.k3s.missing:
-        notes.append(f"no k3s binary in the images: {inputs.k3s.missing}")
+    k3s_pending = inputs.k3s.included and inputs.k3s.layer is None
+    if not inputs.k3s.included:
+        notes.append("no k3s binary in the images: k3s.assets is none")
+    elif k3s_pending:
+        notes.append(f"the k3s assets are not in the cache: the build fetches them from {inputs.k3s.source} "
+                     "first (and fails if it cannot), and every stage after them is made")
     size = parse_size(recipe.output.image_size)
     base_packages, cloud_init_layer = cloud_init_for_base(recipe, layout)
     common_layers = render_layers(recipe, "common", template_variables(
@@ -137,7 +141,7 @@ def plan_build(recipe: Recipe, inputs: Inputs, stage_dir: Path) -> BuildPlan:
         layers=common_layers, arch=recipe.arch, layout=layout, backend=inputs.backend,
         checks=stage_checks(common_layers, layout.boot_mount),
     )
-    planned = [PlannedStage(common, "common", inputs.base is not None)]
+    planned = [PlannedStage(common, "common", inputs.base is not None and not k3s_pending)]
     # A netboot tree on the master is copied from the worker's final stage: the worker's stages come first.
     finals: dict[str, Stage] = {}
     for role in sorted(ROLES, key=lambda r: r != "worker") if recipe.netboot else ROLES:
@@ -145,14 +149,14 @@ def plan_build(recipe: Recipe, inputs: Inputs, stage_dir: Path) -> BuildPlan:
         first_boot = () if installs else (*role_packages(recipe, "common"), *packages)
         layers = render_layers(recipe, role, template_variables(
             recipe, role, secrets=secrets, boot_mount=layout.boot_mount, first_boot_packages=first_boot))
-        known = inputs.base is not None and inputs.secrets is not None
+        known = inputs.base is not None and inputs.secrets is not None and not k3s_pending
         # Packages and files in separate stages, so an overlay edit never redoes the install.
         parent = common
         if packages and installs:
             parent = Stage(name=f"{role}-packages", parent=stage_image(stage_dir, common), parent_key=common.key(),
                            packages=packages, layers=(), arch=recipe.arch, layout=layout, size=size)
-            planned.append(PlannedStage(parent, role, inputs.base is not None))
-        missing = (K3S_UNIT[role],) if inputs.k3s.missing else ()
+            planned.append(PlannedStage(parent, role, inputs.base is not None and not k3s_pending))
+        missing = (K3S_UNIT[role],) if inputs.k3s.layer is None else ()
         netboot = netboot_source(recipe, finals["worker"], stage_dir) if role == "master" and recipe.netboot else None
         stage = Stage(name=role, parent=stage_image(stage_dir, parent), parent_key=parent.key(), packages=(),
                       layers=layers, arch=recipe.arch, layout=layout, backend=inputs.backend, size=size,

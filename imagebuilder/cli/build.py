@@ -17,6 +17,7 @@ from imagebuilder.recipe.load import load_recipe
 from imagebuilder.recipe.model import Recipe
 from imagebuilder.sources.decompress import decompress_to_cache
 from imagebuilder.sources.fetch import fetch_base, fetch_url
+from imagebuilder.sources.k3s_assets import K3sAssets
 
 
 def _fetch_arguments(parser: argparse.ArgumentParser) -> None:
@@ -68,18 +69,24 @@ def build(ctx: Context, args: argparse.Namespace) -> int:
     if args.plan:
         plan = read_plan(ctx, recipe, args.backend)
         rows = describe_plan(ctx, plan)
+        k3s = plan.inputs.k3s
         if args.json:
-            print(json.dumps({"recipe": str(recipe.source), "backend": plan.inputs.backend, "stages": rows,
-                              "notes": list(plan.notes)}, indent=1))
+            binary = {"version": recipe.k3s.version, "binary": "included" if k3s.included else "none",
+                      "assets": k3s.source or "none", "cached": k3s.layer is not None}
+            print(json.dumps({"recipe": str(recipe.source), "backend": plan.inputs.backend, "k3s": binary,
+                              "stages": rows, "notes": list(plan.notes)}, indent=1))
         else:
-            print(format_plan(recipe, plan.inputs.backend, rows, plan.notes))
+            print(format_plan(recipe, plan.inputs.backend, rows, plan.notes, k3s))
         return 0
     build_images(ctx, recipe, per_node=args.per_node, backend=args.backend)
     return 0
 
 
-def format_plan(recipe: Recipe, backend: str, rows: list[dict[str, object]], notes: tuple[str, ...]) -> str:
-    lines = [f"{recipe.cluster.name}: {backend} backend, {len(rows)} stages"]
+def format_plan(recipe: Recipe, backend: str, rows: list[dict[str, object]], notes: tuple[str, ...],
+                k3s: K3sAssets) -> str:
+    lines = [f"{recipe.cluster.name}: {backend} backend, {len(rows)} stages",
+             f"  k3s {recipe.k3s.version}: binary from {k3s.source}" if k3s.included
+             else "  k3s: no binary in the images (k3s.assets: none)"]
     width = max(len(str(r["stage"])) for r in rows)
     for r in rows:
         what = ", ".join(map(str, r["packages"])) or ", ".join(map(str, r["layers"])) or "-"  # type: ignore[call-overload]
