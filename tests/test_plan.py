@@ -6,6 +6,9 @@ No root, no image: the plan is computed from the recipe and stand-in inputs.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +25,17 @@ from imagebuilder.recipe.catalogue import LAYOUTS
 from imagebuilder.recipe.load import load_recipe
 from imagebuilder.roles.secrets import K3sSecrets
 from imagebuilder.sources.base import BaseImage
-from imagebuilder.sources.k3s_assets import K3sAssets
-from tests.conftest import SECRETS, VALID
+from imagebuilder.sources.k3s_assets import ASSETS_ENV, K3sAssets
+from tests.conftest import ROOT, SECRETS, VALID, as_another_user, lock_away
 
 BASE = BaseImage(Path("/cache/bases/base.img"), "ab" * 32, LAYOUTS["raspios"], {})
 NO_K3S = K3sAssets(None, "k3s.assets is none")
+
+
+@pytest.fixture(autouse=True)
+def no_k3s_assets(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The recipes here ask for the k3s release; NO_K3S stands for a build told to go without it."""
+    monkeypatch.setenv(ASSETS_ENV, "none")
 
 
 def inputs(base: BaseImage | None = BASE, secrets: K3sSecrets | None = SECRETS, backend: str = "loop") -> Inputs:
@@ -162,6 +171,47 @@ def test_build_plan_command_prints_stages_and_json(recipe_file: Any, capsys: pyt
     assert all(s["action"] == "build" for s in document["stages"])
     # Read only: nothing made in the cache or the state directory.
     assert not (tmp_path / "cache").exists() and not (tmp_path / "state").exists()
+
+
+def test_the_plan_says_where_the_build_gets_k3s(recipe_file: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    missing = Inputs(base=BASE, secrets=SECRETS, k3s=K3sAssets(None, "the k3s v1.31.4+k3s1 assets are not in the "
+                     "cache yet"), backend="loop", installs_packages=True)
+    monkeypatch.delenv(ASSETS_ENV)
+    plan = plan_build(load_recipe(recipe_file(VALID)), missing, Path("/cache/stages"))
+    # The layer that brings k3s is in every stage: no key is final before the download.
+    assert {p.unknown for p in plan.stages} == {"unknown: no k3s yet"}
+    assert plan.notes == ("k3s: the build downloads release v1.31.4+k3s1 (https://github.com/k3s-io/k3s/releases/"
+                          "download/v1.31.4%2Bk3s1): not in the cache yet, and every stage's key follows from it",)
+    monkeypatch.setenv(ASSETS_ENV, "/srv/k3s")
+    plan = plan_build(load_recipe(recipe_file(VALID)), missing, Path("/cache/stages"))
+    assert plan.notes[0].startswith(f"k3s: the build takes v1.31.4+k3s1 from ${ASSETS_ENV} (file:///srv/k3s)")
+    monkeypatch.setenv(ASSETS_ENV, "none")
+    plan = plan_build(load_recipe(recipe_file(VALID)), missing, Path("/cache/stages"))
+    assert all(p.known for p in plan.stages) and plan.notes[0].startswith("no k3s binary in the images")
+
+
+def test_unknown_keys_are_said_in_words(recipe_file: Any, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    argv = ["build", "--plan", str(recipe_file(VALID)), "--cache-dir", str(tmp_path / "cache"),
+            "--state-dir", str(tmp_path / "state"), "--backend", "loop"]
+    assert main(argv) == 0
+    rows = capsys.readouterr().out.splitlines()[1:6]
+    assert all(row.split(None, 2)[2].startswith("unknown: no base yet  ") for row in rows), rows
+    assert "?" not in "".join(rows)
+    assert main([*argv, "--json"]) == 0
+    assert {s["unknown"] for s in json.loads(capsys.readouterr().out)["stages"]} == {"unknown: no base yet"}
+
+
+def test_a_cache_of_another_user_is_named_not_a_traceback(shared_tmp: Path) -> None:
+    (shared_tmp / "recipe.yaml").write_text(VALID)
+    cache = shared_tmp / "cache"
+    (cache / "bases").mkdir(parents=True)
+    lock_away(cache)  # as root's own cache is
+    result = subprocess.run(as_another_user([sys.executable, "-m", "imagebuilder", "build", "--plan", "recipe.yaml",
+                                             "--cache-dir", str(cache), "--state-dir", str(shared_tmp / "state")]),
+                            capture_output=True, text=True, cwd=shared_tmp, check=False,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.splitlines()[0].startswith(f"imagebuilder: {cache}: permission denied (it belongs to ")
 
 
 def check_keys(text: str, recipe_file: Any, role: str = "master") -> dict[tuple[str, str], str]:
