@@ -10,6 +10,7 @@ from pathlib import Path
 from imagebuilder.build.execute import build as build_images
 from imagebuilder.build.execute import describe_plan, read_plan
 from imagebuilder.cli.command import Command, add_recipe_argument
+from imagebuilder.core.access import access_denied
 from imagebuilder.core.context import Context
 from imagebuilder.core.errors import ImageBuilderError
 from imagebuilder.outputs.imager import make_imager_repo
@@ -67,8 +68,14 @@ def _build_arguments(parser: argparse.ArgumentParser) -> None:
 def build(ctx: Context, args: argparse.Namespace) -> int:
     recipe = load_recipe(args.recipe)
     if args.plan:
-        plan = read_plan(ctx, recipe, args.backend)
-        rows = describe_plan(ctx, plan)
+        try:
+            plan = read_plan(ctx, recipe, args.backend)
+            rows = describe_plan(ctx, plan)
+        except PermissionError as e:
+            raise access_denied(e.filename or ctx.cache_dir, "the plan reads the cache and the cluster's state: "
+                                "run it as their owner, or give --cache-dir and --state-dir folders of yours") from None
+        for row, planned in zip(rows, plan.stages, strict=True):
+            row["unknown"] = planned.unknown
         k3s = plan.inputs.k3s
         if args.json:
             binary = {"version": recipe.k3s.version, "binary": "included" if k3s.included else "none",
@@ -90,7 +97,8 @@ def format_plan(recipe: Recipe, backend: str, rows: list[dict[str, object]], not
     width = max(len(str(r["stage"])) for r in rows)
     for r in rows:
         what = ", ".join(map(str, r["packages"])) or ", ".join(map(str, r["layers"])) or "-"  # type: ignore[call-overload]
-        lines.append(f"  {str(r['stage']).ljust(width)}  {str(r['action']).ljust(6)}  {r['key'] or '?' * 24}  {what}")
+        lines.append(f"  {str(r['stage']).ljust(width)}  {str(r['action']).ljust(6)}  {r['key'] or r['unknown']:24}  "
+                     f"{what}")
     lines += [f"  note: {note}" for note in notes]
     return "\n".join(lines)
 
