@@ -17,7 +17,7 @@ from pathlib import Path
 from types import FrameType
 
 from imagebuilder import __version__
-from imagebuilder.cli import boottest, build, cache, flash, recipes, status, verify
+from imagebuilder.cli import boottest, build, cache, flash, init, recipes, status, verify
 from imagebuilder.cli.command import Command
 from imagebuilder.core.context import Context, default_cache_dir, default_state_dir
 from imagebuilder.core.errors import ImageBuilderError, Interrupted, NeedsRoot
@@ -26,7 +26,7 @@ from imagebuilder.core.log import log, setup_logging
 from imagebuilder.core.run import is_root
 
 # In the order `--help` lists them.
-COMMANDS: list[Command] = [*recipes.COMMANDS, *status.COMMANDS, *flash.COMMANDS, *build.COMMANDS,
+COMMANDS: list[Command] = [*init.COMMANDS, *recipes.COMMANDS, *status.COMMANDS, *flash.COMMANDS, *build.COMMANDS,
                            *verify.COMMANDS, *boottest.COMMANDS, *cache.COMMANDS]
 
 

@@ -16,7 +16,7 @@ from imagebuilder.core.log import log
 from imagebuilder.recipe.catalogue import load_catalogue
 from imagebuilder.recipe.fields import check_ipv4, check_package, check_path, check_ssh_key, printable, shown
 from imagebuilder.recipe.k3s_keys import keys_for
-from imagebuilder.recipe.model import Recipe, Worker
+from imagebuilder.recipe.model import Recipe, User, Worker
 from imagebuilder.recipe.schema import Loader
 
 Problem = Callable[[str, str], None]
@@ -41,6 +41,7 @@ def check_cluster(recipe: Recipe, loader: Loader) -> Recipe:
     """
     _check_base(recipe, loader.problem)
     _check_names(recipe, loader.problem)
+    _warn_if_nobody_logs_in(recipe)
     _check_k3s_config(recipe, loader.problem, check_names=not loader.failed("k3s.version"))
     _check_netboot(recipe, loader.problem)
     if any(loader.failed(f"network.{k}") for k in ("subnet", "master_ip", "dhcp_range")):
@@ -97,6 +98,16 @@ def _check_base(recipe: Recipe, problem: Problem) -> None:
         elif recipe.arch not in catalogue[base.image].arches:
             problem("arch", f"{base.image} is not published for {recipe.arch}; "
                             f"it has {', '.join(catalogue[base.image].arches)}")
+
+
+def _warn_if_nobody_logs_in(recipe: Recipe) -> None:
+    """The nodes need no login to work, but a node that does not come up can then only be read from its
+    console: say so before the cards are made."""
+    if any(u.ssh_authorized_keys or u.password_hash for u in recipe.users if isinstance(u, User)):
+        return
+    log.warning("WARNING: %s: users: nobody can log in to the nodes (no user has ssh_authorized_keys or a "
+                "password_hash); add your public key (e.g. the line of ~/.ssh/id_ed25519.pub) to a user, or set "
+                "a user with Raspberry Pi Imager's customisation when you flash", recipe.source)
 
 
 def _check_names(recipe: Recipe, problem: Problem) -> None:
