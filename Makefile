@@ -21,9 +21,9 @@ BOOT_PACKAGES := qemu-system-arm qemu-utils socat openssh-client iproute2 curl
 # What the test suite runs besides: the rootless backend (libguestfs and a host kernel for its
 # appliance), dnsmasq --test on rendered configs, Chromium for the dashboard, btrfs for reflinked copies.
 TEST_PACKAGES := $(BOOT_PACKAGES) python3-guestfs libguestfs-tools dnsmasq-base chromium systemd bmap-tools \
-	btrfs-progs
+	btrfs-progs sudo
 
-.PHONY: setup setup-build setup-boot setup-test venv venv-test test test-fast images boot-test lint bench clean
+.PHONY: setup setup-build setup-boot setup-test venv venv-test test test-fast images boot-test lint bench clean install
 
 # Installs the Debian packages named in $(1), those that are missing only.
 define apt_install
@@ -94,6 +94,21 @@ lint: venv-test
 	$(BIN)/ruff check imagebuilder tests overlays
 	$(BIN)/mypy
 	$(BIN)/mypy --strict $(NODE_PROGRAMS)
+
+# The one supported install: a wheel of this checkout in its own environment under $(INSTALL_DIR), made
+# from the system Python with its site-packages (python3-guestfs for the rootless backend), and the
+# command in $(PREFIX)/bin, which sudo's secure_path on Debian and Ubuntu includes: so both
+# `imagebuilder` and `sudo imagebuilder` find it.
+PREFIX ?= /usr/local
+INSTALL_DIR ?= /opt/imagebuilder
+
+install: setup-build
+	rm -rf build/wheel
+	$(PYTHON) -m pip wheel -q --no-deps -w build/wheel .
+	$(PYTHON) -m venv --clear --system-site-packages $(INSTALL_DIR)
+	$(INSTALL_DIR)/bin/pip install -q build/wheel/imagebuilder-*.whl
+	mkdir -p $(PREFIX)/bin
+	ln -sfn $(INSTALL_DIR)/bin/imagebuilder $(PREFIX)/bin/imagebuilder
 
 clean:
 	rm -rf $(VENV) out build *.egg-info

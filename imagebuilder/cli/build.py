@@ -85,6 +85,7 @@ def build(ctx: Context, args: argparse.Namespace) -> int:
         else:
             print(format_plan(recipe, plan.inputs.backend, rows, plan.notes, k3s))
         return 0
+    ctx.give_back(recipe.output_dir)
     build_images(ctx, recipe, per_node=args.per_node, backend=args.backend)
     return 0
 
@@ -112,6 +113,7 @@ def _imager_repo_arguments(parser: argparse.ArgumentParser) -> None:
 
 def imager_repo(ctx: Context, args: argparse.Namespace) -> int:
     recipe = load_recipe(args.recipe)
+    ctx.give_back(recipe.output_dir)
     print(make_imager_repo(ctx, recipe.output_dir, recipe, args.base_url))
     return 0
 

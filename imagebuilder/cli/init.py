@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
-import os
-import pwd
 from pathlib import Path
 
 from imagebuilder.cli.command import Command
 from imagebuilder.core.context import Context
 from imagebuilder.core.errors import ImageBuilderError
+from imagebuilder.core.invoker import home
 from imagebuilder.recipe.fields import check_cluster_name, check_ssh_key
 
 # Public keys looked for in the invoking user's ~/.ssh, best first.
@@ -83,6 +81,7 @@ def init(ctx: Context, args: argparse.Namespace) -> int:
                                 f"give another name: imagebuilder init my-cluster.yaml, or edit {path}") from None
     except OSError as e:
         raise ImageBuilderError(f"{path}: cannot write it: {e.strerror}", "choose a folder of yours") from None
+    ctx.give_back(path)
     print(f"{path}: a starter recipe for cluster {args.name}")
     print("  login: " + (f"{len(keys)} public key(s) of yours from ~/.ssh" if keys
                          else "no public key found in ~/.ssh: add one under users (see the comment)"))
@@ -93,14 +92,10 @@ def init(ctx: Context, args: argparse.Namespace) -> int:
 
 def invoking_user_keys() -> list[str]:
     """The public keys in ~/.ssh of the person who ran the command (under sudo: the user, not root)."""
-    home = Path.home()
-    if os.geteuid() == 0 and (uid := os.environ.get("SUDO_UID", "")).isdigit():
-        with contextlib.suppress(KeyError):
-            home = Path(pwd.getpwuid(int(uid)).pw_dir)
     keys = []
     for name in KEY_FILES:
         try:
-            line = (home / ".ssh" / name).read_text().strip().splitlines()[0]
+            line = (home() / ".ssh" / name).read_text().strip().splitlines()[0]
         except (OSError, IndexError, UnicodeDecodeError):
             continue
         # Only a key the recipe takes as it is, and that sits in a YAML string unquoted.

@@ -113,8 +113,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     ctx = Context(debug=args.debug)
     if args.cache_dir is not None:
         ctx.cache_dir = args.cache_dir.resolve()
+    else:
+        ctx.give_back(ctx.cache_dir)  # under sudo: in the home of the person who ran it, and theirs
     if args.state_dir is not None:
         ctx.state_root = args.state_dir.resolve()
+    else:
+        ctx.give_back(ctx.state_root)
     command: Command = args._command
     if command.needs_root(args) and not is_root():
         return report(NeedsRoot(f"imagebuilder {command.name} needs root (loop devices, mounts, chroot)",
