@@ -23,7 +23,7 @@ BOOT_PACKAGES = $(shell $(PROGRAMS_TABLE) boot)
 TEST_PACKAGES = $(shell $(PROGRAMS_TABLE) boot test)
 LINT_PACKAGES = $(shell $(PROGRAMS_TABLE) lint)
 
-.PHONY: setup setup-python setup-build setup-boot setup-test setup-lint venv venv-test test test-fast images boot-test lint bench clean
+.PHONY: setup setup-python setup-build setup-boot setup-test setup-lint venv venv-test test test-fast images boot-test lint bench clean install
 
 # Installs the Debian packages named in $(1), those that are missing only.
 define apt_install
@@ -95,6 +95,21 @@ lint: setup-lint venv-test
 	$(BIN)/ruff check imagebuilder tests overlays
 	$(BIN)/mypy
 	$(BIN)/mypy --strict $(NODE_PROGRAMS)
+
+# The one supported install: a wheel of this checkout in its own environment under $(INSTALL_DIR), made
+# from the system Python with its site-packages (python3-guestfs for the rootless backend), and the
+# command in $(PREFIX)/bin, which sudo's secure_path on Debian and Ubuntu includes: so both
+# `imagebuilder` and `sudo imagebuilder` find it.
+PREFIX ?= /usr/local
+INSTALL_DIR ?= /opt/imagebuilder
+
+install: setup-build
+	rm -rf build/wheel
+	$(PYTHON) -m pip wheel -q --no-deps -w build/wheel .
+	$(PYTHON) -m venv --clear --system-site-packages $(INSTALL_DIR)
+	$(INSTALL_DIR)/bin/pip install -q build/wheel/imagebuilder-*.whl
+	mkdir -p $(PREFIX)/bin
+	ln -sfn $(INSTALL_DIR)/bin/imagebuilder $(PREFIX)/bin/imagebuilder
 
 clean:
 	rm -rf $(VENV) out build *.egg-info

@@ -3,6 +3,8 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -65,6 +67,31 @@ def require_programs(*names: str) -> None:
     missing = [n for n in names if shutil.which(n, path=path) is None]
     if missing:
         lacking(f"not installed: {', '.join(missing)}")
+
+
+def as_another_user(argv: list[str]) -> list[str]:
+    """argv run by someone who does not own what the test made: nobody when the tests run as root (root is
+    refused nothing); under another user the test makes its files unreadable to itself instead."""
+    if os.geteuid() != 0:
+        return argv
+    require_programs("setpriv")
+    return ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *argv]
+
+
+@pytest.fixture
+def shared_tmp() -> Iterator[Path]:
+    """A folder anyone may enter (pytest's own tmp_path is its owner's only), for a run as another user."""
+    path = Path(tempfile.mkdtemp(prefix="imagebuilder-test-"))
+    path.chmod(0o755)
+    yield path
+    subprocess.run(["chmod", "-R", "u+rwX", path], check=True)  # what lock_away closed
+    shutil.rmtree(path)
+
+
+def lock_away(path: Path) -> None:
+    """Make the folder `path` one that as_another_user's user may not enter (as a build run with sudo leaves
+    out/<cluster>/ and the cache)."""
+    path.chmod(0o700 if os.geteuid() == 0 else 0)
 
 
 def loop_devices() -> str:

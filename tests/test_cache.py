@@ -5,6 +5,8 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -12,6 +14,7 @@ import pytest
 
 from imagebuilder.cli.main import main
 from imagebuilder.core.cache import GRACE, list_entries, prune, record_use, touch
+from tests.conftest import ROOT
 
 DAY = 86400.0
 
@@ -126,3 +129,36 @@ def test_a_stage_marked_used_through_its_record_is_kept_and_its_image_untouched(
     prune(cache)
     assert "stages/master-older.img" in names(cache)
     assert image.stat().st_mtime_ns == before
+
+
+def clear(cache: Path, *extra: str, stdin: int | None = subprocess.DEVNULL) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "imagebuilder", "--cache-dir", str(cache), "cache", "clear",
+                           *extra], stdin=stdin, capture_output=True, text=True, cwd=ROOT, check=False)
+
+
+def test_clear_without_a_terminal_needs_yes(cache: Path) -> None:
+    before = names(cache)
+    refused = clear(cache)
+    assert refused.returncode == 2 and names(cache) == before
+    assert refused.stderr.splitlines() == [
+        "imagebuilder: not confirmed: stdin is not a terminal; nothing was removed",
+        "  hint: add --yes to go ahead without asking"]
+    done = clear(cache, "--yes")
+    assert done.returncode == 0 and names(cache) == set()
+    assert done.stdout.splitlines()[-1] == f"{cache}: removed {len(before)} entries, 0.00 GiB"
+
+
+def test_clear_on_a_terminal_asks_first(cache: Path) -> None:
+    count = len(names(cache))
+    for answer, status, left in (("n", 2, count), ("", 2, count), ("y", 0, 0)):
+        controller, terminal = os.openpty()
+        try:
+            os.write(controller, f"{answer}\n".encode())
+            result = clear(cache, stdin=terminal)
+        finally:
+            os.close(terminal)
+            os.close(controller)
+        assert result.stdout.startswith(f"remove {count} entries, 0.00 GiB from {cache}? [y/N] ")
+        assert result.returncode == status and len(names(cache)) == left, result.stderr
+        if status:
+            assert result.stderr == "imagebuilder: not confirmed: nothing was removed\n"

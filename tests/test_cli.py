@@ -32,6 +32,15 @@ def test_validate_reports_each_problem_on_its_own_line(recipe_file) -> None:
     ]
 
 
+def test_unknown_k3s_option_is_one_line_with_a_suggestion(recipe_file) -> None:
+    path = recipe_file(VALID + "k3s: {extra_config: {tls-sans: [master.lab]}}\n")
+    result = imagebuilder("validate", str(path))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.splitlines() == [
+        f"{path}: k3s.extra_config.tls-sans: 'tls-sans' is not a k3s v1.31 server option; did you mean 'tls-san'? "
+        f"(line {VALID.count(chr(10)) + 1})"]
+
+
 def test_missing_recipe_is_one_line() -> None:
     result = imagebuilder("validate", "no/such.yaml")
     assert result.returncode == 2
@@ -106,3 +115,49 @@ def test_failed_checks_have_an_exit_status_of_their_own(monkeypatch, capfd) -> N
     monkeypatch.setattr("imagebuilder.cli.main.is_root", lambda: True)
     assert main(["boot-test", str(ROOT / "recipes/cluster.yaml")]) == 3
     assert capfd.readouterr().err.startswith("imagebuilder: boot test of x")
+
+
+def test_global_options_before_or_after_the_command(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    from imagebuilder.cli.main import main
+
+    cache = tmp_path / "cache"
+    for argv in (["--cache-dir", str(cache), "cache"], ["cache", "--cache-dir", str(cache)],
+                 # A copy of the option on the command must not put back the default given before it.
+                 ["--cache-dir", str(cache), "-v", "cache", "--debug"]):
+        assert main(argv) == 0
+        assert capsys.readouterr().out.startswith(f"{cache}: 0 entries")
+    assert imagebuilder("validate", "recipes/cluster.yaml", "-v").returncode == 0
+
+
+def test_debug_after_the_command_shows_the_traceback() -> None:
+    quiet = imagebuilder("validate", "no/such.yaml")
+    debug = imagebuilder("validate", "no/such.yaml", "--debug")
+    assert quiet.returncode == debug.returncode == 2
+    assert "Traceback" not in quiet.stderr and "Traceback" in debug.stderr
+
+
+def test_a_mistyped_command_gets_the_nearest_names() -> None:
+    result = imagebuilder("--cache-dir", "/nonexistent", "valdate", "recipes/cluster.yaml")
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == ["imagebuilder: unknown command 'valdate'",
+                                          "  hint: did you mean validate? (imagebuilder --help lists the commands)"]
+    other = imagebuilder("frobnicate")
+    assert other.returncode == 2 and other.stderr.splitlines()[1] == "  hint: imagebuilder --help lists the commands"
+
+
+def test_a_bug_keeps_its_traceback(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import dataclasses
+
+    import pytest
+
+    from imagebuilder.cli import main as cli
+    from imagebuilder.cli.recipes import COMMANDS
+
+    def broken(ctx, args):  # type: ignore[no-untyped-def]
+        raise KeyError("a bug")
+
+    images = next(c for c in COMMANDS if c.name == "images")
+    monkeypatch.setattr(cli, "COMMANDS", [dataclasses.replace(images, run=broken)])
+    for argv in (["images"], ["images", "--debug"]):
+        with pytest.raises(KeyError):  # not an expected error: it reaches Python, which prints the traceback
+            cli.main(argv)

@@ -1,12 +1,16 @@
 """The master's edge, tried with packets: its nftables ruleset loaded into a network namespace whose `eth0`
 (the LAN) and `eth1` (the uplink) are veth pairs to two other namespaces, with listeners on the master's
 ports. From the uplink nothing new gets in (ssh only when the recipe asks); from the LAN what the cluster
-uses does, and nothing else."""
+uses does, and nothing else.
+
+Day two: reloading, restarting or stopping nftables.service (as the Debian unit with our drop-in runs it)
+replaces or removes only our tables; k3s's own tables stay."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -17,6 +21,7 @@ from typing import Any
 import pytest
 
 from imagebuilder.boottest.edge import LISTENER
+from imagebuilder.core.resources import network_namespace
 from tests.conftest import require_programs, require_root
 from tests.test_roles import CLUSTER, files_of, rendered
 
@@ -82,10 +87,14 @@ def probe(ns: str, proto: str, host: str, port: int) -> str:
                           capture_output=True, text=True, check=True).stdout.strip()
 
 
-def master_rules(tmp_path: Path, recipe_file: Any, extra: str = "") -> str:
+def master_files(tmp_path: Path, recipe_file: Any, extra: str = "") -> dict[str, str]:
     text = CLUSTER.replace("  lan_interface: eth0\n", f"  lan_interface: eth0\n  uplink_interface: eth1\n{extra}")
     text += "monitoring: {dashboard_port: 8080, port: 7777}\n"
-    return files_of(rendered(text, "master", tmp_path, recipe_file))["root/etc/nftables.conf"]
+    return files_of(rendered(text, "master", tmp_path, recipe_file))
+
+
+def master_rules(tmp_path: Path, recipe_file: Any, extra: str = "") -> str:
+    return master_files(tmp_path, recipe_file, extra)["root/etc/nftables.conf"]
 
 
 @pytest.mark.integration
@@ -112,3 +121,85 @@ def test_uplink_is_closed_and_the_lan_gets_what_the_cluster_uses(tmp_path: Path,
         # The LAN's own address on the uplink side is not a way round: the uplink is closed whatever it is sent to.
         assert probe(wan, "tcp", "10.0.0.1", 6443) == "closed"
         assert time.monotonic() - start < 120
+
+
+# Stand-ins for what k3s writes at run time: iptables-nft's tables (kube-proxy, flannel, the network policy
+# controller) in the ip family, and one in inet beside ours.
+STANDIN = """\
+table ip k3s-standin {
+	chain KUBE-FORWARD {
+		type filter hook forward priority filter - 1; policy accept;
+		ip saddr 10.42.0.0/16 accept
+	}
+}
+table inet kube-standin {
+	chain services {
+		type nat hook prerouting priority dstnat; policy accept;
+		tcp dport 30080 dnat ip to 10.42.1.5:80
+	}
+}
+"""
+DEBIAN_UNIT = Path("/usr/lib/systemd/system/nftables.service")
+
+
+def exec_lines(units: list[str]) -> dict[str, list[list[str]]]:
+    """Exec*= commands of a unit and its drop-ins, read in order as systemd does (an empty value resets)."""
+    commands: dict[str, list[list[str]]] = {}
+    for text in units:
+        for line in text.splitlines():
+            key, sep, value = line.partition("=")
+            if sep and key.startswith("Exec"):
+                commands[key] = [*commands.get(key, []), shlex.split(value)] if value else []
+    return commands
+
+
+def nft(ns: str, *argv: str | Path) -> str:
+    return subprocess.run(["ip", "netns", "exec", ns, "nft", *map(str, argv)], capture_output=True, text=True,
+                          check=True).stdout
+
+
+@pytest.mark.integration
+def test_reload_restart_and_stop_leave_other_tables_alone(tmp_path: Path, recipe_file: Any) -> None:
+    require_root()
+    require_programs("ip", "nft")
+    if not DEBIAN_UNIT.is_file():
+        pytest.fail(f"{DEBIAN_UNIT} is missing: install nftables (make setup-build)")
+    files = master_files(tmp_path, recipe_file)
+    rules = tmp_path / "nftables.conf"
+    rules.write_text(files["root/etc/nftables.conf"])
+    (tmp_path / "standin.nft").write_text(STANDIN)
+    # The image's unit: Debian's, with our drop-in; its commands on our copy of the rules.
+    dropin = files["root/etc/systemd/system/nftables.service.d/imagebuilder.conf"]
+    commands = exec_lines([DEBIAN_UNIT.read_text(), dropin])
+    commands = {k: [[str(rules) if a == "/etc/nftables.conf" else a for a in argv] for argv in v]
+                for k, v in commands.items()}
+    assert commands["ExecReload"] == [["/usr/sbin/nft", "-f", str(rules)]] == commands["ExecStart"]
+
+    with network_namespace(f"ibnft{os.getpid() % 10000}") as ns:
+        def service(action: str) -> None:
+            for argv in commands[action]:
+                subprocess.run(["ip", "netns", "exec", ns, *argv], check=True)
+
+        def listed() -> str:
+            return nft(ns, "list", "ruleset")
+
+        def standins() -> str:
+            return nft(ns, "list", "table", "ip", "k3s-standin") + nft(ns, "list", "table", "inet", "kube-standin")
+
+        nft(ns, "-f", tmp_path / "standin.nft")
+        before = standins()
+        service("ExecStart")
+        loaded = listed()
+        assert "table inet imagebuilder {" in loaded and "table ip imagebuilder_nat {" in loaded
+        for action in ("ExecReload", "ExecReload", "ExecStop", "ExecStart"):  # reload twice, then a restart
+            service(action)
+        after = listed()
+        assert standins() == before
+        # Ours replaced, not added to: each of our rules once, as after the first start.
+        assert after == loaded
+        assert after.count("masquerade") == 1 and after.count("tcp dport @lan_tcp accept") == 1
+        # Stopped: ours gone, k3s's as they were.
+        service("ExecStop")
+        tables = nft(ns, "list", "tables").split()
+        assert "imagebuilder" not in tables and "imagebuilder_nat" not in tables
+        assert standins() == before and listed().strip() == STANDIN.strip()

@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,7 @@ from imagebuilder.cli.main import main
 from imagebuilder.outputs.imager import write_os_list
 from imagebuilder.recipe.load import load_recipe
 from imagebuilder.recipe.model import Recipe
-from tests.conftest import VALID, require_programs
+from tests.conftest import ROOT, VALID, as_another_user, lock_away, require_programs
 
 
 def _sparse_image(path: Path, size: int = 8 << 20) -> bytes:
@@ -116,8 +117,27 @@ def test_command_makes_the_xz_copy_imager_wants(recipe_file, tmp_path: Path) -> 
     assert entry["devices"] == ["pi2-32bit", "pi3-32bit", "pi4-32bit"]
 
 
-def test_no_images_is_one_line_exit_2(recipe: Recipe, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["imager-repo", str(recipe.source)]) == 2
-    err = capsys.readouterr().err.splitlines()
-    assert "no master.img.xz or worker.img.xz" in err[0]
-    assert not (recipe.output_dir / "os_list.json").exists()
+def test_no_images_is_one_line_exit_2_and_writes_nothing(recipe: Recipe, capsys: pytest.CaptureFixture[str]) -> None:
+    for made in (False, True):  # no output folder; an empty one
+        if made:
+            recipe.output_dir.mkdir(parents=True)
+        assert main(["imager-repo", str(recipe.source)]) == 2
+        assert capsys.readouterr().err.splitlines() == [
+            f"imagebuilder: {recipe.output_dir}: no image to list (master.img, worker.img or their .img.xz)",
+            f"  hint: build first: imagebuilder build {recipe.source}"]
+        # Checked before anything is written: no icon, no folder.
+        assert (list(recipe.output_dir.iterdir()) == []) if made else not recipe.output_dir.exists()
+
+
+def test_outputs_of_another_user_are_named_not_a_traceback(shared_tmp: Path) -> None:
+    recipe = shared_tmp / "recipe.yaml"
+    recipe.write_text(VALID)
+    out = shared_tmp / "out/testcluster"
+    out.mkdir(parents=True)
+    _sparse_image(out / "worker.img")
+    lock_away(out)  # as a build run with sudo leaves it
+    result = subprocess.run(as_another_user([sys.executable, "-m", "imagebuilder", "imager-repo", str(recipe)]),
+                            capture_output=True, text=True, cwd=shared_tmp, check=False,
+                            env={**os.environ, "PYTHONPATH": str(ROOT), "HOME": str(shared_tmp)})
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.splitlines()[0].startswith(f"imagebuilder: {out}: permission denied (it belongs to ")

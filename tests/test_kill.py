@@ -3,7 +3,9 @@ and leaves no partial file or held lock.
 
 One recipe, a fresh cache holding only the base, and a build killed in turn during apt in the chroot, while
 a stage's overlay is written, while the outputs are written and while they are compressed; then a build
-that finishes. After each kill the kernel must have taken everything away (the build's namespaces).
+that finishes. After each kill the kernel must have taken everything away (the build's namespaces). Then,
+with every stage cached, builds of an overlay edit killed every half second of their first ten, each
+followed at once by the next, which must sweep what the killed one left.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -78,34 +81,144 @@ def kill_when(proc: subprocess.Popen[str], pattern: str, delay: float) -> None:
     proc.wait()
 
 
-@pytest.mark.integration
-def test_sigkill_at_every_stage_leaves_nothing_and_the_next_build_succeeds(tmp_path: Path) -> None:
-    require_programs("zstd")
-    arm64_base()
-    cache = tmp_path / "cache"
-    seeded_cache(cache)
-    out = tmp_path / "out"
-    recipe = tmp_path / "recipe.yaml"
-    recipe.write_text(small_recipe("killtest", out))
-    marker = str(tmp_path)
-    for what, line, delay in KILL_POINTS:
-        proc = start(recipe, cache)
-        kill_when(proc, line, delay)
-        deadline = time.monotonic() + 15
-        while left_behind(marker) and time.monotonic() < deadline:
-            time.sleep(0.2)  # the kernel tears the namespaces down as their last processes exit
-        assert left_behind(marker) == [], f"left behind after a SIGKILL while {what}"
+def wait_for_the_kernel(marker: str, what: str) -> None:
+    """The kernel tears a killed build's namespaces down as their last processes exit: wait for that."""
+    deadline = time.monotonic() + 15
+    while left_behind(marker) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert left_behind(marker) == [], f"left behind after a SIGKILL {what}"
+
+
+def partial_files(*folders: Path) -> set[Path]:
+    return {p for folder in folders for p in folder.rglob("*") if PARTIAL in p.name}
+
+
+def finish_build(recipe: Path, cache: Path, marker: str) -> str:
+    """A build that runs to its end: it succeeds, and leaves no partial file, work tree, held lock or process."""
     result = subprocess.run([sys.executable, "-m", "imagebuilder", "--cache-dir", str(cache), "build", str(recipe)],
                             cwd=ROOT, capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "left by a build that did not finish" in result.stderr  # the partial files were swept
     assert left_behind(marker) == []
-    assert [p for p in (*cache.rglob("*"), *out.rglob("*")) if PARTIAL in p.name] == []
+    out = Path(marker) / "out"
+    assert partial_files(cache, out) == set()
     assert not (cache / "tmp").exists() or not any((cache / "tmp").iterdir())
     for lock in cache.rglob("*lock*"):
         with open(lock) as handle:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)  # raises when a dead build still held it
     subprocess.run(["sha256sum", "--check", "--quiet", "SHA256SUMS"], cwd=out / "killtest", check=True)
+    return result.stderr
+
+
+@pytest.fixture(scope="module")
+def killed_at_every_stage(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, str]:
+    """Builds killed at each named step on a cache holding only the base, then one that finishes: the
+    cache then holds every stage. Returns the recipe, the cache and the log of the build that finished."""
+    require_programs("zstd")
+    arm64_base()
+    tmp_path = tmp_path_factory.mktemp("kill")
+    cache = tmp_path / "cache"
+    seeded_cache(cache)
+    (tmp_path / "extra" / "root" / "etc").mkdir(parents=True)
+    change_overlay(tmp_path, "first")
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(small_recipe("killtest", tmp_path / "out", extra="overlays: [extra]\n"))
+    for what, line, delay in KILL_POINTS:
+        proc = start(recipe, cache)
+        kill_when(proc, line, delay)
+        wait_for_the_kernel(str(tmp_path), f"while {what}")
+    return recipe, cache, finish_build(recipe, cache, str(tmp_path))
+
+
+def change_overlay(folder: Path, text: str) -> None:
+    """A file of the recipe's own overlay: a new text makes the next build redo the files stages only."""
+    (folder / "extra" / "root" / "etc" / "killtest-marker").write_text(text + "\n")
+
+
+@pytest.mark.integration
+def test_sigkill_at_every_stage_leaves_nothing_and_the_next_build_succeeds(
+        killed_at_every_stage: tuple[Path, Path, str]) -> None:
+    assert "left by a build that did not finish" in killed_at_every_stage[2]  # the partial files were swept
+
+
+class Lines:
+    """A running build's log, read on a thread of its own, each line with the moment it came."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.seen: list[tuple[float, str]] = []
+        self.reader = threading.Thread(target=self._read, args=(proc,), daemon=True)
+        self.reader.start()
+
+    def _read(self, proc: subprocess.Popen[str]) -> None:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            self.seen.append((time.monotonic(), line.rstrip()))
+
+    def before(self, moment: float, pattern: str) -> bool:
+        return any(t < moment and re.search(pattern, line) for t, line in list(self.seen))
+
+
+# Issue 31: a kill 4 s into a build whose files stages were being made left a partial file that the next
+# build, started at once, did not sweep: the killed build still held its lock while the kernel unmounted
+# its file systems. Every half second of the first ten, each kill followed at once by the next build.
+SAMPLES = [0.5 * i for i in range(1, 21)]
+SWEPT_LINE = r"^‣ build killtest "  # logged after the first sweep
+
+
+@pytest.mark.integration
+def test_sigkill_in_the_first_seconds_is_swept_by_the_next_build(
+        killed_at_every_stage: tuple[Path, Path, str]) -> None:
+    recipe, cache, _ = killed_at_every_stage
+    folder = recipe.parent
+    marker, out = str(folder), folder / "out"
+    left_by_previous: set[Path] = set()
+    swept_checks = 0
+    for n, delay in enumerate(SAMPLES):
+        change_overlay(folder, f"sample {n}")
+        proc = subprocess.Popen([sys.executable, "-m", "imagebuilder", "--cache-dir", str(cache), "build",
+                                 str(recipe)], cwd=ROOT, stderr=subprocess.PIPE, text=True)
+        lines = Lines(proc)
+        time.sleep(delay)
+        killed_at = time.monotonic()
+        proc.kill()
+        proc.wait()
+        lines.reader.join(5)
+        wait_for_the_kernel(marker, f"{delay} s into a build")
+        now = partial_files(cache, out)
+        if lines.before(killed_at, SWEPT_LINE):
+            assert not now & left_by_previous, (
+                f"a build killed {delay} s in had swept, but the partial files of the build killed before it "
+                f"are still there: {sorted(p.name for p in now & left_by_previous)}")
+            swept_checks += 1
+        left_by_previous = now
+    assert swept_checks >= len(SAMPLES) // 2, "too few builds reached their first sweep to prove anything"
+    # A writer that dies while the next build runs (its lock is still held when that build starts): the
+    # build takes its partial file when it ends.
+    dying = cache / "stages" / f".worker-dying.img{PARTIAL}0000"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(dying)], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+    change_overlay(folder, "last")
+    proc = subprocess.Popen([sys.executable, "-m", "imagebuilder", "--cache-dir", str(cache), "build", str(recipe)],
+                            cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    lines = Lines(proc)
+    deadline = time.monotonic() + 60
+    while not lines.before(time.monotonic(), SWEPT_LINE) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    holder.kill()
+    holder.wait()
+    assert proc.wait(timeout=900) == 0, "\n".join(line for _, line in lines.seen[-30:])
+    lines.reader.join(5)
+    assert not dying.exists(), "the build did not sweep at its end"
+    assert any(f"removed {dying}" in line for _, line in lines.seen)
+    assert left_behind(marker) == [] and partial_files(cache, out) == set()
+
+
+HOLD_LOCK = """
+import fcntl, os, sys, time
+fd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT, 0o600)
+fcntl.flock(fd, fcntl.LOCK_EX)
+print("held", flush=True)
+time.sleep(600)
+"""
 
 
 @pytest.mark.integration

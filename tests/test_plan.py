@@ -5,7 +5,11 @@ No root, no image: the plan is computed from the recipe and stand-in inputs.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,16 +21,17 @@ from imagebuilder.core.errors import ImageBuilderError, RecipeError
 from imagebuilder.engine.checks import DATA_CHECKS, stage_checks
 from imagebuilder.engine.stages import check_key, passed_before, stage_image
 from imagebuilder.layers.description import CHECK_TOOLS, load_description
-from imagebuilder.layers.render import BUILTIN, render_layer
+from imagebuilder.layers.render import BUILTIN, OverlayFile, RenderedLayer, render_layer
 from imagebuilder.recipe.catalogue import LAYOUTS
 from imagebuilder.recipe.load import load_recipe
 from imagebuilder.roles.secrets import K3sSecrets
 from imagebuilder.sources.base import BaseImage
-from imagebuilder.sources.k3s_assets import K3sAssets
-from tests.conftest import SECRETS, VALID
+from imagebuilder.sources.k3s_assets import ASSETS_ENV, K3sAssets
+from tests.conftest import ROOT, SECRETS, VALID, as_another_user, lock_away
 
 BASE = BaseImage(Path("/cache/bases/base.img"), "ab" * 32, LAYOUTS["raspios"], {})
-NO_K3S = K3sAssets(None, "k3s.assets is none")
+NO_K3S = K3sAssets(None, None)
+RELEASE = "https://github.com/k3s-io/k3s/releases/download/v1.31.4%2Bk3s1"
 
 
 def inputs(base: BaseImage | None = BASE, secrets: K3sSecrets | None = SECRETS, backend: str = "loop") -> Inputs:
@@ -52,6 +57,21 @@ def test_stages_in_order_each_from_its_parent(recipe_file: Any) -> None:
     assert set(by_name["worker-packages"].packages) == {"systemd-timesyncd"}
     assert {"nfs-common", "tzdata"} <= set(by_name["common"].packages)
     assert all(p.known for p in plan.stages) and plan.notes == ("no k3s binary in the images: k3s.assets is none",)
+
+
+def test_stage_keys_are_not_final_before_the_k3s_assets_are_fetched(recipe_file: Any) -> None:
+    recipe = load_recipe(recipe_file(VALID))
+    pending = dataclasses.replace(inputs(), k3s=K3sAssets(None, RELEASE))
+    plan = plan_build(recipe, pending, Path("/cache/stages"))
+    assert not any(p.known for p in plan.stages)
+    assert plan.notes == (f"k3s: the build downloads release v1.31.4+k3s1 ({RELEASE}): not in the cache yet (the "
+                          "build fails if it cannot get it), and every stage's key follows from it",)
+    fetched = K3sAssets(RenderedLayer("k3s", (OverlayFile("usr/local/bin/k3s", b"k3s", 0o755),)), "file:///srv/k3s")
+    plan = plan_build(recipe, dataclasses.replace(inputs(), k3s=fetched), Path("/cache/stages"))
+    assert all(p.known for p in plan.stages) and plan.notes == ()
+    # With the binary, the k3s units are verified too.
+    master = plan.final("master").stage
+    assert ("systemd-analyze verify", "/etc/systemd/system/k3s.service") in {(c.tool, c.path) for c in master.checks}
 
 
 def test_a_table_change_rebuilds_only_the_role_file_stages(recipe_file: Any) -> None:
@@ -155,13 +175,64 @@ def test_build_plan_command_prints_stages_and_json(recipe_file: Any, capsys: pyt
     assert main([*argv, str(path)]) == 0
     text = capsys.readouterr().out
     assert "common" in text and "master-packages" in text and "note: the base image is not in the cache" in text
+    # VALID asks for the k3s release: the plan says where the binary comes from, and that it is fetched first.
+    release = "https://github.com/k3s-io/k3s/releases/download/v1.31.4%2Bk3s1"
+    assert f"\n  k3s v1.31.4+k3s1: binary from {release}\n" in text
+    assert f"note: k3s: the build downloads release v1.31.4+k3s1 ({release}): not in the cache yet" in text
     assert main([*argv, "--json", str(path)]) == 0
     document = json.loads(capsys.readouterr().out)
     assert [s["stage"] for s in document["stages"]] == ["common", "master-packages", "master", "worker-packages",
                                                         "worker"]
     assert all(s["action"] == "build" for s in document["stages"])
+    assert document["k3s"] == {"version": "v1.31.4+k3s1", "binary": "included", "assets": release, "cached": False}
+    none = recipe_file(VALID + "k3s: {assets: none}\n")
+    assert main([*argv, str(none)]) == 0
+    text = capsys.readouterr().out
+    assert "\n  k3s: no binary in the images (k3s.assets: none)\n" in text
+    assert "note: no k3s binary in the images: k3s.assets is none" in text
+    assert main([*argv, "--json", str(none)]) == 0
+    assert json.loads(capsys.readouterr().out)["k3s"] == {"version": "v1.31.4+k3s1", "binary": "none",
+                                                          "assets": "none", "cached": False}
     # Read only: nothing made in the cache or the state directory.
     assert not (tmp_path / "cache").exists() and not (tmp_path / "state").exists()
+
+
+def test_the_plan_says_where_the_build_gets_k3s(recipe_file: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    missing = Inputs(base=BASE, secrets=SECRETS, k3s=K3sAssets(None, RELEASE), backend="loop", installs_packages=True)
+    monkeypatch.delenv(ASSETS_ENV, raising=False)
+    plan = plan_build(load_recipe(recipe_file(VALID)), missing, Path("/cache/stages"))
+    # The layer that brings k3s is in every stage: no key is final before the download.
+    assert {p.unknown for p in plan.stages} == {"unknown: no k3s yet"}
+    assert plan.notes == (f"k3s: the build downloads release v1.31.4+k3s1 ({RELEASE}): not in the cache yet (the "
+                          "build fails if it cannot get it), and every stage's key follows from it",)
+    monkeypatch.setenv(ASSETS_ENV, "/srv/k3s")
+    from_env = dataclasses.replace(missing, k3s=K3sAssets(None, "file:///srv/k3s"))
+    plan = plan_build(load_recipe(recipe_file(VALID)), from_env, Path("/cache/stages"))
+    assert plan.notes[0].startswith(f"k3s: the build takes v1.31.4+k3s1 from ${ASSETS_ENV} (file:///srv/k3s)")
+
+
+def test_unknown_keys_are_said_in_words(recipe_file: Any, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    argv = ["build", "--plan", str(recipe_file(VALID)), "--cache-dir", str(tmp_path / "cache"),
+            "--state-dir", str(tmp_path / "state"), "--backend", "loop"]
+    assert main(argv) == 0
+    rows = capsys.readouterr().out.splitlines()[2:7]  # after the cluster's line and the k3s line
+    assert all(row.split(None, 2)[2].startswith("unknown: no base yet  ") for row in rows), rows
+    assert "?" not in "".join(rows)
+    assert main([*argv, "--json"]) == 0
+    assert {s["unknown"] for s in json.loads(capsys.readouterr().out)["stages"]} == {"unknown: no base yet"}
+
+
+def test_a_cache_of_another_user_is_named_not_a_traceback(shared_tmp: Path) -> None:
+    (shared_tmp / "recipe.yaml").write_text(VALID)
+    cache = shared_tmp / "cache"
+    (cache / "bases").mkdir(parents=True)
+    lock_away(cache)  # as root's own cache is
+    result = subprocess.run(as_another_user([sys.executable, "-m", "imagebuilder", "build", "--plan", "recipe.yaml",
+                                             "--cache-dir", str(cache), "--state-dir", str(shared_tmp / "state")]),
+                            capture_output=True, text=True, cwd=shared_tmp, check=False,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.splitlines()[0].startswith(f"imagebuilder: {cache}: permission denied (it belongs to ")
 
 
 def check_keys(text: str, recipe_file: Any, role: str = "master") -> dict[tuple[str, str], str]:

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
 
 import pytest
 
 from imagebuilder.core.errors import RecipeError
+from imagebuilder.recipe.k3s_keys import keys_for, load_key_lists
 from imagebuilder.recipe.load import load_recipe
+from imagebuilder.recipe.rules import K3S_OWN_KEYS
 from tests.conftest import ROOT, VALID
 
 
@@ -113,6 +116,10 @@ MALFORMED = [
     ("image-size", add("output: {image_size: 4 GB}\n"), "output.image_size", "not a size"),
     ("k3s-version", add("k3s: {version: '1.31'}\n"), "k3s.version", "not a k3s release"),
     ("k3s-extra-not-mapping", add("k3s: {extra_config: [a]}\n"), "k3s.extra_config", "expected a mapping"),
+    ("k3s-extra-unknown-key", add("k3s: {extra_config: {node-lable: [site=lab]}}\n"), "k3s.extra_config.node-lable",
+     "is not a k3s v1.31 server option; did you mean 'node-label'?"),
+    ("k3s-extra-agent-only-key", add("k3s: {extra_config: {disable-apiserver-lb: true}}\n"),
+     "k3s.extra_config.disable-apiserver-lb", "not a k3s v1.31 server option"),
     ("unknown-pattern-no-mac", add("unknown_workers: {hostname: node}\n"), "unknown_workers.hostname",
      "must contain {mac6}"),
     ("unknown-pattern-bad-field", add("unknown_workers: {hostname: 'n-{serial}'}\n"), "unknown_workers.hostname",
@@ -241,13 +248,54 @@ def test_shipped_recipes_validate(name: str) -> None:
     load_recipe(ROOT / "recipes" / name)
 
 
+def test_make_images_builds_offline() -> None:
+    assert load_recipe(ROOT / "recipes" / "cluster.yaml").k3s.assets == "none"
+
+
 def test_shipped_recipes_differ_only_in_base() -> None:
     def settings(name: str) -> list[str]:
         text = (ROOT / "recipes" / name).read_text()
-        return [line for line in text.splitlines() if not line.startswith("#")]
+        # cluster.yaml, which `make images` builds offline, alone says k3s.assets: none.
+        return [line for line in text.splitlines() if not line.lstrip().startswith("#") and line != "  assets: none"]
 
     cluster = settings("cluster.yaml")
     for other in ("ubuntu.yaml", "raspios.yaml"):
         lines = settings(other)
         assert len(lines) == len(cluster)
         assert len([a for a, b in zip(cluster, lines, strict=True) if a != b]) == 1, other
+
+
+def test_k3s_extra_config_takes_the_server_and_agent_flags_of_its_version(recipe_file) -> None:
+    config = "{disable: [traefik], node-label: [site=lab], kubelet-arg: [max-pods=50], secrets-encryption: true}"
+    recipe = load_recipe(recipe_file(add(f"k3s: {{version: v1.31.4+k3s1, extra_config: {config}}}\n")))
+    assert set(recipe.k3s.extra_config) == {"disable", "node-label", "kubelet-arg", "secrets-encryption"}
+
+
+def test_k3s_version_without_a_key_list_is_checked_against_the_nearest_with_a_warning(
+        recipe_file, caplog: pytest.LogCaptureFixture) -> None:
+    path = recipe_file(add("k3s: {version: v1.35.2+k3s1, extra_config: {node-lable: [a=b], node-label: [c=d]}}\n"))
+    with caplog.at_level(logging.WARNING):
+        recipe = load_recipe(path)
+    assert recipe.k3s.extra_config == {"node-lable": ["a=b"], "node-label": ["c=d"]}
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings == [f"WARNING: {path}: k3s.extra_config.node-lable: not a k3s v1.31 server option (imagebuilder "
+                        "has no key list for v1.35.2+k3s1, so it checked against v1.31's); did you mean 'node-label'?"]
+
+
+def test_k3s_key_lists_are_flag_names() -> None:
+    lists = load_key_lists()
+    assert "v1.31" in lists
+    for minor, keys in lists.items():
+        assert re.fullmatch(r"v1\.\d+", minor)
+        assert all(re.fullmatch(r"[a-z][a-z0-9-]*", k) for k in keys), minor
+        # The keys the build sets itself are real server options (the recipe is told they are taken).
+        assert set(K3S_OWN_KEYS) <= keys, minor
+    text = (ROOT / "imagebuilder/data/k3s-keys.yaml").read_text()
+    assert "pkg/cli/cmds/server.go" in text and "docs.k3s.io/cli/server" in text
+
+
+def test_nearest_key_list() -> None:
+    assert keys_for("v1.31.4+k3s1").exact and keys_for("v1.31.4+k3s1").minor == "v1.31"
+    newer, older = keys_for("v1.40.1+k3s1"), keys_for("v1.20.0+k3s1")
+    assert not newer.exact and newer.minor == max(load_key_lists(), key=lambda m: int(m.split(".")[1]))
+    assert not older.exact and older.minor == min(load_key_lists(), key=lambda m: int(m.split(".")[1]))

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from imagebuilder.cli.status import POLL as POLL_SECONDS
 from imagebuilder.core.resources import spawned
 from imagebuilder.status.table import format_table, nodes_url
 from tests.conftest import ROOT
@@ -80,13 +81,13 @@ def test_status_prints_the_table(dashboard: tuple[str, int]) -> None:
     result = imagebuilder("status", url)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert lines[0].split() == ["NODE", "ROLE", "STATE", "SEEN", "IP", "CPU", "MEM", "LOAD", "TEMP", "DISK", "K3S",
-                                "JOBS", "CLOUD-INIT"]
-    assert lines[1].split() == ["master", "master", "up", "0s", "10.0.0.1", "3%", "25%", "0.10", "45C", "10%", "up",
-                                "yes", "done"]
-    assert lines[2].split() == ["node1", "worker", "up", "0s", "10.0.0.11", "42%", "25%", "0.10", "-", "10%", "?",
-                                "no", "running"]
-    assert lines[3].split() == ["node2", "worker", "expected", "never", "10.0.0.12"] + ["-"] * 8
+    assert lines[0].split() == ["NODE", "ROLE", "STATE", "SEEN", "IP", "MAC", "CPU", "MEM", "LOAD", "TEMP", "DISK",
+                                "K3S", "JOBS", "CLOUD-INIT"]
+    assert lines[1].split() == ["master", "master", "up", "0s", "10.0.0.1", "dc:a6:32:00:00:99", "3%", "25%", "0.10",
+                                "45C", "10%", "up", "yes", "done"]
+    assert lines[2].split() == ["node1", "worker", "up", "0s", "10.0.0.11", "b8:27:eb:00:00:01", "42%", "25%", "0.10",
+                                "-", "10%", "?", "no", "running"]
+    assert lines[3].split() == ["node2", "worker", "expected", "never", "10.0.0.12", "b8:27:eb:00:00:02"] + ["-"] * 8
     assert lines[4] == "lab: 2 up, 1 expected"
 
 
@@ -118,13 +119,23 @@ def test_status_unreachable_is_one_line() -> None:
 
 def test_status_needs_url_or_listen() -> None:
     result = imagebuilder("status")
-    assert result.returncode == 2 and "give the dashboard URL or --listen IFACE" in result.stderr
+    assert result.returncode == 2 and "give the dashboard URL, --listen IFACE or --recipe RECIPE" in result.stderr
 
 
 def test_status_listen_on_missing_interface() -> None:
     result = imagebuilder("status", "--listen", "nosuch0", "--seconds", "0.1")
     assert result.returncode == 2
-    assert "cannot listen for beacons on nosuch0" in result.stderr and "Traceback" not in result.stderr
+    first = result.stderr.splitlines()[0]
+    assert first.startswith("imagebuilder: cannot listen for beacons on nosuch0: ") and "None" not in first, first
+    assert "Traceback" not in result.stderr
+
+
+def test_status_json_errors_are_json() -> None:
+    """A program reading --json gets its error as JSON too, with the exit status of the error."""
+    result = imagebuilder("status", f"127.0.0.1:{free_port(socket.SOCK_STREAM)}", "--json")
+    assert result.returncode == 2
+    document = json.loads(result.stdout)
+    assert document["error"].endswith("/api/nodes: connection refused") and document["hint"]
 
 
 def test_nodes_url() -> None:
@@ -138,3 +149,97 @@ def test_table_shows_control_characters_escaped() -> None:
         {"hostname": "evil\x1b[2Jname", "role": "worker", "state": "up", "age": 1.0, "ip": "10.0.0.5",
          "last": None}]})
     assert "\x1b" not in table and "evil\\x1b[2Jname" in table
+
+
+def recipe_of(tmp_path: Path, workers: str) -> Path:
+    """A recipe whose table is the dashboard's (master, node1, node2) or a part of it."""
+    path = tmp_path / "lab.yaml"
+    path.write_text("cluster: {name: lab}\nbase: {bootstrap: {suite: bookworm}}\nk3s: {assets: none}\n"
+                    f"workers:\n{workers}output: {{dir: {tmp_path / 'out'}}}\n")
+    return path
+
+
+NODE1 = '  - {hostname: node1, mac: "B8-27-EB-00-00-01"}\n'
+NODE2 = '  - {hostname: node2, mac: "b8:27:eb:00:00:02"}\n'
+
+
+def test_status_wait_returns_once_every_node_of_the_table_is_up(dashboard: tuple[str, int], tmp_path: Path) -> None:
+    url, port = dashboard
+    recipe = recipe_of(tmp_path, NODE1 + NODE2)
+    proc = subprocess.Popen([sys.executable, "-m", "imagebuilder", "status", url, "--recipe", str(recipe),
+                             "--wait", "120"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        send(port, host="master", role="master", mac="dc:a6:32:00:00:99", ip="10.0.0.1")
+        send(port, cloud_init="running")
+        time.sleep(2 * POLL_SECONDS)
+        assert proc.poll() is None, "status --wait ended while node2 was never heard and node1 was booting"
+        send(port, host="node2", mac="b8:27:eb:00:00:02", ip="10.0.0.12", jobs=False)
+        send(port)  # node1 done
+        time.sleep(2 * POLL_SECONDS)
+        assert proc.poll() is None, "status --wait ended while node2 had no /srv/jobs"
+        send(port, host="node2", mac="b8:27:eb:00:00:02", ip="10.0.0.12")
+        out, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == 0, err
+    assert "node2 (b8:27:eb:00:00:02): not heard yet" in err and "node1 (b8:27:eb:00:00:01): cloud-init running" in err
+    assert "node2 (b8:27:eb:00:00:02): /srv/jobs not mounted" in err
+    assert out.splitlines()[-1] == "lab: 3 up"
+
+
+def test_status_wait_says_what_is_missing_at_the_deadline(dashboard: tuple[str, int], tmp_path: Path) -> None:
+    url, port = dashboard
+    send(port, cloud_init="error", k3s=False)
+    wait_accepted(url, 1)
+    result = imagebuilder("status", url, "--recipe", str(recipe_of(tmp_path, NODE1 + NODE2)), "--wait", "1")
+    assert result.returncode == 3, result.stderr
+    tail = result.stderr.split("imagebuilder: the cluster is not up after 1 s:\n")[1].splitlines()
+    assert tail == ["  master (master): not heard yet", "  node1 (b8:27:eb:00:00:01): cloud-init error",
+                    "  node2 (b8:27:eb:00:00:02): not heard yet"]
+
+
+def test_status_wait_asks_again_while_the_master_boots(tmp_path: Path) -> None:
+    """No dashboard yet (the master is still booting): the wait goes on, and ends once it answers."""
+    udp, http = free_port(socket.SOCK_DGRAM), free_port(socket.SOCK_STREAM)
+    proc = subprocess.Popen([sys.executable, "-m", "imagebuilder", "status", f"127.0.0.1:{http}", "--wait", "120"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        time.sleep(2 * POLL_SECONDS)
+        assert proc.poll() is None
+        config = {"enabled": True, "cluster": "lab", "group": "239.255.77.1", "port": udp, "interval": 5,
+                  "interface": None, "subnet": "10.0.0.0/24", "listen": ["127.0.0.1"], "dashboard_port": http,
+                  "expected": EXPECTED[:2]}
+        (tmp_path / "collector.json").write_text(json.dumps(config))
+        with spawned([sys.executable, COLLECTOR, "--config", tmp_path / "collector.json"],
+                     stderr=subprocess.DEVNULL):
+            wait_for(f"http://127.0.0.1:{http}/api/stats")
+            send(udp, host="master", role="master", mac="dc:a6:32:00:00:99", ip="10.0.0.1")
+            send(udp)
+            out, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == 0, err
+    assert "connection refused" in err and out.splitlines()[-1] == "lab: 2 up"
+
+
+def test_scan_prints_the_entries_of_workers_not_in_the_table(dashboard: tuple[str, int], tmp_path: Path) -> None:
+    url, port = dashboard
+    send(port)  # node1, in the table
+    send(port, host="node-000007", mac="dc:a6:32:00:00:07", ip="10.0.0.107")
+    send(port, host="evil\nworkers: []", mac="dc:a6:32:00:00:08", ip="10.0.0.108")
+    send(port, host="master", role="master", mac="dc:a6:32:00:00:99", ip="10.0.0.1")
+    wait_accepted(url, 4)
+    recipe = recipe_of(tmp_path, NODE1)
+    result = imagebuilder("scan", str(recipe), url)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        '  - {hostname: node2, mac: "dc:a6:32:00:00:07"}  # heard as node-000007 at 10.0.0.107',
+        '  - {hostname: node3, mac: "dc:a6:32:00:00:08"}  # heard as evil\\nworkers: [] at 10.0.0.108']
+    # Pasted under workers:, the recipe is valid and names them.
+    recipe.write_text(recipe.read_text().replace("output:", result.stdout + "output:"))
+    listed = json.loads(imagebuilder("validate", str(recipe), "--json").stdout)
+    assert [(w["hostname"], w["mac"]) for w in listed["workers"]] == [
+        ("node1", "b8:27:eb:00:00:01"), ("node2", "dc:a6:32:00:00:07"), ("node3", "dc:a6:32:00:00:08")]
+    assert imagebuilder("scan", str(recipe), url).stdout == ""

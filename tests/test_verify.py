@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,7 @@ from imagebuilder.boards.verify import kernel_arch, verify_image
 from imagebuilder.cli.main import main
 from imagebuilder.disk.fat import MTOOLS_ENV
 from imagebuilder.disk.partitions import boot_and_root
-from tests.conftest import require_programs
+from tests.conftest import ROOT, as_another_user, lock_away, require_programs
 from tests.images import arm64_base
 
 DEBIAN_ARM64 = """\
@@ -118,3 +119,34 @@ def test_broken_cards_are_caught_naming_what_the_firmware_misses(tmp_path: Path,
     assert main(["verify", str(image), "--json"]) == 3
     document = json.loads(capsys.readouterr().out)
     assert document["ok"] is False and document["boots_on"] == ["pi4b"]
+
+
+def verify_lines(*argv: str, user: bool = False) -> tuple[int, list[str]]:
+    command = [sys.executable, "-m", "imagebuilder", "verify", *argv]
+    result = subprocess.run(as_another_user(command) if user else command, capture_output=True, text=True,
+                            check=False, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert "Traceback" not in result.stderr
+    return result.returncode, result.stderr.splitlines()
+
+
+def test_what_is_no_image_is_said_in_one_line(tmp_path: Path) -> None:
+    assert verify_lines(str(tmp_path / "nosuch.img")) == (2, [
+        f"imagebuilder: {tmp_path / 'nosuch.img'}: no such file",
+        "  hint: check the path: a build writes out/<cluster>/master.img and worker.img"])
+    text = tmp_path / "notes.txt"
+    text.write_text("not a disk\n" * 100)
+    empty = tmp_path / "empty.img"
+    empty.write_bytes(bytes(4 << 20))  # the size of an image, but no partition table
+    for path in (text, empty):
+        assert verify_lines(str(path)) == (2, [
+            f"imagebuilder: {path}: not a disk image (no partition table)",
+            "  hint: give an SD-card image such as out/<cluster>/worker.img, or a netboot folder"])
+
+
+def test_an_image_of_another_user_is_named_not_a_traceback(shared_tmp: Path) -> None:
+    out = shared_tmp / "out"
+    out.mkdir()
+    (out / "worker.img").write_bytes(bytes(1 << 20))
+    lock_away(out)
+    status, lines = verify_lines(str(out / "worker.img"), user=True)
+    assert status == 2 and lines[0].startswith(f"imagebuilder: {out}: permission denied (it belongs to ")

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from imagebuilder.boottest.lan import Lan
 from imagebuilder.core.errors import ImageBuilderError
+from imagebuilder.core.invoker import home
 from imagebuilder.core.run import output, run
 from imagebuilder.recipe.model import Recipe
 
@@ -32,7 +33,7 @@ def find_login_key(recipe: Recipe, given: Path | None) -> Path:
                                 "add a user with ssh_authorized_keys and pass its private key with --ssh-key")
     wanted = {" ".join(k.split()[:2]) for k in recipe.users[0].ssh_authorized_keys}
     candidates = [given] if given is not None else [
-        Path.home() / ".ssh" / name for name in ("id_ed25519", "id_ecdsa", "id_rsa")]
+        home() / ".ssh" / name for name in ("id_ed25519", "id_ecdsa", "id_rsa")]
     for key in candidates:
         if key.is_file() and " ".join(public_key_of(key).split()[:2]) in wanted:
             return key

@@ -8,6 +8,7 @@ prints the same plan.
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +26,7 @@ from imagebuilder.roles.secrets import K3sSecrets
 from imagebuilder.roles.table import K3S_UNIT, ROLES
 from imagebuilder.roles.variables import template_variables
 from imagebuilder.sources.base import BaseImage
-from imagebuilder.sources.k3s_assets import K3sAssets
+from imagebuilder.sources.k3s_assets import ASSETS_ENV, K3sAssets
 
 # A stand-in for the secrets when they are not made yet; a plan holding them says its role stages are to
 # be built.
@@ -47,7 +48,11 @@ class Inputs:
 class PlannedStage:
     stage: Stage
     role: str  # common, master or worker: whose image it leads to
-    known: bool  # False when an input it depends on is not made yet (so its key is not final)
+    unknown: str | None = None  # why its key is not final: an input it depends on is not made yet
+
+    @property
+    def known(self) -> bool:
+        return self.unknown is None
 
     def image(self, stage_dir: Path) -> Path:
         return stage_image(stage_dir, self.stage)
@@ -109,6 +114,15 @@ def netboot_source(recipe: Recipe, worker: Stage, stage_dir: Path) -> NetbootSou
                          str(recipe.network.master_ip), tuple(state_folder(w.mac) for w in recipe.netboot_workers()))
 
 
+def k3s_source(recipe: Recipe, where: str) -> str:
+    """Where a build gets the k3s assets the cache does not hold (`where`: their folder or URL), in words."""
+    if os.environ.get(ASSETS_ENV):
+        return f"takes {recipe.k3s.version} from ${ASSETS_ENV} ({where})"
+    if recipe.k3s.assets == "release":
+        return f"downloads release {recipe.k3s.version} ({where})"
+    return f"takes {recipe.k3s.version} from k3s.assets ({where})"
+
+
 def plan_build(recipe: Recipe, inputs: Inputs, stage_dir: Path) -> BuildPlan:
     """base -> common (packages + files) -> per role: packages stage, files stage."""
     base = inputs.base
@@ -116,12 +130,22 @@ def plan_build(recipe: Recipe, inputs: Inputs, stage_dir: Path) -> BuildPlan:
     secrets = inputs.secrets or UNKNOWN_SECRETS
     installs = inputs.installs_packages
     notes: list[str] = []
+    # Every key is a digest of its inputs, so a stage's key waits for the first of them not made yet.
+    unknown = None
     if inputs.base is None:
-        notes.append("the base image is not in the cache: it is made first, and every stage after it")
+        unknown = "unknown: no base yet"
+        made = ("a build as root bootstraps it first (mmdebstrap needs root)" if recipe.base.bootstrap else
+                f"the build downloads it first (or now: imagebuilder fetch --raw {recipe.source})")
+        notes.append(f"the base image is not in the cache ({stage_dir.parent}): {made}; every stage's key follows "
+                     "from its digest")
     if inputs.secrets is None:
         notes.append("the cluster has no k3s secrets yet: the first build makes them (the role stages hold them)")
-    if inputs.k3s.missing:
-        notes.append(f"no k3s binary in the images: {inputs.k3s.missing}")
+    if inputs.k3s.source is None:
+        notes.append("no k3s binary in the images: k3s.assets is none")
+    elif inputs.k3s.layer is None:
+        unknown = unknown or "unknown: no k3s yet"
+        notes.append(f"k3s: the build {k3s_source(recipe, inputs.k3s.source)}: not in the cache yet (the build "
+                     "fails if it cannot get it), and every stage's key follows from it")
     size = parse_size(recipe.output.image_size)
     base_packages, cloud_init_layer = cloud_init_for_base(recipe, layout)
     common_layers = render_layers(recipe, "common", template_variables(
@@ -137,7 +161,7 @@ def plan_build(recipe: Recipe, inputs: Inputs, stage_dir: Path) -> BuildPlan:
         layers=common_layers, arch=recipe.arch, layout=layout, backend=inputs.backend,
         checks=stage_checks(common_layers, layout.boot_mount),
     )
-    planned = [PlannedStage(common, "common", inputs.base is not None)]
+    planned = [PlannedStage(common, "common", unknown)]
     # A netboot tree on the master is copied from the worker's final stage: the worker's stages come first.
     finals: dict[str, Stage] = {}
     for role in sorted(ROLES, key=lambda r: r != "worker") if recipe.netboot else ROLES:
@@ -145,19 +169,18 @@ def plan_build(recipe: Recipe, inputs: Inputs, stage_dir: Path) -> BuildPlan:
         first_boot = () if installs else (*role_packages(recipe, "common"), *packages)
         layers = render_layers(recipe, role, template_variables(
             recipe, role, secrets=secrets, boot_mount=layout.boot_mount, first_boot_packages=first_boot))
-        known = inputs.base is not None and inputs.secrets is not None
         # Packages and files in separate stages, so an overlay edit never redoes the install.
         parent = common
         if packages and installs:
             parent = Stage(name=f"{role}-packages", parent=stage_image(stage_dir, common), parent_key=common.key(),
                            packages=packages, layers=(), arch=recipe.arch, layout=layout, size=size)
-            planned.append(PlannedStage(parent, role, inputs.base is not None))
-        missing = (K3S_UNIT[role],) if inputs.k3s.missing else ()
+            planned.append(PlannedStage(parent, role, unknown))
+        missing = (K3S_UNIT[role],) if inputs.k3s.layer is None else ()
         netboot = netboot_source(recipe, finals["worker"], stage_dir) if role == "master" and recipe.netboot else None
         stage = Stage(name=role, parent=stage_image(stage_dir, parent), parent_key=parent.key(), packages=(),
                       layers=layers, arch=recipe.arch, layout=layout, backend=inputs.backend, size=size,
                       checks=stage_checks(layers, layout.boot_mount, missing), netboot=netboot,
                       verify=True)
         finals[role] = stage
-        planned.append(PlannedStage(stage, role, known))
+        planned.append(PlannedStage(stage, role, unknown or (None if inputs.secrets else "unknown: no secrets yet")))
     return BuildPlan(recipe, inputs, tuple(planned), tuple(notes))

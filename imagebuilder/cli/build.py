@@ -10,13 +10,15 @@ from pathlib import Path
 from imagebuilder.build.execute import build as build_images
 from imagebuilder.build.execute import describe_plan, read_plan
 from imagebuilder.cli.command import Command, add_recipe_argument
+from imagebuilder.core.access import access_denied
 from imagebuilder.core.context import Context
 from imagebuilder.core.errors import ImageBuilderError
 from imagebuilder.outputs.imager import make_imager_repo
-from imagebuilder.recipe.load import load_recipe
+from imagebuilder.recipe.load import load_recipe, warn_if_nobody_logs_in
 from imagebuilder.recipe.model import Recipe
 from imagebuilder.sources.decompress import decompress_to_cache
 from imagebuilder.sources.fetch import fetch_base, fetch_url
+from imagebuilder.sources.k3s_assets import K3sAssets
 
 
 def _fetch_arguments(parser: argparse.ArgumentParser) -> None:
@@ -66,24 +68,39 @@ def _build_arguments(parser: argparse.ArgumentParser) -> None:
 def build(ctx: Context, args: argparse.Namespace) -> int:
     recipe = load_recipe(args.recipe)
     if args.plan:
-        plan = read_plan(ctx, recipe, args.backend)
-        rows = describe_plan(ctx, plan)
+        try:
+            plan = read_plan(ctx, recipe, args.backend)
+            rows = describe_plan(ctx, plan)
+        except PermissionError as e:
+            raise access_denied(e.filename or ctx.cache_dir, "the plan reads the cache and the cluster's state: "
+                                "run it as their owner, or give --cache-dir and --state-dir folders of yours") from None
+        for row, planned in zip(rows, plan.stages, strict=True):
+            row["unknown"] = planned.unknown
+        k3s = plan.inputs.k3s
         if args.json:
-            print(json.dumps({"recipe": str(recipe.source), "backend": plan.inputs.backend, "stages": rows,
-                              "notes": list(plan.notes)}, indent=1))
+            binary = {"version": recipe.k3s.version, "binary": "included" if k3s.included else "none",
+                      "assets": k3s.source or "none", "cached": k3s.layer is not None}
+            print(json.dumps({"recipe": str(recipe.source), "backend": plan.inputs.backend, "k3s": binary,
+                              "stages": rows, "notes": list(plan.notes)}, indent=1))
         else:
-            print(format_plan(recipe, plan.inputs.backend, rows, plan.notes))
+            print(format_plan(recipe, plan.inputs.backend, rows, plan.notes, k3s))
         return 0
+    warn_if_nobody_logs_in(recipe)
+    ctx.give_back(recipe.output_dir)
     build_images(ctx, recipe, per_node=args.per_node, backend=args.backend)
     return 0
 
 
-def format_plan(recipe: Recipe, backend: str, rows: list[dict[str, object]], notes: tuple[str, ...]) -> str:
-    lines = [f"{recipe.cluster.name}: {backend} backend, {len(rows)} stages"]
+def format_plan(recipe: Recipe, backend: str, rows: list[dict[str, object]], notes: tuple[str, ...],
+                k3s: K3sAssets) -> str:
+    lines = [f"{recipe.cluster.name}: {backend} backend, {len(rows)} stages",
+             f"  k3s {recipe.k3s.version}: binary from {k3s.source}" if k3s.included
+             else "  k3s: no binary in the images (k3s.assets: none)"]
     width = max(len(str(r["stage"])) for r in rows)
     for r in rows:
         what = ", ".join(map(str, r["packages"])) or ", ".join(map(str, r["layers"])) or "-"  # type: ignore[call-overload]
-        lines.append(f"  {str(r['stage']).ljust(width)}  {str(r['action']).ljust(6)}  {r['key'] or '?' * 24}  {what}")
+        lines.append(f"  {str(r['stage']).ljust(width)}  {str(r['action']).ljust(6)}  {r['key'] or r['unknown']:24}  "
+                     f"{what}")
     lines += [f"  note: {note}" for note in notes]
     return "\n".join(lines)
 
@@ -97,6 +114,7 @@ def _imager_repo_arguments(parser: argparse.ArgumentParser) -> None:
 
 def imager_repo(ctx: Context, args: argparse.Namespace) -> int:
     recipe = load_recipe(args.recipe)
+    ctx.give_back(recipe.output_dir)
     print(make_imager_repo(ctx, recipe.output_dir, recipe, args.base_url))
     return 0
 

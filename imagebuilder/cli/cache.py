@@ -7,7 +7,8 @@ import json
 import time
 
 from imagebuilder.cli.command import Command
-from imagebuilder.core.cache import KEEP_DAYS, in_use, list_entries, prune
+from imagebuilder.core.cache import KEEP_DAYS, Entry, in_use, list_entries, prune
+from imagebuilder.core.confirm import confirm
 from imagebuilder.core.context import Context
 
 
@@ -18,6 +19,8 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--older-than", type=float, default=KEEP_DAYS, metavar="DAYS",
                         help=f"with prune: forget recipes not built for DAYS (default {KEEP_DAYS})")
     parser.add_argument("--json", action="store_true", help="with list: print the entries as JSON")
+    parser.add_argument("--yes", action="store_true",
+                        help="with clear: remove without asking (needed where stdin is not a terminal)")
 
 
 def _age(seconds: float) -> str:
@@ -27,12 +30,21 @@ def _age(seconds: float) -> str:
     return "now"
 
 
+def _gib(entries: list[Entry]) -> str:
+    return f"{sum(e.size for e in entries) / 2**30:.2f}"
+
+
 def cache(ctx: Context, args: argparse.Namespace) -> int:
+    if args.action == "clear":
+        # Rebuilding bases and stages takes hours: the whole cache goes only when the user says so.
+        entries = list_entries(ctx.cache_dir)
+        confirm(f"remove {len(entries)} entries, {_gib(entries)} GiB from {ctx.cache_dir}?", yes=args.yes,
+                undone="nothing was removed")
     if args.action in ("prune", "clear"):
         removed = prune(ctx.cache_dir, keep_days=args.older_than, everything=args.action == "clear")
         for entry in removed:
             print(f"removed {entry.name} ({entry.size / 2**20:.0f} MiB)")
-        print(f"{ctx.cache_dir}: removed {len(removed)} entries, {sum(e.size for e in removed) / 2**30:.2f} GiB")
+        print(f"{ctx.cache_dir}: removed {len(removed)} entries, {_gib(removed)} GiB")
         return 0
     now = time.time()
     users = in_use(ctx.cache_dir, now)
@@ -47,7 +59,7 @@ def cache(ctx: Context, args: argparse.Namespace) -> int:
     for e in entries:
         print(f"{e.name.ljust(width)}  {e.size / 2**20:9.0f} MiB  {_age(now - e.last_used):>8}  "
               f"{', '.join(e.users) or '-'}")
-    print(f"{ctx.cache_dir}: {len(entries)} entries, {sum(e.size for e in entries) / 2**30:.2f} GiB "
+    print(f"{ctx.cache_dir}: {len(entries)} entries, {_gib(entries)} GiB "
           f"(prune keeps what builds of the last {KEEP_DAYS} days use)")
     return 0
 

@@ -9,7 +9,7 @@ from imagebuilder.cli.command import Command, add_recipe_argument
 from imagebuilder.core.context import Context
 from imagebuilder.core.errors import RecipeError
 from imagebuilder.recipe.catalogue import load_catalogue
-from imagebuilder.recipe.load import load_recipe, summary
+from imagebuilder.recipe.load import load_recipe, summary, warn_if_nobody_logs_in
 
 
 def add_json_argument(parser: argparse.ArgumentParser) -> None:
@@ -24,6 +24,7 @@ def _validate_arguments(parser: argparse.ArgumentParser) -> None:
 def validate(ctx: Context, args: argparse.Namespace) -> int:
     if not args.json:
         recipe = load_recipe(args.recipe)
+        warn_if_nobody_logs_in(recipe)
         print(f"{args.recipe}: ok: {summary(recipe)}")
         return 0
     try:

@@ -50,9 +50,10 @@ class Entry:
         return f"{self.kind}/{self.path.name}"
 
 
-def sweep(cache_dir: Path, *others: Path) -> int:
-    """Remove what killed builds left (partial files, temporary trees) in the cache and in `others`."""
-    removed = [p for d in (*(cache_dir / name for name in SWEPT), *others) for p in sweep_partials(d)]
+def sweep(cache_dir: Path, *others: Path, grace: float = 0.0) -> int:
+    """Remove what killed builds left (partial files, temporary trees) in the cache and in `others`;
+    grace: see sweep_partials."""
+    removed = sweep_partials([*(cache_dir / name for name in SWEPT), *others], grace)
     for path in removed:
         log.info("removed %s, left by a build that did not finish", path)
     return len(removed)

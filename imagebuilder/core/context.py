@@ -7,14 +7,16 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from imagebuilder.core.invoker import Invoker, hand_over, home, invoking_user
+
 
 def default_cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    base = os.environ.get("XDG_CACHE_HOME") or str(home() / ".cache")
     return Path(base) / "imagebuilder"
 
 
 def default_state_dir() -> Path:
-    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    base = os.environ.get("XDG_STATE_HOME") or str(home() / ".local" / "state")
     return Path(base) / "imagebuilder"
 
 
@@ -25,6 +27,13 @@ class Context:
     debug: bool = False
     # Every acquisition of the command goes on this stack, so an error or a signal unwinds it all.
     stack: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
+    # Under sudo: what the command writes that belongs to the person who ran it (see invoker.py).
+    invoker: Invoker | None = field(default_factory=invoking_user)
+
+    def give_back(self, path: Path) -> None:
+        """When the command ends (whatever the outcome), hand `path` over to the person behind sudo."""
+        if self.invoker is not None:
+            self.stack.callback(hand_over, path, self.invoker)
 
     def cache(self, *parts: str) -> Path:
         # The cache holds images with the clusters' secrets in them: its owner's only. (Another imagebuilder

@@ -63,6 +63,10 @@ class NeedsRoot(ImageBuilderError):
     """The command needs root and we are not."""
 
 
+class AccessDenied(ImageBuilderError):
+    """A file or folder this user may not read or write (often one a run as root made)."""
+
+
 class DiskFull(ImageBuilderError):
     """A folder ran out of space (the cache or the output folder)."""
 

@@ -74,7 +74,7 @@ PROGRAMS: tuple[Program, ...] = (
     *_programs("mtools", _T, "mdel"),
     *_programs("kmod", _B, "modprobe"),
     *_programs("coreutils", _B, "chroot", "cp", "du", "rm", "sync"),
-    *_programs("coreutils", _T, "sha256sum", "sleep"),
+    *_programs("coreutils", _T, "sha256sum", "sleep", "env", "chmod"),
     *_programs("procps", _T, "pgrep"),
     # The bootstrap: mmdebstrap runs arch-test; the kernel runs the foreign binaries through qemu-user.
     *_programs("mmdebstrap", _B, "mmdebstrap"),
@@ -106,6 +106,10 @@ PROGRAMS: tuple[Program, ...] = (
     *_programs("btrfs-progs", _T, "mkfs.btrfs", "btrfs"),
     *_programs("diffutils", _T, "diff"),
     *_programs("dash", _T, "dash", "sh"),
+    # The install as users make it (make install), run with sudo by a user the test makes.
+    *_programs("make", _T, "make"),
+    *_programs("sudo", _T, "sudo"),
+    *_programs("passwd", _T, "useradd", "userdel"),
 )
 
 PACKAGES: tuple[Package, ...] = (

@@ -29,6 +29,14 @@ class Partition:
         return self.start + self.size
 
 
+def has_partition_table(image: Path) -> bool:
+    """Whether the file starts as a partitioned disk does: the boot signature ending its first sector (an MBR,
+    or the protective MBR before a GPT)."""
+    with image.open("rb") as f:
+        first = f.read(SECTOR)
+    return len(first) == SECTOR and first[-2:] == b"\x55\xaa"
+
+
 def read_partitions(image: Path) -> list[Partition]:
     table = json.loads(output(["sfdisk", "--json", image]))["partitiontable"]
     assert table.get("unit", "sectors") == "sectors"

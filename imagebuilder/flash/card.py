@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from imagebuilder.core.confirm import confirm
 from imagebuilder.core.context import Context
 from imagebuilder.core.errors import ImageBuilderError, Interrupted
 from imagebuilder.core.log import Progress, log, step
@@ -78,13 +79,8 @@ def _image_size(image: Path, bmap: Bmap | None) -> int:
 
 def _confirm(image: Path, target: Target, yes: bool) -> None:
     print(f"target: {target.describe()}", file=sys.stderr)
-    if yes:
-        return
-    if not sys.stdin.isatty():
-        raise FlashError("not confirmed: stdin is not a terminal", "add --yes to write without asking")
-    answer = input(f"write {image.name} onto {target.path}, destroying everything on it? [y/N] ")
-    if answer.strip().lower() not in ("y", "yes"):
-        raise FlashError("not confirmed: nothing was written")
+    confirm(f"write {image.name} onto {target.path}, destroying everything on it?", yes=yes,
+            undone="nothing was written", error=FlashError)
 
 
 def _open_target(target: Target) -> BinaryIO:

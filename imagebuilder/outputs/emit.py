@@ -58,7 +58,7 @@ def open_outputs(recipe: Recipe) -> dict[str, Any]:
 
 def write_index(ctx: Context, recipe: Recipe, base: BaseImage, results: dict[str, StageResult],
                 records: dict[str, dict[str, Any]], previous: dict[str, Any], *,
-                k3s_missing: str | None = None) -> list[Path]:
+                k3s_source: str | None = None) -> list[Path]:
     """What describes the images emitted (emit_image's records): SHA256SUMS, manifest.json, os_list.json
     and the emit state; return the cache entries the images came from (the compressed copies)."""
     out = recipe.output_dir
@@ -80,7 +80,8 @@ def write_index(ctx: Context, recipe: Recipe, base: BaseImage, results: dict[str
             "built_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             "recipe": {"path": str(recipe.source), "sha256": recipe.digest},
             "cluster": recipe.cluster.name, "arch": recipe.arch, "k3s_version": recipe.k3s.version,
-            "k3s_binary": "missing: " + k3s_missing if k3s_missing else "included",
+            # Which kind of images these are: with the k3s binary (and where it came from), or without.
+            "k3s_binary": "included" if k3s_source else "none", "k3s_assets": k3s_source or "none",
             "base": {"sha256": base.sha256, "source": describe_base(recipe), "packages": len(base.packages)},
             "images": images,
         }

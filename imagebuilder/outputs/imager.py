@@ -15,14 +15,17 @@ recipe's network-config back before cloud-init reads it.
 from __future__ import annotations
 
 import datetime
+import errno
 import hashlib
 import json
+import os
 import shutil
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from imagebuilder.boards.models import BOARDS, boards_for, imager_tag
+from imagebuilder.core.access import access_denied
 from imagebuilder.core.context import Context
 from imagebuilder.core.errors import ImageBuilderError
 from imagebuilder.core.resources import atomic_output
@@ -120,20 +123,39 @@ def render_os_list(out_dir: Path, recipe: Recipe, base_url: str | None = None) -
 
 def write_os_list(out_dir: Path, recipe: Recipe, base_url: str | None = None) -> Path:
     """Write out_dir/os_list.json (and its icon) for the .img.xz images in out_dir."""
+    document = render_os_list(out_dir, recipe, base_url)  # first: no icon beside nothing to list
     icon = out_dir / ICON
     if not icon.is_file():
         with atomic_output(icon) as tmp, resources.as_file(resources.files("imagebuilder") / "data/icon.png") as src:
             shutil.copyfile(src, tmp)
-    document = render_os_list(out_dir, recipe, base_url)
     final = out_dir / OS_LIST
     with atomic_output(final) as tmp:
         tmp.write_text(json.dumps(document, indent=2) + "\n")
     return final
 
 
+def check_built(out_dir: Path, recipe: Recipe) -> None:
+    """Before anything is written: the build's images are there, and this user may add files beside them."""
+    if not any((out_dir / f"{role}{suffix}").is_file() for role in ROLES for suffix in (".img", ".img.xz")):
+        raise ImagerRepoError(f"{out_dir}: no image to list (master.img, worker.img or their .img.xz)",
+                              f"build first: imagebuilder build {recipe.source}")
+    if not os.access(out_dir, os.W_OK | os.X_OK):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(out_dir))
+
+
 def make_imager_repo(ctx: Context, out_dir: Path, recipe: Recipe, base_url: str | None = None) -> Path:
     """`imagebuilder imager-repo`: the .img.xz copies Imager downloads (made from the raw images when the
     build wrote another format, cached by digest), then os_list.json."""
+    try:
+        check_built(out_dir, recipe)
+        return _write_repo(ctx, out_dir, recipe, base_url)
+    except PermissionError as e:
+        # A build run with sudo leaves out/<cluster>/ to root, for its owner only (the images hold secrets).
+        raise access_denied(e.filename or out_dir, "run it as the user who built the images: "
+                            f"sudo imagebuilder imager-repo {recipe.source}") from None
+
+
+def _write_repo(ctx: Context, out_dir: Path, recipe: Recipe, base_url: str | None) -> Path:
     for role in ROLES:
         raw = out_dir / f"{role}.img"
         if raw.is_file() and not (out_dir / f"{role}.img.xz").is_file():

@@ -9,6 +9,7 @@ from pathlib import Path
 import yaml
 
 from imagebuilder.core.errors import RecipeError
+from imagebuilder.core.log import log
 from imagebuilder.recipe.model import Recipe
 from imagebuilder.recipe.rules import check_cluster
 from imagebuilder.recipe.schema import Loader
@@ -60,3 +61,13 @@ def summary(recipe: Recipe) -> str:
         what = f"debian {base.bootstrap.suite} bootstrap ({base.bootstrap.layout} layout)"
     n = len(recipe.workers)
     return f"{recipe.cluster.name}: base {what}, {recipe.arch}, {n} worker{'s' if n != 1 else ''}"
+
+
+def warn_if_nobody_logs_in(recipe: Recipe) -> None:
+    """The nodes need no login to work, but a node that does not come up can then only be read from its
+    console: `validate` and `build` say so before the cards are made."""
+    if any(u.ssh_authorized_keys or u.password_hash for u in recipe.users):
+        return
+    log.warning("WARNING: %s: users: nobody can log in to the nodes (no user has ssh_authorized_keys or a "
+                "password_hash); add your public key (e.g. the line of ~/.ssh/id_ed25519.pub) to a user, or set "
+                "a user with Raspberry Pi Imager's customisation when you flash", recipe.source)

@@ -12,8 +12,10 @@ import re
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from imagebuilder.core.log import log
 from imagebuilder.recipe.catalogue import load_catalogue
 from imagebuilder.recipe.fields import check_ipv4, check_package, check_path, check_ssh_key, printable, shown
+from imagebuilder.recipe.k3s_keys import keys_for
 from imagebuilder.recipe.model import Recipe, Worker
 from imagebuilder.recipe.schema import Loader
 
@@ -39,7 +41,7 @@ def check_cluster(recipe: Recipe, loader: Loader) -> Recipe:
     """
     _check_base(recipe, loader.problem)
     _check_names(recipe, loader.problem)
-    _check_k3s_config(recipe, loader.problem)
+    _check_k3s_config(recipe, loader.problem, check_names=not loader.failed("k3s.version"))
     _check_netboot(recipe, loader.problem)
     if any(loader.failed(f"network.{k}") for k in ("subnet", "master_ip", "dhcp_range")):
         return recipe
@@ -146,9 +148,10 @@ def _check_names(recipe: Recipe, problem: Problem) -> None:
 K3S_OWN_KEYS = ("token", "token-file", "agent-token", "agent-token-file", "server", "node-ip", "flannel-iface")
 
 
-def _check_k3s_config(recipe: Recipe, problem: Problem) -> None:
+def _check_k3s_config(recipe: Recipe, problem: Problem, *, check_names: bool = True) -> None:
     """k3s.extra_config is written into the master's config.yaml (YAML-dumped, so it cannot break the file's
-    syntax); its keys are k3s flag names, its values scalars or lists of them, on one line each."""
+    syntax); its keys are the flag names of the chosen version's `k3s server` (k3s would skip an unknown
+    one with only a warning in its log), its values scalars or lists of them, on one line each."""
     for key, value in recipe.k3s.extra_config.items():
         path = f"k3s.extra_config.{key}"
         if not isinstance(key, str) or not re.fullmatch(r"[a-z0-9][a-z0-9-]{0,63}", key):
@@ -158,6 +161,8 @@ def _check_k3s_config(recipe: Recipe, problem: Problem) -> None:
         if key in K3S_OWN_KEYS:
             problem(path, "is set by imagebuilder (the cluster's secrets and addresses): remove it")
             continue
+        if check_names:
+            _check_k3s_key(recipe, key, problem)
         items = list(enumerate(value)) if isinstance(value, list) else [(None, value)]
         for i, item in items:
             if isinstance(item, bool | int | float) or (isinstance(item, str) and printable(item)
@@ -166,6 +171,22 @@ def _check_k3s_config(recipe: Recipe, problem: Problem) -> None:
             problem(path if i is None else f"{path}[{i}]",
                     f"{shown(item)} is not a k3s option value: a string on one line, a number, true/false, "
                     "or a list of them")
+
+
+def _check_k3s_key(recipe: Recipe, key: str, problem: Problem) -> None:
+    """An unknown key is an error for a minor version we have the keys of; for another one, checked against
+    the nearest listed version, only a warning (a newer k3s may have added the key)."""
+    listed = keys_for(recipe.k3s.version)
+    if key in listed.keys:
+        return
+    near = difflib.get_close_matches(key, sorted(listed.keys), n=1)
+    fix = f"did you mean '{near[0]}'?" if near else "see docs.k3s.io/cli/server"
+    if listed.exact:
+        problem(f"k3s.extra_config.{key}", f"'{key}' is not a k3s {listed.minor} server option; {fix}")
+    else:
+        log.warning("WARNING: %s: k3s.extra_config.%s: not a k3s %s server option (imagebuilder has no key "
+                    "list for %s, so it checked against %s's); %s", recipe.source, key, listed.minor,
+                    recipe.k3s.version, listed.minor, fix)
 
 
 def _check_addresses(recipe: Recipe, loader: Loader) -> Recipe:

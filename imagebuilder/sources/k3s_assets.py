@@ -1,8 +1,9 @@
 """The k3s release assets for an air-gapped install: the binary and the images tarball.
 
-Fetched with the base-image fetcher and verified against the release's own sha256sum file. Where they
-cannot be had (no route to the release, as on an offline build machine), the images are built without
-them and say so: the k3s units then wait for /usr/local/bin/k3s instead of failing.
+Fetched with the base-image fetcher and verified against the release's own sha256sum file. A build that
+cannot get them fails, naming where it looked: images without the binary come only from `k3s.assets:
+none` (their k3s units then wait for /usr/local/bin/k3s instead of failing), and the plan and the
+manifest say which kind a build makes.
 """
 
 from __future__ import annotations
@@ -32,8 +33,12 @@ IMAGES_DIR = "var/lib/rancher/k3s/agent/images"
 
 @dataclass(frozen=True)
 class K3sAssets:
-    layer: RenderedLayer | None
-    missing: str | None  # why the binary is not in the images
+    layer: RenderedLayer | None  # None: no binary in the images, or (a plan) not in the cache yet
+    source: str | None  # where the binary comes from; None: k3s.assets is none
+
+    @property
+    def included(self) -> bool:
+        return self.source is not None
 
 
 def asset_base(setting: str, version: str) -> str | None:
@@ -47,15 +52,15 @@ def asset_base(setting: str, version: str) -> str | None:
 
 
 def fetch_k3s(ctx: Context, k3s: K3s, arch: str, *, offline: bool = False, allow_http: bool = False) -> K3sAssets:
-    """The assets as a layer; offline: from the cache only, and missing (not an error) when not there."""
+    """The assets as a layer; offline (for the plan): from the cache only, without a layer when not there."""
     binary, images, sums = NAMES[arch]
     base = asset_base(k3s.assets, k3s.version)
     if base is None:
         if not offline:
             log.info("k3s.assets is none: the images get the k3s configuration and units, not the binary")
-        return K3sAssets(None, "k3s.assets is none")
+        return K3sAssets(None, None)
     base = base.rstrip("/")
-    # From the public release an unreachable host is expected (offline build machines): give up quickly.
+    # From the public release an unreachable host is likely (offline build machines): give up quickly.
     explicit = os.environ.get(ASSETS_ENV) or k3s.assets != "release"
     policy = Policy() if explicit else Policy(attempts=2, connect_timeout=10)
     try:
@@ -64,15 +69,16 @@ def fetch_k3s(ctx: Context, k3s: K3s, arch: str, *, offline: bool = False, allow
                  for name in (binary, images)}
     except ImageBuilderError as e:
         if offline:
-            return K3sAssets(None, f"the k3s {k3s.version} assets are not in the cache yet")
-        if explicit:
-            raise
-        reason = f"the k3s {k3s.version} release assets could not be fetched ({e.message})"
-        log.warning("WARNING: %s; building without the k3s binary. Set k3s.assets in the recipe (or %s) to "
-                    "a folder with %s, %s and %s to include them.", reason, ASSETS_ENV, binary, images, sums)
-        return K3sAssets(None, reason)
+            return K3sAssets(None, base)
+        env = os.environ.get(ASSETS_ENV)
+        setting = f"{ASSETS_ENV}={env}" if env else f"k3s.assets: {k3s.assets}"
+        raise ImageBuilderError(
+            f"cannot get k3s {k3s.version} for {arch} ({setting}): tried {base}/ for {binary}, {images} and "
+            f"{sums}: {e.message}",
+            f"set k3s.assets in the recipe (or {ASSETS_ENV}) to a folder or URL holding those files, or "
+            "k3s.assets: none to build images without k3s") from None
     files = (
         OverlayFile("usr/local/bin/k3s", paths[binary].read_bytes(), 0o755),
         OverlayFile(f"{IMAGES_DIR}/{images}", paths[images].read_bytes(), 0o644),
     )
-    return K3sAssets(RenderedLayer(f"k3s {k3s.version} {arch}", files), None)
+    return K3sAssets(RenderedLayer(f"k3s {k3s.version} {arch}", files), base)

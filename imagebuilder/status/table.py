@@ -84,7 +84,8 @@ class Listener:
         try:
             self.sock = ctx.stack.enter_context(self.collector.multicast_socket(group, port, interface))
         except OSError as e:
-            raise StatusError(f"cannot listen for beacons on {interface}: {e.strerror}",
+            # Not every OSError has a strerror: an unknown interface name is one without.
+            raise StatusError(f"cannot listen for beacons on {interface}: {e.strerror or e}",
                               "name the interface on the cluster LAN (see 'ip -br link')") from None
         self.nodes = self.collector.Nodes()
         self.interface = interface
@@ -99,7 +100,8 @@ class Listener:
         return {"cluster": f"beacons on {self.interface}", "now": time.time(), "nodes": self.nodes.snapshot()}
 
 
-COLUMNS = ("NODE", "ROLE", "STATE", "SEEN", "IP", "CPU", "MEM", "LOAD", "TEMP", "DISK", "K3S", "JOBS", "CLOUD-INIT")
+COLUMNS = ("NODE", "ROLE", "STATE", "SEEN", "IP", "MAC", "CPU", "MEM", "LOAD", "TEMP", "DISK", "K3S", "JOBS",
+           "CLOUD-INIT")
 
 
 def _age(seconds: float | None) -> str:
@@ -111,7 +113,7 @@ def _age(seconds: float | None) -> str:
 def _row(node: dict[str, Any]) -> tuple[str, ...]:
     p = node.get("last")
     head = (str(node.get("hostname")), str(node.get("role")), str(node.get("state")), _age(node.get("age")),
-            str(node.get("ip") or "-"))
+            str(node.get("ip") or "-"), str(node.get("mac") or "-"))
     if not p:
         return head + ("-",) * (len(COLUMNS) - len(head))
     mem = 100 * (1 - p["mem_available"] / p["mem_total"]) if p["mem_total"] else 0
