@@ -24,8 +24,7 @@ import pytest
 
 from imagebuilder.core.resources import PARTIAL
 from tests.conftest import ROOT, descendants, loop_devices, require_programs
-from tests.images import arm64_base, small_recipe
-from tests.test_diskfull import seeded_cache
+from tests.images import arm64_base, seeded_cache, small_recipe
 
 # (what the build is doing, a pattern of the log line that starts it, seconds to wait after that line)
 KILL_POINTS = [
