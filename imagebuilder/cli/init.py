@@ -53,8 +53,9 @@ master:
 # To find the MACs: flash the worker image onto every card and power them on with the master; each one
 # names itself node-<last 6 hex digits of its MAC>. Then, on the cluster LAN,
 #   imagebuilder scan {path}
-# prints the lines to paste here. Rebuild and reflash the master to give them these names and addresses
-# (the worker cards need no reflash). A worker not in the table still joins, under its node-... name.
+# prints the lines to paste here. Then rebuild, and reflash the master (its DHCP reservations) and the
+# worker cards (each takes its name from the table on its own card; or flash --hostname NAME). A worker
+# not in the table still joins, under its node-... name.
 workers: []
 #  - {{hostname: node1, mac: "dc:a6:32:00:00:01"}}
 output: {{dir: out, compress: xz, bmap: true}}
