@@ -65,7 +65,7 @@ $(BIN)/.installed-test: pyproject.toml $(BIN)/.installed
 
 # A test that needs a program, root or a device this machine lacks fails here instead of skipping.
 test: setup-test venv-test
-	IMAGEBUILDER_REQUIRE_ALL=1 $(BIN)/pytest -v
+	IMAGEBUILDER_REQUIRE_ALL=1 $(BIN)/pytest -v --durations=40
 
 test-fast: venv-test
 	$(BIN)/pytest -m "not integration and not boot"
