@@ -25,6 +25,7 @@ import pytest
 from imagebuilder.core.resources import PARTIAL
 from tests.conftest import ROOT, descendants, loop_devices, require_programs
 from tests.images import arm64_base, seeded_cache, small_recipe
+from tests.test_programs import build_tier_path
 
 # (what the build is doing, a pattern of the log line that starts it, seconds to wait after that line)
 KILL_POINTS = [
@@ -58,14 +59,16 @@ def left_behind(marker: str) -> list[str]:
     return loops + mounts + processes_touching(marker)
 
 
-def start(recipe: Path, cache: Path) -> subprocess.Popen[str]:
+def start(recipe: Path, cache: Path, path: str | None = None) -> subprocess.Popen[str]:
+    """A build, with PATH `path` when given."""
+    env = {**os.environ, "PATH": path} if path is not None else None
     return subprocess.Popen([sys.executable, "-m", "imagebuilder", "--cache-dir", str(cache), "build", str(recipe)],
-                            cwd=ROOT, stderr=subprocess.PIPE, text=True)
+                            cwd=ROOT, stderr=subprocess.PIPE, text=True, env=env)
 
 
-def kill_when(proc: subprocess.Popen[str], pattern: str, delay: float) -> None:
+def kill_when(proc: subprocess.Popen[str], pattern: str, delay: float) -> str:
     """SIGKILL the build (the process the user started) `delay` seconds after it logs a line matching
-    `pattern`."""
+    `pattern`; return its log."""
     assert proc.stderr is not None
     seen = []
     for line in proc.stderr:
@@ -78,6 +81,7 @@ def kill_when(proc: subprocess.Popen[str], pattern: str, delay: float) -> None:
     assert descendants(proc.pid), "the build runs in processes of its own namespaces"
     proc.kill()
     proc.wait()
+    return "".join(seen) + proc.stderr.read()
 
 
 def wait_for_the_kernel(marker: str, what: str) -> None:
@@ -92,10 +96,12 @@ def partial_files(*folders: Path) -> set[Path]:
     return {p for folder in folders for p in folder.rglob("*") if PARTIAL in p.name}
 
 
-def finish_build(recipe: Path, cache: Path, marker: str) -> str:
-    """A build that runs to its end: it succeeds, and leaves no partial file, work tree, held lock or process."""
+def finish_build(recipe: Path, cache: Path, marker: str, path: str | None = None) -> str:
+    """A build that runs to its end (with PATH `path`): it succeeds, and leaves no partial file, work tree,
+    held lock or process."""
+    env = {**os.environ, "PATH": path} if path is not None else None
     result = subprocess.run([sys.executable, "-m", "imagebuilder", "--cache-dir", str(cache), "build", str(recipe)],
-                            cwd=ROOT, capture_output=True, text=True, check=False)
+                            cwd=ROOT, capture_output=True, text=True, check=False, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     assert left_behind(marker) == []
     out = Path(marker) / "out"
@@ -110,8 +116,9 @@ def finish_build(recipe: Path, cache: Path, marker: str) -> str:
 
 @pytest.fixture(scope="module")
 def killed_at_every_stage(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, str]:
-    """Builds killed at each named step on a cache holding only the base, then one that finishes: the
-    cache then holds every stage. Returns the recipe, the cache and the log of the build that finished."""
+    """Builds killed at each named step on a cache holding only the base, then one that finishes, all with
+    nothing on PATH but the build tier's programs (test_programs.build_tier_path): the cache then holds
+    every stage. Returns the recipe, the cache and the logs of the builds."""
     require_programs("zstd")
     arm64_base()
     tmp_path = tmp_path_factory.mktemp("kill")
@@ -121,11 +128,13 @@ def killed_at_every_stage(tmp_path_factory: pytest.TempPathFactory) -> tuple[Pat
     change_overlay(tmp_path, "first")
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(small_recipe("killtest", tmp_path / "out", extra="overlays: [extra]\n"))
+    tier = build_tier_path(tmp_path / "tier")
+    logs = []
     for what, line, delay in KILL_POINTS:
-        proc = start(recipe, cache)
-        kill_when(proc, line, delay)
+        proc = start(recipe, cache, tier)
+        logs.append(kill_when(proc, line, delay))
         wait_for_the_kernel(str(tmp_path), f"while {what}")
-    return recipe, cache, finish_build(recipe, cache, str(tmp_path))
+    return recipe, cache, "".join(logs) + finish_build(recipe, cache, str(tmp_path), tier)
 
 
 def change_overlay(folder: Path, text: str) -> None:
@@ -136,7 +145,16 @@ def change_overlay(folder: Path, text: str) -> None:
 @pytest.mark.integration
 def test_sigkill_at_every_stage_leaves_nothing_and_the_next_build_succeeds(
         killed_at_every_stage: tuple[Path, Path, str]) -> None:
-    assert "left by a build that did not finish" in killed_at_every_stage[2]  # the partial files were swept
+    log = killed_at_every_stage[2]
+    assert "left by a build that did not finish" in log  # the partial files were swept
+
+
+@pytest.mark.integration
+def test_the_build_tier_is_enough_for_a_whole_build(killed_at_every_stage: tuple[Path, Path, str]) -> None:
+    """Every stage was made, by the killed builds or the finishing one, under the build tier's PATH."""
+    log = killed_at_every_stage[2]
+    for stage in ("common", "master-packages", "master", "worker-packages", "worker"):
+        assert re.search(rf"^\s*✓ stage {stage} \(", log, re.M), f"no build made {stage}"
 
 
 class Lines:

@@ -10,13 +10,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from imagebuilder.core import programs
 from imagebuilder.core.programs import BOOT, BUILD, PROGRAMS, TIERS, distribution, package_names, programs_of
 from tests.argvscan import scan, scan_literal
-from tests.conftest import ROOT, lacking, require_programs, require_root
-from tests.images import seeded_cache, small_recipe
+from tests.conftest import ROOT, lacking, require_programs
 
 SYSTEM_PATH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])
 
@@ -220,26 +217,15 @@ def tier_programs(tiers: tuple[str, ...]) -> dict[str, str]:
     return found
 
 
-@pytest.mark.integration
-def test_build_needs_only_the_build_tier(tmp_path: Path) -> None:
-    """A whole build, every stage made (a cache holding only the base), with PATH holding nothing but the
-    programs of the build tier's packages (and of what apt installs with them) and the Python imagebuilder
-    runs on."""
-    require_root()
+def build_tier_path(folder: Path) -> str:
+    """A PATH holding nothing but the programs of the build tier's packages (and of what apt installs with
+    them) and the Python imagebuilder runs on. test_kill's finishing build, a whole build with every stage
+    made from a cache holding only the base, runs under it: the build tier is enough for a build."""
     require_programs("dpkg")
     names = tier_programs((BUILD,))
     missing = [p.name for p in programs_of([BUILD]) if p.name not in names]
     assert not missing, f"the build tier's packages do not install {missing}"
+    # Not one program of the boot tier: the PATH is really restricted.
+    assert not {p.name for p in programs_of([BOOT]) if BUILD not in p.tiers} & set(names)
     names.update({"python3": sys.executable})
-    bin_dir = programs_dir(tmp_path / "tier" / "bin", names)
-    cache = tmp_path / "cache"
-    seeded_cache(cache)
-    recipe = tmp_path / "recipe.yaml"
-    recipe.write_text(small_recipe("tiertest", tmp_path / "out"))
-    result = subprocess.run([sys.executable, "-m", "imagebuilder", "--cache-dir", str(cache),
-                             "--state-dir", str(tmp_path / "state"), "build", str(recipe)],
-                            cwd=ROOT, env={**os.environ, "PATH": str(bin_dir)}, capture_output=True, text=True,
-                            check=False)
-    assert result.returncode == 0, result.stderr[-3000:]
-    out = tmp_path / "out" / "tiertest"
-    assert (out / "master.img").is_file() and (out / "worker.img.zst").is_file()
+    return str(programs_dir(folder, names))
