@@ -27,7 +27,7 @@ from imagebuilder.recipe.load import load_recipe
 from imagebuilder.recipe.model import Recipe
 from imagebuilder.roles.k3s import api_names, k3s_config
 from imagebuilder.roles.secrets import K3sSecrets, k3s_secrets
-from tests.conftest import VALID, require_programs
+from tests.conftest import VALID, require_programs, require_root
 from tests.test_roles import files_of, rendered
 
 UPLINK = "  uplink_interface: eth1\n"
@@ -232,3 +232,17 @@ def test_kubeconfig_command(tmp_path: Path, recipe_file: Any) -> None:
     assert copied.returncode == 0 and copied.stdout == ""
     assert (tmp_path / "copy.yaml").read_bytes() == kubeconfig.read_bytes()
     assert stat.S_IMODE((tmp_path / "copy.yaml").stat().st_mode) == 0o600
+
+
+def test_under_sudo_the_files_are_the_users(tmp_path: Path, recipe_file: Any) -> None:
+    """`sudo imagebuilder kubeconfig`: the kubeconfig it makes and the copy it writes are the invoker's."""
+    require_root()
+    require_programs("openssl")
+    path = recipe_file(recipe_text())
+    k3s_secrets(Context(state_root=tmp_path / "state", invoker=None), "testcluster")
+    result = subprocess.run([sys.executable, "-m", "imagebuilder", "--state-dir", tmp_path / "state", "kubeconfig",
+                             path, "--output", tmp_path / "copy.yaml"], cwd=tmp_path, capture_output=True, text=True,
+                            check=False, env={**os.environ, "SUDO_UID": "65534", "SUDO_GID": "65534"})
+    assert result.returncode == 0, result.stderr
+    for made in (tmp_path / "out/testcluster/kubeconfig", tmp_path / "copy.yaml"):
+        assert (made.stat().st_uid, made.stat().st_gid, stat.S_IMODE(made.stat().st_mode)) == (65534, 65534, 0o600)
