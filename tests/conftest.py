@@ -31,7 +31,9 @@ workers:
 
 # Stand-in secrets for rendering tests (the real ones are made per cluster in the state directory).
 SECRETS = K3sSecrets("s" * 64, "a" * 64, "-----BEGIN CERTIFICATE-----\nTEST\n-----END CERTIFICATE-----\n",
-                     "-----BEGIN EC PRIVATE KEY-----\nTEST\n-----END EC PRIVATE KEY-----\n")
+                     "-----BEGIN EC PRIVATE KEY-----\nTEST\n-----END EC PRIVATE KEY-----\n",
+                     "-----BEGIN CERTIFICATE-----\nCLIENT\n-----END CERTIFICATE-----\n",
+                     "-----BEGIN EC PRIVATE KEY-----\nCLIENT\n-----END EC PRIVATE KEY-----\n")
 
 
 @pytest.fixture

@@ -214,6 +214,8 @@ def test_k3s_configs(master: dict[str, str], worker: dict[str, str]) -> None:
                      "token": f"K10{hashlib.sha256(SECRETS.ca_cert.encode()).hexdigest()}::node:{SECRETS.agent_token}"}
     assert master["root/var/lib/rancher/k3s/server/tls/server-ca.crt"] == SECRETS.ca_cert
     assert master["root/var/lib/rancher/k3s/server/tls/server-ca.key"] == SECRETS.ca_key
+    assert master["root/var/lib/rancher/k3s/server/tls/client-ca.crt"] == SECRETS.client_ca_cert
+    assert master["root/var/lib/rancher/k3s/server/tls/client-ca.key"] == SECRETS.client_ca_key
 
 
 def test_workers_carry_no_server_secret(worker: dict[str, str]) -> None:
@@ -249,20 +251,24 @@ def test_secrets_made_once_private_and_reused(tmp_path: Path) -> None:
     ctx = Context(state_root=tmp_path / "state")
     first = k3s_secrets(ctx, "lab")
     state = tmp_path / "state" / "lab"
-    for name in ("k3s-token", "k3s-agent-token", "k3s-server-ca/server-ca.key", "k3s-server-ca/server-ca.crt"):
+    for name in ("k3s-token", "k3s-agent-token", "k3s-server-ca/server-ca.key", "k3s-server-ca/server-ca.crt",
+                 "k3s-client-ca/client-ca.key", "k3s-client-ca/client-ca.crt"):
         assert stat.S_IMODE((state / name).stat().st_mode) == 0o600, name
     assert stat.S_IMODE(state.stat().st_mode) == 0o700
     assert len(first.server_token) == len(first.agent_token) == 64 and first.server_token != first.agent_token
     assert k3s_secrets(ctx, "lab") == first == read_k3s_secrets(ctx, "lab")
-    # A CA that verifies itself, whose key is the certificate's (what k3s checks when it takes them).
-    cert, key = state / "k3s-server-ca/server-ca.crt", state / "k3s-server-ca/server-ca.key"
-    subprocess.run(["openssl", "verify", "-CAfile", cert, cert], check=True, capture_output=True)
-    text = subprocess.run(["openssl", "x509", "-in", cert, "-noout", "-text"], capture_output=True, text=True,
-                          check=True).stdout
-    assert "CA:TRUE" in text and "Certificate Sign" in text and "prime256v1" in text
-    pub = [subprocess.run(argv, capture_output=True, check=True).stdout for argv in (
-        ["openssl", "x509", "-in", cert, "-noout", "-pubkey"], ["openssl", "pkey", "-in", key, "-pubout"])]
-    assert pub[0] == pub[1]
+    assert first.client_ca_cert != first.ca_cert
+    # Two CAs that verify themselves, whose keys are the certificates' (what k3s checks when it takes them).
+    for name in ("server-ca", "client-ca"):
+        cert, key = state / f"k3s-{name}/{name}.crt", state / f"k3s-{name}/{name}.key"
+        subprocess.run(["openssl", "verify", "-CAfile", cert, cert], check=True, capture_output=True)
+        text = subprocess.run(["openssl", "x509", "-in", cert, "-noout", "-text"], capture_output=True, text=True,
+                              check=True).stdout
+        assert "CA:TRUE" in text and "Certificate Sign" in text and "prime256v1" in text
+        assert f"CN = k3s-{name}@" in text
+        pub = [subprocess.run(argv, capture_output=True, check=True).stdout for argv in (
+            ["openssl", "x509", "-in", cert, "-noout", "-pubkey"], ["openssl", "pkey", "-in", key, "-pubout"])]
+        assert pub[0] == pub[1]
 
 
 def test_two_first_builds_at_once_end_with_one_secret(tmp_path: Path) -> None:

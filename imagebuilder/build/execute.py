@@ -17,6 +17,7 @@ from imagebuilder.core.resources import disk_full, free_space
 from imagebuilder.engine.backends.interface import choose_backend
 from imagebuilder.engine.stages import StageResult, is_cached, realise
 from imagebuilder.outputs.emit import emit_image, emit_per_node, open_outputs, write_index
+from imagebuilder.outputs.kubeconfig import write_kubeconfig
 from imagebuilder.recipe.model import Recipe
 from imagebuilder.roles.cloudinit import cloud_init_for_base
 from imagebuilder.roles.secrets import k3s_secrets, read_k3s_secrets
@@ -118,7 +119,8 @@ def _build(ctx: Context, recipe: Recipe, *, per_node: bool, backend: str | None)
                                     "cannot install it", "build as root (the loop backend)")
         with step("k3s release assets"):
             k3s = fetch_k3s(ctx, recipe.k3s, recipe.arch, allow_http=recipe.base.allow_http_checksums)
-        inputs = Inputs(base=base, secrets=k3s_secrets(ctx, recipe.cluster.name), k3s=k3s, backend=chosen.name,
+        secrets = k3s_secrets(ctx, recipe.cluster.name)
+        inputs = Inputs(base=base, secrets=secrets, k3s=k3s, backend=chosen.name,
                         installs_packages=chosen.installs_packages)
         plan = plan_build(recipe, inputs, ctx.cache("stages"))
         for row in describe_plan(ctx, plan):
@@ -153,6 +155,8 @@ def _build(ctx: Context, recipe: Recipe, *, per_node: bool, backend: str | None)
                             k3s_source=k3s.source)
         if per_node:
             emit_per_node(ctx, recipe, results["worker"])
+        with step("kubeconfig"):
+            write_kubeconfig(ctx, recipe, secrets)
     log.info("images in %s (%s)", recipe.output_dir,
              f"k3s {recipe.k3s.version} from {k3s.source}" if k3s.included else "no k3s binary: k3s.assets is none")
     return results

@@ -30,7 +30,7 @@ from imagebuilder.sources.k3s_assets import ASSETS_ENV, K3sAssets
 
 # A stand-in for the secrets when they are not made yet; a plan holding them says its role stages are to
 # be built.
-UNKNOWN_SECRETS = K3sSecrets(*(["(made on the first build)"] * 4))
+UNKNOWN_SECRETS = K3sSecrets(*(["(made on the first build)"] * 6))
 
 
 @dataclass(frozen=True)

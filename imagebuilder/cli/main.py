@@ -17,7 +17,7 @@ from pathlib import Path
 from types import FrameType
 
 from imagebuilder import __version__
-from imagebuilder.cli import boottest, build, cache, doctor, flash, init, recipes, status, verify
+from imagebuilder.cli import boottest, build, cache, doctor, flash, init, kubeconfig, recipes, status, verify
 from imagebuilder.cli.command import Command
 from imagebuilder.core.context import Context, default_cache_dir, default_state_dir
 from imagebuilder.core.errors import ImageBuilderError, Interrupted, NeedsRoot
@@ -27,7 +27,8 @@ from imagebuilder.core.run import is_root
 
 # In the order `--help` lists them.
 COMMANDS: list[Command] = [*init.COMMANDS, *recipes.COMMANDS, *status.COMMANDS, *flash.COMMANDS, *build.COMMANDS,
-                           *verify.COMMANDS, *boottest.COMMANDS, *cache.COMMANDS, *doctor.COMMANDS]
+                           *kubeconfig.COMMANDS, *verify.COMMANDS, *boottest.COMMANDS, *cache.COMMANDS,
+                           *doctor.COMMANDS]
 
 
 # The options every command takes, before or after its name; None: the default folder.

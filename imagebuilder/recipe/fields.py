@@ -89,6 +89,15 @@ def check_mac(value: str) -> str | tuple[str, str] | None:
     return ("ok", normal)
 
 
+def is_ip_address(text: str) -> bool:
+    """IPv4 or IPv6 (a certificate's SAN is an IP entry then, a DNS entry otherwise)."""
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
 def check_ipv4(value: str) -> str | None:
     try:
         ipaddress.IPv4Address(value)

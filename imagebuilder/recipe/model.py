@@ -125,6 +125,12 @@ class K3s:
                           help="where the binary and air-gap images come from: `release` (the GitHub "
                                "release), a folder or URL holding them, or `none` (images without the "
                                "binary); IMAGEBUILDER_K3S_ASSETS overrides it")
+    tls_san: tuple[str, ...] = setting(
+        default=[], help="more names and addresses for the API server's certificate (k3s's tls-san), e.g. the "
+                         "master's uplink name; its hostname, FQDN and LAN address are always in")
+    api_on_uplink: bool = setting(
+        default=False, help="let the k3s API (6443/tcp) in to the master from the uplink, for kubectl on a "
+                            "workstation there (otherwise it is open on the cluster LAN only)")
 
 
 @dataclass(frozen=True, kw_only=True)

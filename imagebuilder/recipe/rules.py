@@ -14,7 +14,16 @@ from typing import Any, TypeVar
 
 from imagebuilder.core.log import log
 from imagebuilder.recipe.catalogue import load_catalogue
-from imagebuilder.recipe.fields import check_ipv4, check_package, check_path, check_ssh_key, printable, shown
+from imagebuilder.recipe.fields import (
+    check_domain,
+    check_ipv4,
+    check_package,
+    check_path,
+    check_ssh_key,
+    is_ip_address,
+    printable,
+    shown,
+)
 from imagebuilder.recipe.k3s_keys import keys_for
 from imagebuilder.recipe.model import Recipe, Worker
 from imagebuilder.recipe.schema import Loader
@@ -141,6 +150,12 @@ def _check_names(recipe: Recipe, problem: Problem) -> None:
         problem("network.wifi", "Wi-Fi credentials need network.uplink_interface (e.g. wlan0)")
     if network.uplink_interface is not None and network.uplink_interface == network.lan_interface:
         problem("network.uplink_interface", "must differ from lan_interface")
+    if recipe.k3s.api_on_uplink and network.uplink_interface is None:
+        problem("k3s.api_on_uplink", "needs network.uplink_interface (the side the API is opened on)")
+    for i, name in enumerate(recipe.k3s.tls_san):
+        if not is_ip_address(name) and check_domain(name) is not None:
+            problem(f"k3s.tls_san[{i}]", f"{shown(name)} is neither an IP address nor a DNS name, e.g. "
+                                         "master.example.org or 192.168.1.40")
 
 
 # k3s configuration keys the build sets itself: the join secrets must stay the build's (a recipe value
@@ -160,6 +175,9 @@ def _check_k3s_config(recipe: Recipe, problem: Problem, *, check_names: bool = T
             continue
         if key in K3S_OWN_KEYS:
             problem(path, "is set by imagebuilder (the cluster's secrets and addresses): remove it")
+            continue
+        if key == "tls-san":
+            problem(path, "list the names in k3s.tls_san instead (beside the master's own, which the build adds)")
             continue
         if check_names:
             _check_k3s_key(recipe, key, problem)

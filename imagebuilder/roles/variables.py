@@ -36,6 +36,8 @@ def template_variables(recipe: Recipe, role: str, *, secrets: K3sSecrets, boot_m
             k3s_config=k3s_config(recipe, role, secrets), cluster_table=cluster_table(recipe, boot_mount),
         )
     if role == "master":
-        # The server CA k3s takes as its own at first start (its key only ever in the master image).
-        variables.update(k3s_ca_cert=secrets.ca_cert, k3s_ca_key=secrets.ca_key)
+        # The server and client CAs k3s takes as its own at first start (their keys only ever in the master
+        # image): the kubeconfig the build writes is signed by that client CA.
+        variables.update(k3s_ca_cert=secrets.ca_cert, k3s_ca_key=secrets.ca_key,
+                         k3s_client_ca_cert=secrets.client_ca_cert, k3s_client_ca_key=secrets.client_ca_key)
     return variables
