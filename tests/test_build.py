@@ -79,7 +79,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_outputs_exist_and_sums_match(built: Path) -> None:
     names = sorted(p.name for p in built.iterdir() if not p.name.startswith("."))
     assert names == sorted(["master.img", "master.img.bmap", "master.img.zst", "worker.img", "worker.img.bmap",
-                            "worker.img.zst", "SHA256SUMS", "manifest.json",
+                            "worker.img.zst", "SHA256SUMS", "manifest.json", "kubeconfig",
                             "node1.img", "node1.img.bmap"])
     subprocess.run(["sha256sum", "--check", "--quiet", "SHA256SUMS"], cwd=built, check=True)
     # A per-node image is checked through its bmap (read in full it would cost each node a whole image).
