@@ -20,9 +20,6 @@ from imagebuilder.boottest.clocks import ntp_offset
 from imagebuilder.boottest.plan import CLOCK_AHEAD, CLOCK_BEHIND, BootOptions, BootReport, plan_nodes
 from imagebuilder.boottest.qemu import GuestSpec, Uplink, qemu_argv, user_netdev
 from imagebuilder.boottest.report import format_report, report_data, write_json
-from imagebuilder.disk.fat import MTOOLS_ENV as MTOOLS
-from imagebuilder.disk.fat import fat_read
-from imagebuilder.disk.partitions import boot_and_root
 from imagebuilder.recipe.load import load_recipe
 from tests.conftest import ROOT, VALID, descendants, require_programs
 from tests.images import SECURITY, arm64_base, make_context
@@ -313,97 +310,6 @@ def test_ctrl_c_while_booting_removes_guests_namespace_and_files(cluster: tuple[
     assert namespaces() == before
     assert not boot_workdirs()
     assert not [pid for pid in qemus if Path(f"/proc/{pid}").exists()]
-
-
-# What Raspberry Pi Imager 2.0 writes on a card it customises (init_format cloudinit): its generator's
-# user-data for a user with an SSH key, Wi-Fi, a time zone and a keyboard (without the avahi-daemon package
-# it also asks for: the test's network reaches no mirror), its network-config, a meta-data with a fresh
-# instance-id, and its cmdline.txt additions appended to the trimmed line, with no newline.
-IMAGER_USER_DATA = """#cloud-config
-manage_resolv_conf: false
-
-hostname: "node7"
-manage_etc_hosts: true
-apt:
-  preserve_sources_list: true
-  conf: |
-    Acquire {{
-      Check-Date "false";
-    }};
-timezone: "Europe/London"
-keyboard:
-  model: pc105
-  layout: "gb"
-user:
-  name: "pi"
-  shell: /bin/bash
-  lock_passwd: false
-  passwd: "$y$j9T$abcdefghijklmnopqrstu.$0123456789abcdefghijklmnopqrstuvwxyzABCDE"
-  ssh_authorized_keys:
-    - "{key}"
-  sudo: null
-ssh_pwauth: false
-runcmd:
-  - [ systemctl, enable, --now, ssh ]
-"""
-IMAGER_NETWORK_CONFIG = """network:
-  version: 2
-  ethernets:
-    eth0:
-      dhcp4: true
-      dhcp6: true
-      optional: true
-  wifis:
-    wlan0:
-      dhcp4: true
-      regulatory-domain: "GB"
-      access-points:
-        "lab":
-          password: "1dcd29e19408b4f788e0befab0c29585dc83ca14d12a80a8cdfef9e38189833f"
-      optional: true
-"""
-IMAGER_INSTANCE = "rpi-imager-1767225600000"
-
-
-def customise_like_imager(image: Path, key: str, work: Path) -> None:
-    boot, _ = boot_and_root(image)
-    where, env = f"{image}@@{boot.start}", {**os.environ, **MTOOLS}
-    for name, text in (("user-data", IMAGER_USER_DATA.format(key=key)), ("network-config", IMAGER_NETWORK_CONFIG),
-                       ("meta-data", f"instance-id: {IMAGER_INSTANCE}\n")):
-        (work / name).write_text(text)
-        subprocess.run(["mcopy", "-o", "-i", where, work / name, f"::/{name}"], check=True, env=env)
-    cmdline = fat_read(image, boot, "cmdline.txt").strip()
-    (work / "cmdline.txt").write_text(f"{cmdline} cfg80211.ieee80211_regdom=GB ds=nocloud;i={IMAGER_INSTANCE}")
-    subprocess.run(["mcopy", "-o", "-i", where, work / "cmdline.txt", "::/cmdline.txt"], check=True, env=env)
-
-
-@pytest.mark.boot
-def test_a_card_customised_by_imager_still_joins_with_imagers_user_added(cluster: tuple[Path, Path],
-                                                                          tmp_path: Path) -> None:
-    from imagebuilder.boottest.boot import boot_test
-
-    recipe_path, key = cluster
-    built = load_recipe(recipe_path).output_dir  # <output.dir>/<cluster>
-    variant = tmp_path / "recipe.yaml"
-    variant.write_text(recipe_path.read_text().replace(f"dir: {built.parent}", f"dir: {tmp_path / 'out'}"))
-    out = load_recipe(variant).output_dir
-    assert out == tmp_path / "out" / built.name
-    out.mkdir(mode=0o700, parents=True)
-    for role in ("master", "worker"):
-        subprocess.run(["cp", "--sparse=always", built / f"{role}.img", out], check=True)
-    customise_like_imager(out / "worker.img", Path(f"{key}.pub").read_text().strip(), tmp_path)
-    logs = tmp_path / "logs"
-    ctx = make_context()
-    with ctx.stack:
-        report = boot_test(ctx, load_recipe(variant), BootOptions(workers=1, ssh_key=key, logs=logs))
-    print(format_report(report))
-    # The cluster's own: the name from the table (not Imager's), the LAN, the share, cloud-init clean.
-    for name in ("boots", "hostname", "cloud-init once, no errors", "dnsmasq lease", "NFS read", "ssh login"):
-        check(report, name)
-    console = (logs / "serial-node1.log").read_text(errors="replace")
-    assert "seed /boot/firmware/network-config replaced by the recipe's" in console
-    # Imager's user was made with its key (cloud-init lists each user's keys on the console).
-    assert re.search(r"Authorized keys from /home/pi/\.ssh/authorized_keys for user pi", console), console[-3000:]
 
 
 def qemu_children(parent: int) -> list[int]:

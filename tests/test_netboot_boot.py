@@ -1,10 +1,13 @@
 """Workers without cards, booted under qemu: the master (built with a netboot tree) boots from its card as
 always; node1 and node2 have no disk at all: the test fetches what their boot ROM would (config.txt, then the
 kernel and initramfs it names, and cmdline.txt) from the master's TFTP server and gives it to qemu, and their
-root comes from the master over NFS. An unknown worker boots from its card in the same cluster."""
+root comes from the master over NFS. An unknown worker boots from its card in the same cluster, a card that
+Raspberry Pi Imager customised after it was flashed (one boot carries both: a cluster boot costs minutes)."""
 
 from __future__ import annotations
 
+import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -14,6 +17,8 @@ import pytest
 
 from imagebuilder.boottest.plan import BootOptions, BootReport
 from imagebuilder.boottest.report import format_report, write_json
+from imagebuilder.disk.fat import MTOOLS_ENV as MTOOLS
+from imagebuilder.disk.fat import fat_read
 from imagebuilder.disk.partitions import boot_and_root
 from imagebuilder.recipe.load import load_recipe
 from tests.images import arm64_base, make_context
@@ -22,11 +27,77 @@ from tests.test_boot import boot_workdirs, build_cluster, check, namespaces
 NETBOOT = "netboot: {workers: [node1, node2]}\n"
 
 
+# What Raspberry Pi Imager 2.0 writes on a card it customises (init_format cloudinit): its generator's
+# user-data for a user with an SSH key, Wi-Fi, a time zone and a keyboard (without the avahi-daemon package
+# it also asks for: the test's network reaches no mirror), its network-config, a meta-data with a fresh
+# instance-id, and its cmdline.txt additions appended to the trimmed line, with no newline.
+IMAGER_USER_DATA = """#cloud-config
+manage_resolv_conf: false
+
+hostname: "node7"
+manage_etc_hosts: true
+apt:
+  preserve_sources_list: true
+  conf: |
+    Acquire {{
+      Check-Date "false";
+    }};
+timezone: "Europe/London"
+keyboard:
+  model: pc105
+  layout: "gb"
+user:
+  name: "pi"
+  shell: /bin/bash
+  lock_passwd: false
+  passwd: "$y$j9T$abcdefghijklmnopqrstu.$0123456789abcdefghijklmnopqrstuvwxyzABCDE"
+  ssh_authorized_keys:
+    - "{key}"
+  sudo: null
+ssh_pwauth: false
+runcmd:
+  - [ systemctl, enable, --now, ssh ]
+"""
+IMAGER_NETWORK_CONFIG = """network:
+  version: 2
+  ethernets:
+    eth0:
+      dhcp4: true
+      dhcp6: true
+      optional: true
+  wifis:
+    wlan0:
+      dhcp4: true
+      regulatory-domain: "GB"
+      access-points:
+        "lab":
+          password: "1dcd29e19408b4f788e0befab0c29585dc83ca14d12a80a8cdfef9e38189833f"
+      optional: true
+"""
+IMAGER_INSTANCE = "rpi-imager-1767225600000"
+
+
+def customise_like_imager(image: Path, key: str, work: Path) -> None:
+    boot, _ = boot_and_root(image)
+    where, env = f"{image}@@{boot.start}", {**os.environ, **MTOOLS}
+    for name, text in (("user-data", IMAGER_USER_DATA.format(key=key)), ("network-config", IMAGER_NETWORK_CONFIG),
+                       ("meta-data", f"instance-id: {IMAGER_INSTANCE}\n")):
+        (work / name).write_text(text)
+        subprocess.run(["mcopy", "-o", "-i", where, work / name, f"::/{name}"], check=True, env=env)
+    cmdline = fat_read(image, boot, "cmdline.txt").strip()
+    (work / "cmdline.txt").write_text(f"{cmdline} cfg80211.ieee80211_regdom=GB ds=nocloud;i={IMAGER_INSTANCE}")
+    subprocess.run(["mcopy", "-o", "-i", where, work / "cmdline.txt", "::/cmdline.txt"], check=True, env=env)
+
+
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """The netboot cluster, built: (recipe, private key)."""
     arm64_base()
-    return build_cluster(tmp_path_factory.mktemp("netboot"), variant="netboot", extra=NETBOOT)
+    recipe_path, key = build_cluster(tmp_path_factory.mktemp("netboot"), variant="netboot", extra=NETBOOT)
+    # The card workers of this cluster (the unknown one) boot from a worker card Imager customised.
+    customise_like_imager(load_recipe(recipe_path).output_dir / "worker.img",
+                          Path(f"{key}.pub").read_text().strip(), recipe_path.parent)
+    return recipe_path, key
 
 
 @pytest.fixture(scope="module")
@@ -84,6 +155,20 @@ def test_diskless_workers_share_jobs_and_report_to_the_dashboard(netbooted: tupl
         check(report, name)
     failed = [f"{c.name} [{c.node}]: {c.detail}" for c in report.checks if not c.ok]
     assert not failed, "\n".join(failed)
+
+
+@pytest.mark.boot
+def test_a_card_customised_by_imager_still_joins_with_imagers_user_added(
+        netbooted: tuple[BootReport, Path]) -> None:
+    report, logs = netbooted
+    # The cluster's own: the name from the MAC (not Imager's node7), the LAN, the share, cloud-init clean.
+    card = [c for c in report.checks if c.node == "node-b00701"]
+    for name in ("boots", "hostname", "cloud-init once, no errors", "dnsmasq lease", "NFS read", "ssh login"):
+        assert [c for c in card if c.name == name and c.ok], f"{name}: {[c for c in card if c.name == name]}"
+    console = (logs / "serial-node-b00701.log").read_text(errors="replace")
+    assert "seed /boot/firmware/network-config replaced by the recipe's" in console
+    # Imager's user was made with its key (cloud-init lists each user's keys on the console).
+    assert re.search(r"Authorized keys from /home/pi/\.ssh/authorized_keys for user pi", console), console[-3000:]
 
 
 @pytest.mark.boot
