@@ -5,16 +5,20 @@ minutes on two cores."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from imagebuilder.boards.verify import verify_image
-from imagebuilder.boottest.plan import BootOptions, BootReport
-from imagebuilder.boottest.report import format_report
 from imagebuilder.recipe.load import load_recipe
-from tests.images import armhf_base, make_context
-from tests.test_boot import boot_workdirs, build_cluster, check, namespaces
+from tests.conftest import ROOT
+from tests.images import armhf_base
+from tests.test_boot import boot_workdirs, build_cluster, namespaces
+from tests.test_programs import boot_tier_path
 
 
 @pytest.fixture(scope="module")
@@ -35,24 +39,26 @@ def test_armhf_images_verify_for_the_pi2(armhf_cluster: tuple[Path, Path]) -> No
 
 
 @pytest.mark.boot
-def test_armhf_cluster_with_a_worker_on_the_pi2_model(armhf_cluster: tuple[Path, Path]) -> None:
-    from imagebuilder.boottest.boot import boot_test
-
+def test_armhf_cluster_with_a_worker_on_the_pi2_model(armhf_cluster: tuple[Path, Path], tmp_path: Path) -> None:
+    """Run as a user runs it, `imagebuilder boot-test`, with nothing on PATH but the programs of the tiers
+    `make boot-test` installs (build and boot): they are enough for a boot test."""
     recipe_path, key = armhf_cluster
     logs = recipe_path.parent / "logs"
     before = namespaces()
-    ctx = make_context()
-    with ctx.stack:
-        report: BootReport = boot_test(ctx, load_recipe(recipe_path),
-                                       BootOptions(workers=1, ssh_key=key, logs=logs, board="pi2b"))
-    print(format_report(report))
+    argv = [sys.executable, "-m", "imagebuilder", "boot-test", recipe_path, "--workers", "1", "--board", "pi2b",
+            "--ssh-key", key, "--logs", logs, "--json", logs / "report.json"]
+    env = {**os.environ, "PATH": boot_tier_path(tmp_path / "tier")}
+    done = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, check=False)
+    print(done.stdout)  # the report, shown with -s and in the log of a failure
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert namespaces() == before and not boot_workdirs()
-    (firmware,) = [c for c in report.checks if c.name == "firmware step"]
-    assert firmware.node == "node1" and "bcm2836-rpi-2-b.dtb" in firmware.detail, firmware.detail
+    checks = json.loads((logs / "report.json").read_text())["checks"]
+    (firmware,) = [c for c in checks if c["name"] == "firmware step"]
+    assert firmware["node"] == "node1" and "bcm2836-rpi-2-b.dtb" in firmware["detail"], firmware["detail"]
     assert "root=/dev/mmcblk0p2 boot=/dev/mmcblk0p1" in (logs / "serial-node1.log").read_text()
     for name in ("boots", "boot finished", "root and boot on the card", "memory cgroup", "hostname",
                  "cloud-init once, no errors", "dnsmasq lease", "NFS read", "NAT", "clock",
                  "clock from the master", "dashboard", "k3s agent"):
-        check(report, name)
-    failed = [f"{c.name} [{c.node}]: {c.detail}" for c in report.checks if not c.ok]
+        assert [c for c in checks if c["name"] == name], f"no check {name!r} ran"
+    failed = [f"{c['name']} [{c['node']}]: {c['detail']}" for c in checks if not c["ok"]]
     assert not failed, "\n".join(failed)

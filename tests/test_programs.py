@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from imagebuilder.core import programs
-from imagebuilder.core.programs import BOOT, BUILD, PROGRAMS, TIERS, distribution, package_names, programs_of
+from imagebuilder.core.programs import BOOT, BUILD, PROGRAMS, TEST, TIERS, distribution, package_names, programs_of
 from tests.argvscan import scan, scan_literal
 from tests.conftest import ROOT, lacking, require_programs
 
@@ -221,11 +221,28 @@ def build_tier_path(folder: Path) -> str:
     """A PATH holding nothing but the programs of the build tier's packages (and of what apt installs with
     them) and the Python imagebuilder runs on. test_kill's finishing build, a whole build with every stage
     made from a cache holding only the base, runs under it: the build tier is enough for a build."""
-    require_programs("dpkg")
-    names = tier_programs((BUILD,))
-    missing = [p.name for p in programs_of([BUILD]) if p.name not in names]
-    assert not missing, f"the build tier's packages do not install {missing}"
+    names = tier_path_programs((BUILD,))
     # Not one program of the boot tier: the PATH is really restricted.
     assert not {p.name for p in programs_of([BOOT]) if BUILD not in p.tiers} & set(names)
-    names.update({"python3": sys.executable})
     return str(programs_dir(folder, names))
+
+
+def boot_tier_path(folder: Path) -> str:
+    """The same for `make boot-test`, which installs the build and the boot tiers: the armhf cluster's boot
+    test runs under it (tests/test_boot_armhf.py), so the two tiers are enough for a boot test."""
+    names = tier_path_programs((BUILD, BOOT))
+    # The test tier's dnsmasq, bmaptool, chromium...: installed here, not on this PATH. It is really restricted.
+    left_out = {p.name for p in programs_of([TEST]) if shutil.which(p.name, path=SYSTEM_PATH)} - set(names)
+    assert {"dnsmasq", "bmaptool"} <= left_out, left_out
+    return str(programs_dir(folder, names))
+
+
+def tier_path_programs(tiers: tuple[str, ...]) -> dict[str, str]:
+    """The programs of the tiers' packages, each of the table's programs of the tiers among them, and the
+    Python imagebuilder runs on."""
+    require_programs("dpkg")
+    names = tier_programs(tiers)
+    missing = [p.name for p in programs_of(list(tiers)) if p.name not in names]
+    assert not missing, f"the packages of the tiers {tiers} do not install {missing}"
+    names.update({"python3": sys.executable})
+    return names
