@@ -42,6 +42,8 @@ workers:
   - {{hostname: node2, mac: "b8:27:eb:00:00:02", ip: 10.0.0.12}}
 unknown_workers: {{hostname: "node-{{mac6}}"}}
 output: {{dir: {out}, compress: none, bmap: false}}
+# What the boot test runs a container with, as k3s's embedded runc would (the check "container runs").
+packages: {{common: [runc, busybox-static]}}
 """
 
 
@@ -280,6 +282,18 @@ def test_k3s_units_enabled_with_config_and_token(booted: tuple[BootReport, Path]
     check(booted[0], "no server secret")
     if os.environ.get("IMAGEBUILDER_K3S_ASSETS"):
         check(booted[0], "k3s nodes Ready")
+
+
+@pytest.mark.boot
+def test_every_node_gives_k3s_its_kernel_cgroups_snapshots_containers_and_vxlan(
+        booted: tuple[BootReport, Path]) -> None:
+    """What `k3s check-config` checks and what the agent does first, on the master, the Pi model and virt."""
+    for name in ("k3s kernel", "k3s cgroups", "overlay snapshot", "container runs", "VXLAN"):
+        check(booted[0], name)
+    ran = {c.node for c in booted[0].checks if c.name == "container runs" and c.ok and not c.skipped}
+    assert ran == {"master", "node1", "node-b00701"}, ran
+    # Every worker reached every other node across VXLAN.
+    assert len([c for c in booted[0].checks if c.name == "VXLAN"]) == 4
 
 
 @pytest.mark.boot

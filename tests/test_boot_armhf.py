@@ -58,7 +58,8 @@ def test_armhf_cluster_with_a_worker_on_the_pi2_model(armhf_cluster: tuple[Path,
     assert "root=/dev/mmcblk0p2 boot=/dev/mmcblk0p1" in (logs / "serial-node1.log").read_text()
     for name in ("boots", "boot finished", "root and boot on the card", "memory cgroup", "hostname",
                  "cloud-init once, no errors", "dnsmasq lease", "NFS read", "NAT", "clock",
-                 "clock from the master", "dashboard", "k3s agent"):
+                 "clock from the master", "dashboard", "k3s agent", "k3s kernel", "k3s cgroups",
+                 "overlay snapshot", "container runs", "VXLAN"):
         assert [c for c in checks if c["name"] == name], f"no check {name!r} ran"
     failed = [f"{c['name']} [{c['node']}]: {c['detail']}" for c in checks if not c["ok"]]
     assert not failed, "\n".join(failed)

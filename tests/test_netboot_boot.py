@@ -139,6 +139,11 @@ def test_diskless_root_is_the_masters_shared_root_under_ram(netbooted: tuple[Boo
     check(report, "root from the master under a RAM layer")
     check(report, "own state folder on the master")
     check(report, "root and boot on the card")  # the card worker's, as before
+    # containerd's snapshots on a RAM root over NFS: the tmpfs the initramfs mounts for them takes overlays.
+    for name in ("overlay snapshot", "container runs", "k3s kernel", "k3s cgroups", "VXLAN"):
+        check(report, name)
+    ran = {c.node for c in report.checks if c.name == "container runs" and c.ok and not c.skipped}
+    assert {"node1", "node2"} <= ran, ran
 
 
 @pytest.mark.boot

@@ -17,6 +17,7 @@ import yaml
 
 from imagebuilder.boottest.clocks import check_clocks
 from imagebuilder.boottest.edge import check_edge
+from imagebuilder.boottest.k3s_needs import check_k3s_needs
 from imagebuilder.boottest.lan import UPLINK_SERVER
 from imagebuilder.boottest.plan import BootOptions, CheckResult, NodeResult
 from imagebuilder.boottest.qemu import sentinel, sentinel_detail
@@ -53,6 +54,7 @@ def run_checks(recipe: Recipe, results: list[NodeResult], ssh: Ssh, nonce: str,
     checks += check_dashboard(recipe, results, ssh, deadline)
     checks += check_clocks(recipe, master, workers, ssh, deadline)
     checks += check_k3s(recipe, master, workers, ssh, options, deadline)
+    checks += check_k3s_needs(reachable, ssh)
     checks += check_identity(reachable, ssh)
     checks += check_edge(recipe, master, ssh)
     return checks
