@@ -1,5 +1,5 @@
-"""Compressed copies of the images (all cores), cached by the raw image's digest: xz takes minutes, and an
-unchanged image must not pay it twice."""
+"""Compressed copies of the images (all cores, one image at a time), cached by the raw image's digest: xz
+takes minutes, and an unchanged image must not pay it twice."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 from imagebuilder.core.cache import touch
 from imagebuilder.core.context import Context
-from imagebuilder.core.log import step
+from imagebuilder.core.log import Progress, step
 from imagebuilder.core.resources import atomic_output, file_lock
 from imagebuilder.core.run import run
 from imagebuilder.disk.copy import share_image, stream_image
@@ -29,10 +29,12 @@ def compress_cached(ctx: Context, raw: Path, digest: str, fmt: str) -> tuple[Pat
     with file_lock(cached.with_suffix(".lock"), f"the {fmt} copy of {raw.name}"):
         made = not cached.exists()
         if made:
-            with step(f"compress {raw.name} ({fmt}, all cores)"), atomic_output(cached, 0o600) as tmp, \
-                    open(tmp, "wb") as sink:
-                run(COMPRESSORS[fmt], stdout=sink, feed=lambda pipe: stream_image(raw, pipe), feed_from=raw,
-                    cancellable=True)
+            # The roles' images are compressed one at a time, each with every core (core/beside.py).
+            what = f"compress {raw.name} ({fmt}, all cores)"
+            with ctx.cores.turn(what), step(what), atomic_output(cached, 0o600) as tmp, open(tmp, "wb") as sink, \
+                    Progress(f"compress {raw.name}", raw.stat().st_size) as progress:
+                run(COMPRESSORS[fmt], stdout=sink, feed=lambda pipe: stream_image(raw, pipe, progress),
+                    feed_from=raw, cancellable=True)
         touch(cached)
         cached.chmod(0o600)  # an image holds the cluster's secrets (and the emitted copy is this file)
         # Read while it is in the page cache: the emitted file is this one (shared below).
