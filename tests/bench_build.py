@@ -1,6 +1,6 @@
 """Bench: `imagebuilder build` against the floor of its work on this machine, in one run.
 
-    .venv/bin/python -m tests.bench_build [--keep] [--base-cached] [--no-floors] [--no-xz]
+    .venv/bin/python -m tests.bench_build [--keep] [--base-cached] [--no-floors] [--no-xz] [--only xz]
 
 Builds, each the real command in its own process against a fresh cache (times include start-up):
   cold         from nothing: the base bootstrapped, every stage made (--base-cached: the machine's cached
@@ -12,7 +12,8 @@ Builds, each the real command in its own process against a fresh cache (times in
                stages and the outputs; the fastest of each counts: single builds differ by more than 5%)
   per-node     `build --per-node` with 5, 50 and 250 workers, onto btrfs (reflinks) and onto the folder
                the bench runs in (here ext4: full copies, or the refusal when the disk cannot hold them)
-  xz           the same images emitted as xz
+  xz           the same images emitted as xz, against xz -T0 of each image alone (the roles' compressions
+               take turns, each with every core; --only xz: the cold build with the bases cached, then this)
 Floors, in the same run: `../shared/tools/floors.sh` (the base, a role's packages, assembling and
 compressing an image, with plain Debian tools) for the cold build; for an overlay edit, the bench's own
 equivalent on the images just built (a sparse copy of each, one file written into its ext4 with debugfs,
@@ -188,18 +189,46 @@ def compression_threads(image: Path, scratch: Path, formats: list[str]) -> dict[
     for fmt in formats:
         argv = COMPRESSORS[fmt]
         one = [a if a != "-T0" else "-T1" for a in argv]
-        target = scratch / f"threads.{fmt}"
-        times = {}
+        times: dict[str, float] = {}
         for name, command in (("all", argv), ("one", one), ("all again", argv)):
             if name == "all again" and times["all"] > 30:  # xz: minutes, and steady
                 times[name] = times["all"]
                 continue
-            with open(target, "wb") as sink:
-                times[name] = timed([*command, image], stdout=sink)
-        size = target.stat().st_size
-        target.unlink()
+            times[name], size = timed_compress(command, image, scratch / f"threads.{fmt}")
         results[fmt] = (times["one"], min(times["all"], times["all again"]), size)
     return results
+
+
+def timed_compress(argv: list[str], image: Path, target: Path) -> tuple[float, int]:
+    """Seconds and output size of a compress command on image."""
+    with open(target, "wb") as sink:
+        seconds = timed([*argv, image], stdout=sink)
+    size = target.stat().st_size
+    target.unlink()
+    return seconds, size
+
+
+def compress_alone(image: Path, scratch: Path, fmt: str) -> float:
+    """Seconds of the build's own compress command on image, alone on the machine, the image in the page
+    cache (as it is after a build)."""
+    timed(["cat", image])
+    return timed_compress(COMPRESSORS[fmt], image, scratch / f"alone.{fmt}")[0]
+
+
+def xz_part(cache: Path, work: Path, recipe: Path, log: Path, src: Path,
+            worker_alone: float | None = None) -> tuple[Run, Goal]:
+    """The images of the last build emitted as xz, against xz -T0 of each alone in this run (worker_alone:
+    already measured): the build compresses them one after the other, each with every core, so both take
+    no longer than the sum of each alone, though the roles are made side by side."""
+    out = work / "out" / "bench"
+    alone = {"master": compress_alone(out / "master.img", work, "xz"),
+             "worker": worker_alone or compress_alone(out / "worker.img", work, "xz")}
+    run = timed_build("xz emit of the same images (xz -T0 -6)", cache, recipe, log, src)
+    total = sum(alone.values())
+    return run, Goal("xz of both images (the build) / sum of each alone",
+                     f"{run.seconds:.1f} / {alone['master']:.1f} + {alone['worker']:.1f} s = "
+                     f"{run.seconds / total:.3f}x (its compress steps {compress_seconds(run):.1f} s)",
+                     "<= 1.05x", run.seconds <= 1.05 * total)
 
 
 def run_floors(script: Path, work: Path, log: Path) -> dict[str, float]:
@@ -260,6 +289,15 @@ def per_node(name: str, cache: Path, work: Path, out: Path, count: int, log: Pat
     return result
 
 
+def print_runs(runs: list[Run]) -> None:
+    """Each build's time, against the first (the cold build), and its slowest steps."""
+    print(f"\n{'build':44} {'seconds':>8} {'ratio to cold':>14}   slowest steps")
+    for r in runs:
+        top = sorted(((k, v) for k, v in r.steps.items() if not k.startswith("build ")), key=lambda kv: -kv[1])
+        print(f"{r.name:44} {r.seconds:8.1f} {r.seconds / runs[0].seconds:14.3f}   "
+              + ", ".join(f"{k} {v:.1f}s" for k, v in top[:3]))
+
+
 def print_goals(goals: list[Goal]) -> None:
     print(f"\n{'goal':58} {'measured':>34}  {'target':28} met")
     for g in goals:
@@ -277,8 +315,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-floors", action="store_true", help="skip floors.sh (about 25 minutes)")
     parser.add_argument("--source", type=Path, default=ROOT, help="the imagebuilder tree to bench")
     parser.add_argument("--no-xz", action="store_true", help="skip the xz runs (minutes on 2 cores)")
+    parser.add_argument("--only", choices=["xz"],
+                        help="the cold build (the bases cached, no floors), then only this part")
     parser.add_argument("--keep", action="store_true", help="keep the bench's cache and outputs")
     args = parser.parse_args(argv)
+    if args.only:
+        args.base_cached = args.no_floors = True
     if not is_root():
         print("bench_build: needs root (loop devices, mounts, chroot)", file=sys.stderr)
         return 2
@@ -306,6 +348,11 @@ def main(argv: list[str] | None = None) -> int:
         recipe = write_recipe(work, ["hello"])
         cold = timed_build("cold" + (" (base cached)" if args.base_cached else " (from nothing)"), cache, recipe,
                            log, src)
+        if args.only == "xz":
+            xz, goal = xz_part(cache, work, write_recipe(work, ["hello"], compress="xz"), log, src)
+            print_runs([cold, xz])
+            print_goals([goal])
+            return 0 if goal.met else 1
         runs = [cold, timed_build("warm rebuild (no change)", cache, recipe, log, src)]
         # Measured three times, the fastest counting: the first edits after a cold build share the disk with
         # what follows the gigabytes that build wrote and removed (writeback, ext4's online discard).
@@ -340,15 +387,14 @@ def main(argv: list[str] | None = None) -> int:
                 local.append(per_node("ext4", cache, work, work / "out-local", n, log, src, expect=2))
 
         threads = compression_threads(out / "worker.img", work, ["zstd"] if args.no_xz else ["zstd", "xz"])
+        xz_goal = None
         if not args.no_xz:
-            runs.append(timed_build("xz emit of the same images (xz -T0 -6)", cache,
-                                    write_recipe(work, ["hello", "sl"], count=250, compress="xz"), log, src))
+            write_overlay(work, "table 250 3")  # the images in out/bench, made by the last table build
+            xz, xz_goal = xz_part(cache, work, write_recipe(work, ["hello", "sl"], count=250, compress="xz"),
+                                  log, src, worker_alone=threads["xz"][1])
+            runs.append(xz)
 
-        print(f"\n{'build':44} {'seconds':>8} {'ratio to cold':>14}   slowest steps")
-        for r in runs:
-            top = sorted(((k, v) for k, v in r.steps.items() if not k.startswith("build ")), key=lambda kv: -kv[1])
-            print(f"{r.name:44} {r.seconds:8.1f} {r.seconds / cold.seconds:14.3f}   "
-                  + ", ".join(f"{k} {v:.1f}s" for k, v in top[:3]))
+        print_runs(runs)
 
         warm = runs[1]
         goals.append(Goal("no-op rebuild", f"{warm.seconds:.1f} s", "< 2 s", warm.seconds < 2))
@@ -407,6 +453,8 @@ def main(argv: list[str] | None = None) -> int:
             goals.append(Goal(f"{fmt} on worker.img: 1 thread / all {os.cpu_count()} cores",
                               f"{one:.1f} / {every:.1f} s = {one / every:.2f}x ({size / MIB:.0f} MiB)",
                               "uses every core", one / every > 1.3))
+        goals.append(xz_goal or Goal("xz of both images (the build) / sum of each alone", "not measured (--no-xz)",
+                                     "<= 1.05x", None))
         print_goals(goals)
         print("\ncompress options on worker.img "
               f"({(out / 'worker.img').stat().st_size / MIB:.0f} MiB raw, {worker_allocated / MIB:.0f} MiB data):")

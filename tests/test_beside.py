@@ -123,3 +123,43 @@ def test_a_copy_loop_stops_when_cancelled(sparse_image: Path) -> None:
 
     with pytest.raises(RuntimeError, match="boom"):
         run_beside({"fail": failing, "digest": digesting})
+
+
+def test_a_job_waiting_for_its_turn_ends_when_the_build_is_interrupted(tmp_path: Path) -> None:
+    """One job holds the cores (a long program), the other waits for them: a signal to the main thread ends
+    the program and the wait, and the waiting job never starts its work."""
+    turns = beside.Turns()
+    pidfile = tmp_path / "pid"
+    undone: list[str] = []
+    started: list[str] = []
+
+    def holder() -> None:
+        with turns.turn("compress master.img"):
+            long_job(pidfile, undone, "holder")
+
+    def waiter() -> None:
+        wait_for(pidfile)  # the holder has the cores
+        with turns.turn("compress worker.img"):
+            started.append("waiter")
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise Interrupted(signum)
+
+    def send_signal() -> None:
+        wait_for(pidfile)
+        time.sleep(0.3)  # the waiter is in its wait
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        threading.Thread(target=send_signal, daemon=True).start()
+        start = time.monotonic()
+        with pytest.raises(Interrupted):
+            run_beside({"master": holder, "worker": waiter})
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert time.monotonic() - start < 10
+    assert undone == ["holder"] and started == []
+    assert not alive(int(pidfile.read_text()))
+    with turns.turn("the next build"):  # let go of
+        pass

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from imagebuilder.core.log import Progress
 from imagebuilder.core.resources import atomic_output, loop_device, mounted
 from imagebuilder.disk.copy import (
     CHUNK,
@@ -103,9 +104,11 @@ def test_share_leaves_the_target_as_it_was_when_it_cannot(tmp_path: Path, monkey
 
 
 def test_stream_gives_every_byte_holes_as_zeros(tmp_path: Path) -> None:
-    """What a compressor reads from the pipe is the file, byte for byte, holes and all."""
+    """What a compressor reads from the pipe is the file, byte for byte, holes and all; its progress counts
+    every byte fed."""
     source = tmp_path / "a.img"
     data = sparse_file(source)
+    progress = Progress("stream", len(data))
     reader, writer = os.pipe()
     received: list[bytes] = []
 
@@ -116,12 +119,13 @@ def test_stream_gives_every_byte_holes_as_zeros(tmp_path: Path) -> None:
     thread = threading.Thread(target=drain)
     thread.start()
     try:
-        stream_image(source, writer)
+        stream_image(source, writer, progress)
     finally:
         os.close(writer)
         thread.join()
         os.close(reader)
     assert b"".join(received) == data
+    assert progress.done == len(data)
 
 
 def test_copy_range_moves_bytes_to_an_offset(tmp_path: Path) -> None:

@@ -79,6 +79,18 @@ def test_entries_match_the_files(recipe: Recipe) -> None:
     assert {t for d in doc["imager"]["devices"] for t in d["tags"]} == {"pi5-64bit", "pi4-64bit", "pi3-64bit"}
 
 
+def test_the_builds_digests_make_the_same_list(recipe: Recipe) -> None:
+    """The build gives the digests it just listed in SHA256SUMS, so no image is read again for the list."""
+    out = recipe.output_dir
+    _build_outputs(out)
+    read = json.loads(write_os_list(out, recipe).read_text())
+    known = {path.name: _sha256(path) for path in out.glob("*.img*")}
+    for path in out.glob("*.img*"):  # what a list that read them again would show
+        with path.open("r+b") as f:
+            f.write(b"changed")
+    assert json.loads(write_os_list(out, recipe, known=known).read_text()) == read
+
+
 def test_devices_are_the_boards_verify_passed(recipe: Recipe) -> None:
     out = recipe.output_dir
     _build_outputs(out)

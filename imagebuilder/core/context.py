@@ -7,6 +7,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from imagebuilder.core.beside import Turns
 from imagebuilder.core.invoker import Invoker, hand_over, home, invoking_user
 
 
@@ -29,6 +30,8 @@ class Context:
     stack: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
     # Under sudo: what the command writes that belongs to the person who ran it (see invoker.py).
     invoker: Invoker | None = field(default_factory=invoking_user)
+    # Taken by the command's work that uses every core (compressors): its jobs side by side take turns there.
+    cores: Turns = field(default_factory=Turns)
 
     def give_back(self, path: Path) -> None:
         """When the command ends (whatever the outcome), hand `path` over to the person behind sudo."""

@@ -68,15 +68,19 @@ def step(name: str) -> Iterator[None]:
     log.info("%s✓ %s (%.1fs)", indent, name, time.monotonic() - start)
 
 
+# Seconds between the log lines of a Progress that is not on a TTY.
+PROGRESS_INTERVAL = 5.0
+
+
 class Progress:
     """Counts work done; a tqdm bar on a TTY, a log line every `interval` seconds otherwise."""
 
-    def __init__(self, desc: str, total: int | None, unit: str = "B", interval: float = 5.0) -> None:
+    def __init__(self, desc: str, total: int | None, unit: str = "B", interval: float | None = None) -> None:
         self.desc = desc
         self.total = total
         self.unit = unit
         self.done = 0
-        self.interval = interval
+        self.interval = PROGRESS_INTERVAL if interval is None else interval
         self._start = time.monotonic()
         self._last = self._start
         self._bar: tqdm[Any] | None = None

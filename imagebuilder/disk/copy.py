@@ -18,7 +18,7 @@ import errno
 import fcntl
 import hashlib
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -170,31 +170,40 @@ def _hash_zeros(hashes: _Hashes, start: int, end: int) -> None:
         start += n
 
 
-def stream_image(source: Path, pipe: int) -> None:
+def stream_image(source: Path, pipe: int, progress: Progress | None = None) -> None:
     """Write the whole of source into a pipe: its data by the kernel (sendfile), its holes as zeros from
     memory. A compressor reading the file itself would read the holes (about 1 GiB in our images) through
     the page cache, which first fills it with pages of zeros: 3 s of system time per image, measured,
-    against 1.4 s this way."""
+    against 1.4 s this way. progress: counts the bytes the pipe took (what the reader has, less the pipe's
+    1 MiB and what the reader holds unfinished)."""
+    counted = progress.update if progress is not None else _uncounted
     with contextlib.suppress(OSError):  # a larger pipe: fewer wake-ups (1 MiB is what anyone may ask)
         fcntl.fcntl(pipe, F_SETPIPE_SZ, 1 << 20)
     with open(source, "rb", buffering=0) as src:
         size = os.fstat(src.fileno()).st_size
         position = 0
         for start, end in data_extents(src.fileno(), size):
-            _write_zeros(pipe, start - position)
+            _write_zeros(pipe, start - position, counted)
             offset = start
             while offset < end:
                 sent = os.sendfile(pipe, src.fileno(), offset, end - offset)
                 if sent == 0:
                     raise OSError(errno.EIO, f"{source} ended at {offset} while reading it")
                 offset += sent
+                counted(sent)
             position = end
-        _write_zeros(pipe, size - position)
+        _write_zeros(pipe, size - position, counted)
 
 
-def _write_zeros(fd: int, count: int) -> None:
+def _uncounted(n: int) -> None:
+    pass
+
+
+def _write_zeros(fd: int, count: int, counted: Callable[[int], None]) -> None:
     while count > 0:
-        count -= os.write(fd, _ZEROS[:min(count, CHUNK)])
+        written = os.write(fd, _ZEROS[:min(count, CHUNK)])
+        count -= written
+        counted(written)
 
 
 def clone_image(source: Path, target: Path) -> str:

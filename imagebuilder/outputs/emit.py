@@ -87,13 +87,13 @@ def write_index(ctx: Context, recipe: Recipe, base: BaseImage, results: dict[str
         }
         with atomic_output(out / "manifest.json", PRIVATE) as tmp:
             tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
-        # Imager downloads .img.xz: with that format the build keeps os_list.json current (it digests every
-        # image again, so only when an image or the recipe changed); with another, `imagebuilder
-        # imager-repo` makes the .img.xz and the list, and a list left from an xz build would be stale.
+        # Imager downloads .img.xz: with that format the build keeps os_list.json current (with the digests
+        # just listed in SHA256SUMS: nothing is read again); with another, `imagebuilder imager-repo` makes
+        # the .img.xz and the list, and a list left from an xz build would be stale.
         if recipe.output.compress != "xz":
             (out / OS_LIST).unlink(missing_ok=True)
         elif state != previous or not (out / OS_LIST).exists():
-            write_os_list(out, recipe)
+            write_os_list(out, recipe, known=digests)
         with atomic_output(out / STATE, PRIVATE) as tmp:
             tmp.write_text(json.dumps(state, indent=1, sort_keys=True) + "\n")
     if recipe.output.compress == "none":

@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import shutil
+from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -80,13 +81,17 @@ def _url(path: Path, base_url: str | None) -> str:
 
 
 def describe_image(out_dir: Path, role: str, recipe: Recipe, base_url: str | None,
-                   devices: list[str]) -> dict[str, Any] | None:
-    """One os_list entry (for role.img.xz), or None when no such image was made."""
+                   devices: list[str], known: Mapping[str, str]) -> dict[str, Any] | None:
+    """One os_list entry (for role.img.xz), or None when no such image was made. known: the sha256 of files
+    in out_dir by name, where the caller has it (the build, which just wrote them: not read again)."""
     download = out_dir / f"{role}.img.xz"
     if not download.is_file():
         return None
     raw = out_dir / f"{role}.img"
-    extract_size, extract_sha256 = _extracted(raw if raw.is_file() else download)
+    if raw.is_file() and raw.name in known:
+        extract_size, extract_sha256 = raw.stat().st_size, known[raw.name]
+    else:
+        extract_size, extract_sha256 = _extracted(raw if raw.is_file() else download)
     mtime = datetime.datetime.fromtimestamp(download.stat().st_mtime, datetime.UTC)
     entry = {
         "name": f"{recipe.cluster.name}: {role}",
@@ -97,7 +102,7 @@ def describe_image(out_dir: Path, role: str, recipe: Recipe, base_url: str | Non
         "extract_size": extract_size,
         "extract_sha256": extract_sha256,
         "image_download_size": download.stat().st_size,
-        "image_download_sha256": sha256_of(download),
+        "image_download_sha256": known.get(download.name) or sha256_of(download),
         "release_date": mtime.date().isoformat(),
         "init_format": INIT_FORMAT,
         "devices": devices,
@@ -108,9 +113,11 @@ def describe_image(out_dir: Path, role: str, recipe: Recipe, base_url: str | Non
     return entry
 
 
-def render_os_list(out_dir: Path, recipe: Recipe, base_url: str | None = None) -> dict[str, Any]:
+def render_os_list(out_dir: Path, recipe: Recipe, base_url: str | None = None,
+                   known: Mapping[str, str] | None = None) -> dict[str, Any]:
     entries = [e for role in ROLES
-               if (e := describe_image(out_dir, role, recipe, base_url, verified_tags(out_dir, recipe, role)))]
+               if (e := describe_image(out_dir, role, recipe, base_url, verified_tags(out_dir, recipe, role),
+                                       known or {}))]
     if not entries:
         raise ImagerRepoError(f"{out_dir}: no master.img.xz or worker.img.xz to list",
                               f"build first (imagebuilder build {recipe.source}), then imagebuilder imager-repo")
@@ -121,9 +128,11 @@ def render_os_list(out_dir: Path, recipe: Recipe, base_url: str | None = None) -
     return {"imager": {"devices": devices}, "os_list": entries}
 
 
-def write_os_list(out_dir: Path, recipe: Recipe, base_url: str | None = None) -> Path:
-    """Write out_dir/os_list.json (and its icon) for the .img.xz images in out_dir."""
-    document = render_os_list(out_dir, recipe, base_url)  # first: no icon beside nothing to list
+def write_os_list(out_dir: Path, recipe: Recipe, base_url: str | None = None,
+                  known: Mapping[str, str] | None = None) -> Path:
+    """Write out_dir/os_list.json (and its icon) for the .img.xz images in out_dir; known: digests by file
+    name, as for describe_image."""
+    document = render_os_list(out_dir, recipe, base_url, known)  # first: no icon beside nothing to list
     icon = out_dir / ICON
     if not icon.is_file():
         with atomic_output(icon) as tmp, resources.as_file(resources.files("imagebuilder") / "data/icon.png") as src:
