@@ -85,8 +85,11 @@ bench: setup-test venv-test
 	$(BIN)/python -m tests.bench_flash
 	$(BIN)/python -m tests.bench_collector
 
-# The programs that run on the nodes (overlays/*/root/usr/local/lib/imagebuilder/*.py) are linted too.
+# The programs that run on the nodes (overlays/*/root/usr/local/lib/imagebuilder/*.py) are linted too, each
+# folder on mypy's path as it is on the node's sys.path, where a program finds the modules beside it.
 NODE_PROGRAMS := $(wildcard overlays/*/root/usr/local/lib/imagebuilder/*.py)
+empty :=
+NODE_PROGRAM_PATH := $(subst $(empty) $(empty),:,$(sort $(dir $(NODE_PROGRAMS))))
 
 setup-lint: setup-python
 	$(call apt_install,$(LINT_PACKAGES))
@@ -94,7 +97,7 @@ setup-lint: setup-python
 lint: setup-lint venv-test
 	$(BIN)/ruff check imagebuilder tests overlays
 	$(BIN)/mypy
-	$(BIN)/mypy --strict $(NODE_PROGRAMS)
+	MYPYPATH=$(NODE_PROGRAM_PATH) $(BIN)/mypy --strict --explicit-package-bases $(NODE_PROGRAMS)
 
 # The one supported install: a wheel of this checkout in its own environment under $(INSTALL_DIR), made
 # from the system Python with its site-packages (python3-guestfs for the rootless backend), and the
