@@ -120,7 +120,8 @@ def boot_test(ctx: Context, recipe: Recipe, options: BootOptions) -> BootReport:
         for result in results:
             wait_for_rest(result, options, deadline)
     with step("checks"):
-        checks = [*firmware, *run_checks(recipe, results, ssh, nonce, options, deadline)]
+        results, found = run_checks(recipe, results, ssh, nonce, options, deadline)
+    checks = [*firmware, *found]
     netbooted = [r for r in results if r.node.netboot]
     if netbooted:
         checks += power_cycle(recipe, netbooted, ssh, power_on, deadline)
@@ -136,7 +137,7 @@ def power_cycle(recipe: Recipe, netbooted: list[NodeResult], ssh: Ssh, power_on:
     again: dict[str, dict[str, str]] = {}
     with step(f"power cycle of {len(netbooted)} netbooted workers"):
         for r in netbooted:
-            ssh.run(r.host, "sudo systemctl poweroff")  # -no-reboot: qemu ends when the guest powers off
+            ssh.run(r.host, ["sudo", "systemctl", "poweroff"])  # -no-reboot: qemu ends when the guest powers off
             try:
                 r.guest.proc.wait(timeout=max(1.0, min(120.0, deadline - time.monotonic())))
             except subprocess.TimeoutExpired:
