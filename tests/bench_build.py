@@ -172,8 +172,8 @@ def overlay_floor(out: Path, scratch: Path) -> dict[str, float]:
                                  f"{copy}?offset={root.start}"])
         subprocess.run(["sync"], check=True)
         # Its holes read once first (untimed): zstd reading a fresh file's holes pays for filling the page
-        # cache with zero pages, which the build no longer does (it feeds zstd through a pipe), so the
-        # floor is zstd at its fastest.
+        # cache with zero pages, which the build does not (it feeds zstd through a pipe), so the floor is
+        # zstd at its fastest.
         timed(["cat", copy])
         floor["zstd"] += timed(["zstd", "-q", "-T0", "-3", "-f", copy, "-o", f"{copy}.zst"])
         copy.unlink()

@@ -22,11 +22,11 @@ from imagebuilder.boottest.poll import poll
 from imagebuilder.boottest.qemu import GuestSpec, Uplink, qemu_argv, user_netdev
 from imagebuilder.boottest.report import format_report, report_data, write_json
 from imagebuilder.disk.fat import MTOOLS_ENV as MTOOLS
-from imagebuilder.disk.fat import fat_read
 from imagebuilder.disk.partitions import boot_and_root
 from imagebuilder.recipe.load import load_recipe
 from tests.conftest import ROOT, VALID, descendants, require_programs
 from tests.images import SECURITY, arm64_base, make_context
+from tests.readers import fat_read
 
 RECIPE = """\
 cluster: {{name: boottest, domain: cluster.lan}}

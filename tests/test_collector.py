@@ -358,7 +358,7 @@ def test_http_api_and_page(served: tuple[Any, str]) -> None:
     assert len(json.loads(get(url + "/api/nodes?history=1")[2])["nodes"][1]["history"]["t"]) == 1
     stats = json.loads(get(url + "/api/stats")[2])
     assert stats["accepted"] == 1 and stats["dropped"]["not_json"] == 1
-    # The issue: a beacon's 1e999 became Infinity in /api/nodes, which JSON.parse rejects.
+    # A beacon's 1e999 must not reach /api/nodes as Infinity, which JSON.parse rejects.
     col.nodes.receive(literal("cpu", "1e999"), "10.0.0.12", col.subnet)
     body = get(url + "/api/nodes?history=1")[2]
     assert "Infinity" not in body and json.loads(get(url + "/api/stats")[2])["dropped"]["bad_number"] == 1

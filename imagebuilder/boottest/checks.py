@@ -1,7 +1,7 @@
 """What the boot test asserts about a running cluster: from the consoles, and by logging in over ssh.
 
 Each check yields CheckResult(name, node, ok, detail); a failed check never raises, so one broken service
-does not hide the state of the others. The names are the issue's list.
+does not hide the state of the others. No check changes what it is given, so their order does not matter.
 """
 
 from __future__ import annotations
