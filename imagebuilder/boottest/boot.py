@@ -120,12 +120,11 @@ def boot_test(ctx: Context, recipe: Recipe, options: BootOptions) -> BootReport:
         for result in results:
             wait_for_rest(result, options, deadline)
     with step("checks"):
-        results, found = run_checks(recipe, results, ssh, nonce, options, deadline)
-    checks = [*firmware, *found]
+        results, checks = run_checks(recipe, results, ssh, nonce, options, deadline)
     netbooted = [r for r in results if r.node.netboot]
     if netbooted:
         checks += power_cycle(recipe, netbooted, ssh, power_on, deadline)
-    return BootReport(recipe.cluster.name, results, checks, time.monotonic() - started)
+    return BootReport(recipe.cluster.name, results, [*firmware, *checks], time.monotonic() - started)
 
 
 def power_cycle(recipe: Recipe, netbooted: list[NodeResult], ssh: Ssh, power_on: Callable[[Node], NodeResult],
