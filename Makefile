@@ -85,8 +85,14 @@ bench: setup-test venv-test
 	$(BIN)/python -m tests.bench_flash
 	$(BIN)/python -m tests.bench_collector
 
-# The programs that run on the nodes (overlays/*/root/usr/local/lib/imagebuilder/*.py) are linted too.
+# The programs that run on the nodes (overlays/*/root/usr/local/lib/imagebuilder/*.py) are linted too, each
+# folder on mypy's path as it is on the node's sys.path, where a program finds the modules beside it. So are
+# the nodes' shell scripts (a #!/bin/sh line, or a shellcheck directive where the initramfs sources one);
+# the templates among them are shellchecked by the tests, once rendered (tests/test_node_scripts.py).
 NODE_PROGRAMS := $(wildcard overlays/*/root/usr/local/lib/imagebuilder/*.py)
+empty :=
+NODE_PROGRAM_PATH := $(subst $(empty) $(empty),:,$(sort $(dir $(NODE_PROGRAMS))))
+NODE_SCRIPTS = $(shell grep -rlE --exclude='*.j2' '^(\#!/bin/sh|\# shellcheck shell=sh)$$' overlays)
 
 setup-lint: setup-python
 	$(call apt_install,$(LINT_PACKAGES))
@@ -94,7 +100,8 @@ setup-lint: setup-python
 lint: setup-lint venv-test
 	$(BIN)/ruff check imagebuilder tests overlays
 	$(BIN)/mypy
-	$(BIN)/mypy --strict $(NODE_PROGRAMS)
+	MYPYPATH=$(NODE_PROGRAM_PATH) $(BIN)/mypy --strict --explicit-package-bases $(NODE_PROGRAMS)
+	shellcheck $(NODE_SCRIPTS)
 
 # The one supported install: a wheel of this checkout in its own environment under $(INSTALL_DIR), made
 # from the system Python with its site-packages (python3-guestfs for the rootless backend), and the

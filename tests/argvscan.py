@@ -10,9 +10,10 @@ a test then names each such place and says which programs run there.
 from __future__ import annotations
 
 import ast
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 # Calls that take a command line (or a program's name) as their first argument. exec_argv prefixes
 # `ip netns exec`: the command it wraps runs on the host too.
@@ -65,6 +66,30 @@ def _is_sink(call: ast.Call) -> bool:
     return False
 
 
+# The parts of an expression that stand for its argv[0]: a list's first item, a comprehension's source, both
+# sides of a conditional, a dict's values, the left of a concatenation.
+_LEADS_TO: dict[type[ast.AST], Callable[[Any], tuple[ast.AST, ...]]] = {
+    ast.List: lambda n: tuple(n.elts[:1]),
+    ast.Tuple: lambda n: tuple(n.elts[:1]),
+    ast.ListComp: lambda n: (n.generators[0].iter,),
+    ast.Starred: lambda n: (n.value,),
+    ast.Subscript: lambda n: (n.value,),
+    ast.Dict: lambda n: tuple(n.values),
+    ast.IfExp: lambda n: (n.body, n.orelse),
+    ast.BinOp: lambda n: (n.left,),
+}
+
+
+def _leads_to(node: ast.AST) -> tuple[ast.AST, ...] | None:
+    """What `node` stands for, to be followed in its place; None when it is not such an expression."""
+    if isinstance(node, ast.Attribute) and ast.unparse(node) == "sys.executable":
+        return ()  # the Python imagebuilder runs on
+    if isinstance(node, ast.Attribute) and node.attr == "program":
+        return (node.value,)
+    follow = _LEADS_TO.get(type(node))
+    return follow(node) if follow is not None else None
+
+
 class _Resolver:
     def __init__(self, modules: list[_Module]) -> None:
         self.modules = modules
@@ -77,24 +102,9 @@ class _Resolver:
         if isinstance(node, ast.Constant) and isinstance(node.value, str):
             # A path names a program the code found itself (a venv's, an image's): not one from PATH.
             return ({node.value}, set()) if "/" not in node.value else (set(), set())
-        if isinstance(node, (ast.List, ast.Tuple)):
-            return self.resolve(node.elts[0], module, seen) if node.elts else (set(), set())
-        if isinstance(node, ast.ListComp):
-            return self.resolve(node.generators[0].iter, module, seen)
-        if isinstance(node, ast.Starred):
-            return self.resolve(node.value, module, seen)
-        if isinstance(node, ast.Subscript):
-            return self.resolve(node.value, module, seen)
-        if isinstance(node, ast.Dict):
-            return self._union((v for v in node.values), module, seen)
-        if isinstance(node, ast.IfExp):
-            return self._union((node.body, node.orelse), module, seen)
-        if isinstance(node, ast.BinOp):
-            return self.resolve(node.left, module, seen)
-        if isinstance(node, ast.Attribute) and ast.unparse(node) == "sys.executable":
-            return set(), set()  # the Python imagebuilder runs on
-        if isinstance(node, ast.Attribute) and node.attr == "program":
-            return self.resolve(node.value, module, seen)
+        inner = _leads_to(node)
+        if inner is not None:
+            return self._union(inner, module, seen)
         if isinstance(node, ast.Name):
             return self._resolve_name(node, module, seen)
         if isinstance(node, ast.Call):

@@ -24,6 +24,7 @@ Every figure is printed with its goal. Needs root.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -173,8 +174,8 @@ def overlay_floor(out: Path, scratch: Path) -> dict[str, float]:
                                  f"{copy}?offset={root.start}"])
         subprocess.run(["sync"], check=True)
         # Its holes read once first (untimed): zstd reading a fresh file's holes pays for filling the page
-        # cache with zero pages, which the build no longer does (it feeds zstd through a pipe), so the
-        # floor is zstd at its fastest.
+        # cache with zero pages, which the build does not (it feeds zstd through a pipe), so the floor is
+        # zstd at its fastest.
         timed(["cat", copy])
         floor["zstd"] += timed(["zstd", "-q", "-T0", "-3", "-f", copy, "-o", f"{copy}.zst"])
         copy.unlink()
@@ -289,6 +290,16 @@ def per_node(name: str, cache: Path, work: Path, out: Path, count: int, log: Pat
     return result
 
 
+def measure_xz_only(work: Path, cache: Path, src: Path, log: Path) -> Goal:
+    """--only xz: the cold build (bases cached), then the same images emitted as xz against each alone."""
+    write_overlay(work, "first")
+    cold = timed_build("cold (base cached)", cache, write_recipe(work, ["hello"]), log, src)
+    xz, goal = xz_part(cache, work, write_recipe(work, ["hello"], compress="xz"), log, src)
+    print_runs([cold, xz])
+    print_goals([goal])
+    return goal
+
+
 def print_runs(runs: list[Run]) -> None:
     """Each build's time, against the first (the cold build), and its slowest steps."""
     print(f"\n{'build':44} {'seconds':>8} {'ratio to cold':>14}   slowest steps")
@@ -303,6 +314,180 @@ def print_goals(goals: list[Goal]) -> None:
     for g in goals:
         verdict = "-" if g.met is None else "yes" if g.met else "MISSED"
         print(f"{g.what:58} {g.figure:>34}  {g.goal:28} {verdict}")
+
+
+@dataclass
+class Measured:
+    """Every figure of one bench run."""
+    runs: list[Run]  # every timed build, in order: cold and warm first
+    edits: list[Run]  # the overlay edits
+    floor: dict[str, float]  # the bench's own floor of an overlay edit
+    floors: dict[str, float]  # floors.sh's rows, when it ran
+    tables: dict[int, list[Run]]  # by worker count: the alternated 5- and 250-worker builds
+    nodes: list[dict[str, object]]  # --per-node onto btrfs
+    local: list[dict[str, object]]  # --per-node onto the bench's own folder
+    threads: dict[str, tuple[float, float, int]]  # by format: one thread, all, size
+    worker_allocated: int  # bytes of worker.img that hold data
+    xz_goal: Goal | None  # the build's xz of both images against each alone, unless --no-xz
+
+    @property
+    def cold(self) -> Run:
+        return self.runs[0]
+
+    @property
+    def warm(self) -> Run:
+        return self.runs[1]
+
+    @property
+    def overlay(self) -> Run:
+        return min(self.edits, key=lambda r: r.seconds)
+
+
+def measure_floors(args: argparse.Namespace, work: Path, log: Path) -> dict[str, float]:
+    """floors.sh's rows, or nothing when it is skipped or absent."""
+    if args.no_floors or args.base_cached:
+        return {}
+    if not args.floors.exists():
+        print(f"bench_build: no {args.floors}: the cold build has no floor (--floors PATH)", flush=True)
+        return {}
+    floors = run_floors(args.floors.resolve(), work / "floors", log)
+    subprocess.run(["rm", "-rf", "--one-file-system", "--", work / "floors"], check=False)
+    return floors
+
+
+def measure_per_node(cache: Path, work: Path, btrfs: Path, log: Path, src: Path,
+                     worker_allocated: int) -> tuple[list[dict[str, object]], list[dict[str, object]]]:
+    """--per-node onto btrfs (5, 50, 250 workers), and onto the bench's own folder where the disk holds them."""
+    nodes = [per_node("btrfs", cache, work, btrfs / "out", n, log, src) for n in (5, 50, 250)]
+    local = [per_node("ext4", cache, work, work / "out-local", 5, log, src)]
+    space = shutil.disk_usage(work).free
+    for n in (50, 250):
+        if worker_allocated * n < space * 0.9:
+            local.append(per_node("ext4", cache, work, work / "out-local", n, log, src))
+        else:
+            local.append(per_node("ext4", cache, work, work / "out-local", n, log, src, expect=2))
+    return nodes, local
+
+
+def measure(args: argparse.Namespace, work: Path, cache: Path, src: Path, log: Path,
+            stack: contextlib.ExitStack) -> Measured:
+    """Every build of the bench, then the compression threads. The btrfs folder is unmounted by `stack`."""
+    floors = measure_floors(args, work, log)
+    write_overlay(work, "first")
+    recipe = write_recipe(work, ["hello"])
+    cold = timed_build("cold" + (" (base cached)" if args.base_cached else " (from nothing)"), cache, recipe,
+                       log, src)
+    runs = [cold, timed_build("warm rebuild (no change)", cache, recipe, log, src)]
+    # Measured three times, the fastest counting: the first edits after a cold build share the disk with
+    # what follows the gigabytes that build wrote and removed (writeback, ext4's online discard).
+    edits = []
+    for text in ("second", "third", "fourth"):
+        write_overlay(work, text)
+        edits.append(timed_build(f"overlay file changed ({text})", cache, recipe, log, src))
+    runs += edits
+    runs.append(timed_build("one package added", cache, write_recipe(work, ["hello", "sl"]), log, src))
+    out = work / "out" / "bench"
+    floor = overlay_floor(out, work)
+    # Alternated, three times each, the fastest of each counting (both remake the files stages and the outputs).
+    tables: dict[int, list[Run]] = {5: [], 250: []}
+    for attempt in (1, 2, 3):
+        for count in (5, 250):
+            write_overlay(work, f"table {count} {attempt}")
+            tables[count].append(timed_build(f"{count} workers ({attempt})", cache,
+                                             write_recipe(work, ["hello", "sl"], count=count), log, src))
+    runs += [*tables[5], *tables[250]]
+    btrfs, _ = btrfs_folder(work)
+    stack.callback(subprocess.run, ["umount", btrfs], check=False)
+    worker_allocated = (out / "worker.img").stat().st_blocks * 512
+    nodes, local = measure_per_node(cache, work, btrfs, log, src, worker_allocated)
+    threads = compression_threads(out / "worker.img", work, ["zstd"] if args.no_xz else ["zstd", "xz"])
+    xz_goal = None
+    if not args.no_xz:
+        write_overlay(work, "table 250 3")  # the images in out/bench, made by the last table build
+        xz, xz_goal = xz_part(cache, work, write_recipe(work, ["hello", "sl"], count=250, compress="xz"),
+                              log, src, worker_alone=threads["xz"][1])
+        runs.append(xz)
+    return Measured(runs, edits, floor, floors, tables, nodes, local, threads, worker_allocated, xz_goal)
+
+
+def build_goals(m: Measured) -> list[Goal]:
+    """The goals of the build's own speed: no-op rebuild, overlay edit, table size, cold build."""
+    goals = [Goal("no-op rebuild", f"{m.warm.seconds:.1f} s", "< 2 s", m.warm.seconds < 2)]
+    overlay, floor, floors, cold = m.overlay, m.floor, m.floors, m.cold
+    # "The compression of the two images" is what zstd -T0 alone takes on them, measured in this run (the
+    # floor's zstd): the build compresses one image beside the other's stage, so its own compress steps
+    # overlap other work, and subtracting them would count that work twice.
+    squeezed = overlay.seconds - floor["zstd"]
+    slowest = max(m.edits, key=lambda r: r.seconds)
+    goals.append(Goal("overlay edit, zstd, without its compression",
+                      f"{squeezed:.1f} s (+ {floor['zstd']:.1f} s zstd alone; its compress steps "
+                      f"{compress_seconds(overlay):.1f} s; slowest edit {slowest.seconds - floor['zstd']:.1f} s)",
+                      "<= 10 s", squeezed <= 10))
+    # The floor of an overlay edit, per image: a sparse copy and its writeback, one file written, zstd
+    # -T0 (floors.sh e.1, e.1s, e.3, d.2); the bench's own measurement of the same only without floors.sh.
+    if floors:
+        floor_total = 2 * sum(floor_row(floors, row) for row in ("e.1 ", "e.1s", "e.3", "d.2"))
+        source = "floors.sh"
+    else:
+        floor_total, source = sum(floor.values()), "own"
+    goals.append(Goal(f"overlay edit / its floor ({source}: copy+write+zstd, 2 images)",
+                      f"{overlay.seconds:.1f} / {floor_total:.1f} s = {overlay.seconds / floor_total:.2f}x "
+                      f"(slowest edit {slowest.seconds / floor_total:.2f}x)",
+                      "<= 2x", overlay.seconds <= 2 * floor_total))
+    five, many = (min(m.tables[n], key=lambda r: r.seconds) for n in (5, 250))
+    goals.append(Goal("250 workers / 5 workers", f"{many.seconds:.1f} / {five.seconds:.1f} s = "
+                      f"{many.seconds / five.seconds:.3f}x", "<= 1.05x", many.seconds <= 1.05 * five.seconds))
+    if floors:
+        # What a cold build does, by plain tools: bootstrap the base, install the roles' packages (the
+        # first install cold, the second warm), assemble and compress two images.
+        cold_floor = (floor_row(floors, "a. base") + floor_row(floors, "b.1") + floor_row(floors, "b.2")
+                      + floor_row(floors, "b.4") + 2 * floor_row(floors, "c. assemble total")
+                      + 2 * floor_row(floors, "d.2"))
+        goals.append(Goal("cold build from nothing / sum of floors", f"{cold.seconds:.0f} / {cold_floor:.0f} s"
+                          f" = {cold.seconds / cold_floor:.2f}x", "<= 1.3x", cold.seconds <= 1.3 * cold_floor))
+    else:
+        goals.append(Goal("cold build from nothing / sum of floors", "not measured (see --no-floors, "
+                          "--base-cached)", "<= 1.3x", None))
+    return goals
+
+
+def output_goals(m: Measured) -> list[Goal]:
+    """The goals of what is written: --per-node images on btrfs and ext4, compression's use of the cores."""
+    goals = []
+    full = m.worker_allocated
+    for result in m.nodes:
+        count = int(result["count"])  # type: ignore[call-overload]
+        per = int(result["disk"]) / count  # type: ignore[call-overload]
+        seconds = float(result["seconds"] or 0) / count  # type: ignore[arg-type]
+        goals.append(Goal(f"--per-node on btrfs, {count} nodes: per extra node",
+                          f"{seconds:.2f} s, {per / 1024:.0f} KiB (full: {full / MIB:.0f} MiB)",
+                          "what differs, not a copy", per < full / 50))
+    for result in m.local:
+        count = int(result["count"])  # type: ignore[call-overload]
+        if "refused" in result:
+            goals.append(Goal(f"--per-node on ext4, {count} nodes", "refused before writing: "
+                              + str(result["refused"])[:60], "disk said up front", bool(result["refused"])))
+        else:
+            per = int(result["disk"]) / count  # type: ignore[call-overload]
+            seconds = float(result["seconds"] or 0) / count  # type: ignore[arg-type]
+            goals.append(Goal(f"--per-node on ext4 (no reflinks), {count} nodes: per node",
+                              f"{seconds:.2f} s, {per / MIB:.0f} MiB", "full copies, said up front", None))
+    for fmt, (one, every, size) in m.threads.items():
+        goals.append(Goal(f"{fmt} on worker.img: 1 thread / all {os.cpu_count()} cores",
+                          f"{one:.1f} / {every:.1f} s = {one / every:.2f}x ({size / MIB:.0f} MiB)",
+                          "uses every core", one / every > 1.3))
+    goals.append(m.xz_goal or Goal("xz of both images (the build) / sum of each alone", "not measured (--no-xz)",
+                                   "<= 1.05x", None))
+    return goals
+
+
+def print_compression(m: Measured, image: Path) -> None:
+    print("\ncompress options on worker.img "
+          f"({image.stat().st_size / MIB:.0f} MiB raw, {m.worker_allocated / MIB:.0f} MiB data):")
+    print(f"  none: 0 s, {m.worker_allocated / MIB:.0f} MiB on disk (sparse)")
+    for fmt, (_, every, size) in m.threads.items():
+        print(f"  {fmt}: {every:.1f} s on all cores, {size / MIB:.0f} MiB")
+    print("\nfloors (s): " + json.dumps(m.floors or "not run") + "\noverlay floor (s): " + json.dumps(m.floor))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -325,7 +510,6 @@ def main(argv: list[str] | None = None) -> int:
         print("bench_build: needs root (loop devices, mounts, chroot)", file=sys.stderr)
         return 2
     work = Path(tempfile.mkdtemp(prefix="bench-build-", dir="/var/tmp"))
-    btrfs: Path | None = None
     goals: list[Goal] = []
     try:
         cache = work / "cache"
@@ -336,135 +520,16 @@ def main(argv: list[str] | None = None) -> int:
         src = snapshot_source(args.source.resolve(), work)
         log = work / "build.log"
         print(f"bench_build: {os.cpu_count()} cores; logs in {log}", flush=True)
-        floors: dict[str, float] = {}
-        if not args.no_floors and not args.base_cached:
-            if not args.floors.exists():
-                print(f"bench_build: no {args.floors}: the cold build has no floor (--floors PATH)", flush=True)
-            else:
-                floors = run_floors(args.floors.resolve(), work / "floors", log)
-                subprocess.run(["rm", "-rf", "--one-file-system", "--", work / "floors"], check=False)
-
-        write_overlay(work, "first")
-        recipe = write_recipe(work, ["hello"])
-        cold = timed_build("cold" + (" (base cached)" if args.base_cached else " (from nothing)"), cache, recipe,
-                           log, src)
         if args.only == "xz":
-            xz, goal = xz_part(cache, work, write_recipe(work, ["hello"], compress="xz"), log, src)
-            print_runs([cold, xz])
-            print_goals([goal])
-            return 0 if goal.met else 1
-        runs = [cold, timed_build("warm rebuild (no change)", cache, recipe, log, src)]
-        # Measured three times, the fastest counting: the first edits after a cold build share the disk with
-        # what follows the gigabytes that build wrote and removed (writeback, ext4's online discard).
-        edits = []
-        for text in ("second", "third", "fourth"):
-            write_overlay(work, text)
-            edits.append(timed_build(f"overlay file changed ({text})", cache, recipe, log, src))
-        runs += edits
-        overlay = min(edits, key=lambda r: r.seconds)
-        runs.append(timed_build("one package added", cache, write_recipe(work, ["hello", "sl"]), log, src))
-        out = work / "out" / "bench"
-        floor = overlay_floor(out, work)
-        # Alternated, three times each, the fastest of each counting (both remake the files stages and the outputs).
-        tables: dict[int, list[Run]] = {5: [], 250: []}
-        for attempt in (1, 2, 3):
-            for count in (5, 250):
-                write_overlay(work, f"table {count} {attempt}")
-                tables[count].append(timed_build(f"{count} workers ({attempt})", cache,
-                                                 write_recipe(work, ["hello", "sl"], count=count), log, src))
-        runs += [*tables[5], *tables[250]]
-        five, many = (min(tables[n], key=lambda r: r.seconds) for n in (5, 250))
-
-        btrfs, _ = btrfs_folder(work)
-        nodes = [per_node("btrfs", cache, work, btrfs / "out", n, log, src) for n in (5, 50, 250)]
-        local = [per_node("ext4", cache, work, work / "out-local", 5, log, src)]
-        space = shutil.disk_usage(work).free
-        worker_allocated = (out / "worker.img").stat().st_blocks * 512
-        for n in (50, 250):
-            if worker_allocated * n < space * 0.9:
-                local.append(per_node("ext4", cache, work, work / "out-local", n, log, src))
-            else:
-                local.append(per_node("ext4", cache, work, work / "out-local", n, log, src, expect=2))
-
-        threads = compression_threads(out / "worker.img", work, ["zstd"] if args.no_xz else ["zstd", "xz"])
-        xz_goal = None
-        if not args.no_xz:
-            write_overlay(work, "table 250 3")  # the images in out/bench, made by the last table build
-            xz, xz_goal = xz_part(cache, work, write_recipe(work, ["hello", "sl"], count=250, compress="xz"),
-                                  log, src, worker_alone=threads["xz"][1])
-            runs.append(xz)
-
-        print_runs(runs)
-
-        warm = runs[1]
-        goals.append(Goal("no-op rebuild", f"{warm.seconds:.1f} s", "< 2 s", warm.seconds < 2))
-        # "The compression of the two images" is what zstd -T0 alone takes on them, measured in this run (the
-        # floor's zstd): the build compresses one image beside the other's stage, so its own compress steps
-        # overlap other work, and subtracting them would count that work twice.
-        squeezed = overlay.seconds - floor["zstd"]
-        slowest = max(edits, key=lambda r: r.seconds)
-        goals.append(Goal("overlay edit, zstd, without its compression",
-                          f"{squeezed:.1f} s (+ {floor['zstd']:.1f} s zstd alone; its compress steps "
-                          f"{compress_seconds(overlay):.1f} s; slowest edit {slowest.seconds - floor['zstd']:.1f} s)",
-                          "<= 10 s", squeezed <= 10))
-        # The floor of an overlay edit, per image: a sparse copy and its writeback, one file written, zstd
-        # -T0 (floors.sh e.1, e.1s, e.3, d.2); the bench's own measurement of the same only without floors.sh.
-        if floors:
-            floor_total = 2 * sum(floor_row(floors, row) for row in ("e.1 ", "e.1s", "e.3", "d.2"))
-            source = "floors.sh"
-        else:
-            floor_total, source = sum(floor.values()), "own"
-        goals.append(Goal(f"overlay edit / its floor ({source}: copy+write+zstd, 2 images)",
-                          f"{overlay.seconds:.1f} / {floor_total:.1f} s = {overlay.seconds / floor_total:.2f}x "
-                          f"(slowest edit {slowest.seconds / floor_total:.2f}x)",
-                          "<= 2x", overlay.seconds <= 2 * floor_total))
-        goals.append(Goal("250 workers / 5 workers", f"{many.seconds:.1f} / {five.seconds:.1f} s = "
-                          f"{many.seconds / five.seconds:.3f}x", "<= 1.05x", many.seconds <= 1.05 * five.seconds))
-        if floors:
-            # What a cold build does, by plain tools: bootstrap the base, install the roles' packages (the
-            # first install cold, the second warm), assemble and compress two images.
-            cold_floor = (floor_row(floors, "a. base") + floor_row(floors, "b.1") + floor_row(floors, "b.2")
-                          + floor_row(floors, "b.4") + 2 * floor_row(floors, "c. assemble total")
-                          + 2 * floor_row(floors, "d.2"))
-            goals.append(Goal("cold build from nothing / sum of floors", f"{cold.seconds:.0f} / {cold_floor:.0f} s"
-                              f" = {cold.seconds / cold_floor:.2f}x", "<= 1.3x", cold.seconds <= 1.3 * cold_floor))
-        else:
-            goals.append(Goal("cold build from nothing / sum of floors", "not measured (see --no-floors, "
-                              "--base-cached)", "<= 1.3x", None))
-        full = worker_allocated
-        for result in nodes:
-            count = int(result["count"])  # type: ignore[call-overload]
-            per = int(result["disk"]) / count  # type: ignore[call-overload]
-            seconds = float(result["seconds"] or 0) / count  # type: ignore[arg-type]
-            goals.append(Goal(f"--per-node on btrfs, {count} nodes: per extra node",
-                              f"{seconds:.2f} s, {per / 1024:.0f} KiB (full: {full / MIB:.0f} MiB)",
-                              "what differs, not a copy", per < full / 50))
-        for result in local:
-            count = int(result["count"])  # type: ignore[call-overload]
-            if "refused" in result:
-                goals.append(Goal(f"--per-node on ext4, {count} nodes", "refused before writing: "
-                                  + str(result["refused"])[:60], "disk said up front", bool(result["refused"])))
-            else:
-                per = int(result["disk"]) / count  # type: ignore[call-overload]
-                seconds = float(result["seconds"] or 0) / count  # type: ignore[arg-type]
-                goals.append(Goal(f"--per-node on ext4 (no reflinks), {count} nodes: per node",
-                                  f"{seconds:.2f} s, {per / MIB:.0f} MiB", "full copies, said up front", None))
-        for fmt, (one, every, size) in threads.items():
-            goals.append(Goal(f"{fmt} on worker.img: 1 thread / all {os.cpu_count()} cores",
-                              f"{one:.1f} / {every:.1f} s = {one / every:.2f}x ({size / MIB:.0f} MiB)",
-                              "uses every core", one / every > 1.3))
-        goals.append(xz_goal or Goal("xz of both images (the build) / sum of each alone", "not measured (--no-xz)",
-                                     "<= 1.05x", None))
-        print_goals(goals)
-        print("\ncompress options on worker.img "
-              f"({(out / 'worker.img').stat().st_size / MIB:.0f} MiB raw, {worker_allocated / MIB:.0f} MiB data):")
-        print(f"  none: 0 s, {worker_allocated / MIB:.0f} MiB on disk (sparse)")
-        for fmt, (_, every, size) in threads.items():
-            print(f"  {fmt}: {every:.1f} s on all cores, {size / MIB:.0f} MiB")
-        print("\nfloors (s): " + json.dumps(floors or "not run") + "\noverlay floor (s): " + json.dumps(floor))
+            goals = [measure_xz_only(work, cache, src, log)]
+            return 0 if goals[0].met else 1
+        with contextlib.ExitStack() as stack:
+            measured = measure(args, work, cache, src, log, stack)
+            print_runs(measured.runs)
+            goals = [*build_goals(measured), *output_goals(measured)]
+            print_goals(goals)
+            print_compression(measured, work / "out" / "bench" / "worker.img")
     finally:
-        if btrfs is not None:
-            subprocess.run(["umount", btrfs], check=False)
         if args.keep:
             print(f"kept {work}")
         else:

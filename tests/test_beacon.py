@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import json
 import socket
 import sys
@@ -23,17 +23,19 @@ COLLECTOR = ROOT / "overlays/master/root/usr/local/lib/imagebuilder/collector.py
 
 
 def load_program(path: Path) -> ModuleType:
-    """Import an image-side program by path: it is not part of the imagebuilder package."""
-    spec = importlib.util.spec_from_file_location(path.stem, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[path.stem] = module  # dataclasses and pickling look modules up by name
-    spec.loader.exec_module(module)
-    return module
+    """Import a node program by path, as the node runs it: with its folder on sys.path, where it finds the
+    modules beside it (the collector's nodetable, webserver, dashboard). It is not part of the imagebuilder
+    package."""
+    if str(path.parent) not in sys.path:
+        sys.path.append(str(path.parent))
+    return importlib.import_module(path.stem)
 
 
 beacon = load_program(BEACON)
 collector = load_program(COLLECTOR)
+nodetable = load_program(COLLECTOR.with_name("nodetable.py"))
+webserver = load_program(COLLECTOR.with_name("webserver.py"))
+dashboard = load_program(COLLECTOR.with_name("dashboard.py"))
 
 MOUNTINFO = """\
 22 1 179:2 / / rw,relatime shared:1 - ext4 /dev/root rw
@@ -97,7 +99,7 @@ def test_packet_from_fake_tree(tmp_path: Path) -> None:
     assert packet["cpu"] is None  # no previous sample to take a difference from
     assert 0 < packet["disk_used"] <= packet["disk_total"]
     # What the beacon sends is what the collector keeps.
-    assert collector.parse_packet(beacon.encode(packet), "10.0.0.11", None) == packet
+    assert nodetable.parse_packet(beacon.encode(packet), "10.0.0.11", None) == packet
 
 
 def test_cpu_percent_from_stat_deltas(tmp_path: Path) -> None:

@@ -18,6 +18,7 @@ import pytest
 
 from imagebuilder.boottest.clocks import ntp_offset
 from imagebuilder.boottest.plan import CLOCK_AHEAD, CLOCK_BEHIND, BootOptions, BootReport, plan_nodes
+from imagebuilder.boottest.poll import poll
 from imagebuilder.boottest.qemu import GuestSpec, Uplink, qemu_argv, user_netdev
 from imagebuilder.boottest.report import format_report, report_data, write_json
 from imagebuilder.recipe.load import load_recipe
@@ -87,6 +88,56 @@ def test_plan_refuses_more_workers_than_the_table(recipe_file) -> None:
 
     with pytest.raises(ImageBuilderError, match="--workers 3: the recipe's table has 2"):
         plan_nodes(load_recipe(recipe_file(VALID)), BootOptions(workers=3))
+
+
+def test_poll_reads_until_the_value_is_accepted() -> None:
+    values = iter(range(10))
+    assert poll(lambda: next(values), lambda v: v >= 3, time.monotonic() + 30, 0.01) == 3
+    assert next(values) == 4  # read no more than needed
+
+
+def test_poll_gives_up_at_its_deadline_with_the_last_value_read() -> None:
+    reads: list[float] = []
+
+    def read() -> int:
+        reads.append(time.monotonic())
+        return len(reads)
+
+    start = time.monotonic()
+    last = poll(read, lambda v: False, start + 0.3, 0.05)
+    assert last == len(reads) >= 3 and 0.3 <= time.monotonic() - start < 1.0
+    # A deadline already past: one read, so the verdict says what the guest says now.
+    assert poll(lambda: "late", lambda v: False, start, 5.0) == "late"
+
+
+def test_ssh_hands_the_remote_shell_each_word_whole(tmp_path: Path) -> None:
+    from imagebuilder.boottest.lan import Lan
+    from imagebuilder.boottest.ssh import Ssh
+
+    target = tmp_path / "a dir; rm -rf x" / "it's $HOME"
+    target.parent.mkdir()
+    argv = Ssh(Lan("ns"), tmp_path / "ssh_config").argv("ib-master", ["sh", "-c", 'echo "$1" >"$2"', "sh",
+                                                                        "nonce", str(target)])
+    assert argv[:7] == ["ip", "netns", "exec", "ns", "ssh", "-F", str(tmp_path / "ssh_config")]
+    assert argv[7] == "ib-master" and len(argv) == 9
+    # ssh gives the remote user's shell that one line: run it with a shell here.
+    subprocess.run(["sh", "-c", argv[8]], check=True)
+    assert target.read_text() == "nonce\n"
+
+
+def test_leases_give_unknown_workers_their_address_without_changing_the_results(recipe_file) -> None:
+    from imagebuilder.boottest.checks import check_leases, with_leased_address
+    from imagebuilder.boottest.plan import NodeResult
+
+    nodes = plan_nodes(load_recipe(recipe_file(VALID)), BootOptions(workers=1, unknown=2))
+    master, known, leased, silent = (NodeResult(n, guest=None, address=n.ip) for n in nodes)
+    leases = {known.node.mac: "10.0.0.11", leased.node.mac: "10.0.0.150"}
+    verdicts = [(c.node, c.ok) for c in check_leases([r.node for r in (known, leased, silent)], leases)]
+    assert verdicts == [("node1", True), ("node-b00701", True), ("node-b00702", False)]
+    located = [with_leased_address(r, leases) for r in (master, known, leased, silent)]
+    assert [r.address for r in located] == ["10.0.0.1", "10.0.0.11", "10.0.0.150", None]
+    assert located[2].host == "10.0.0.150" and leased.address is None  # a new record: the input is as it was
+    assert [c.ok for c in check_leases([known.node], {known.node.mac: "10.0.0.99"})] == [False]
 
 
 def test_uplink_is_restricted_and_forwards_only_to_loopback() -> None:

@@ -8,12 +8,13 @@ from pathlib import Path
 import pytest
 
 from imagebuilder.core.binfmt import entry_ready
-from imagebuilder.disk.fat import fat_label, fat_list, fat_read
+from imagebuilder.disk.fat import fat_label
 from imagebuilder.disk.image import check_filesystems
 from imagebuilder.disk.partitions import MIB, boot_and_root, read_partitions
 from imagebuilder.sources.aptsources import host_mirrors, source_lines
 from imagebuilder.sources.base import BaseImage
 from tests.images import arm64_base
+from tests.readers import fat_list, fat_read
 
 
 @pytest.fixture(scope="session")

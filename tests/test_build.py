@@ -17,13 +17,11 @@ from imagebuilder.boards.verify import verify_image
 from imagebuilder.build.execute import build
 from imagebuilder.core import resources
 from imagebuilder.core.errors import ChecksFailed, ImageBuilderError
-from imagebuilder.disk.bmap import make_bmap
 from imagebuilder.disk.copy import can_reflink
-from imagebuilder.disk.fat import MTOOLS_ENV, fat_read
+from imagebuilder.disk.fat import MTOOLS_ENV
 from imagebuilder.disk.image import check_filesystems
 from imagebuilder.disk.mount import mounted_image
 from imagebuilder.disk.partitions import boot_and_root
-from imagebuilder.disk.seed import read_hostname_seed
 from imagebuilder.disk.usage import image_usage
 from imagebuilder.engine.backends.chroot import chroot_session
 from imagebuilder.layers import nevership
@@ -34,6 +32,7 @@ from imagebuilder.sources.checksums import sha256_of
 from imagebuilder.sources.k3s_assets import ASSETS_ENV, asset_base
 from tests.conftest import ROOT, build_mounts, leftovers, require_programs
 from tests.images import arm64_base, make_context, small_recipe
+from tests.readers import fat_read, make_bmap, read_hostname_seed
 
 
 def make_recipe(tmp_path: Path, marker: str = "one", *, checked: bool = False) -> Path:

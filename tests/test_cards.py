@@ -21,11 +21,11 @@ from imagebuilder.core.resources import loop_device, mounted
 from imagebuilder.disk.bmap import load_bmap
 from imagebuilder.disk.fat import MTOOLS_ENV
 from imagebuilder.disk.partitions import boot_and_root
-from imagebuilder.disk.seed import read_hostname_seed
 from imagebuilder.flash import card as flash_card
 from imagebuilder.recipe.load import load_recipe
 from tests.conftest import require_programs, require_root
 from tests.images import arm64_base, make_context, small_recipe
+from tests.readers import read_hostname_seed
 
 MiB = 2**20
 

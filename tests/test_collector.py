@@ -21,9 +21,9 @@ import pytest
 from imagebuilder.layers.description import load_description
 from imagebuilder.recipe.load import load_recipe
 from tests.conftest import ROOT, VALID, require_programs
-from tests.test_beacon import CONFIG, beacon, collector, render_overlay, sampler
+from tests.test_beacon import CONFIG, beacon, collector, dashboard, nodetable, render_overlay, sampler, webserver
 
-SUBNET = collector.ipaddress.IPv4Network("10.0.0.0/24")
+SUBNET = nodetable.ipaddress.IPv4Network("10.0.0.0/24")
 
 
 def packet(**changes: Any) -> dict[str, Any]:
@@ -85,7 +85,7 @@ HOSTILE = [
 
 @pytest.mark.parametrize(("raw", "reason"), [c[1:] for c in HOSTILE], ids=[c[0] for c in HOSTILE])
 def test_hostile_datagram_is_dropped_and_counted(raw: bytes, reason: str) -> None:
-    nodes = collector.Nodes()
+    nodes = nodetable.Nodes()
     assert nodes.receive(raw, "10.0.0.11", SUBNET) is False
     stats = nodes.stats()
     assert stats["dropped"][reason] == 1 and stats["dropped_total"] == 1
@@ -93,15 +93,15 @@ def test_hostile_datagram_is_dropped_and_counted(raw: bytes, reason: str) -> Non
 
 
 def test_outside_subnet_dropped_loopback_kept() -> None:
-    nodes = collector.Nodes()
+    nodes = nodetable.Nodes()
     assert nodes.receive(data(), "192.168.1.5", SUBNET) is False
     assert nodes.stats()["dropped"]["outside_subnet"] == 1
     assert nodes.receive(data(), "127.0.0.1", SUBNET) is True  # the master's own copy
 
 
 def test_numbers_up_to_the_bound_are_kept() -> None:
-    nodes = collector.Nodes()
-    big = collector.MAX_NUMBER
+    nodes = nodetable.Nodes()
+    big = nodetable.MAX_NUMBER
     assert nodes.receive(data(mem_total=big, mem_available=1, disk_total=big, disk_used=big, seq=big,
                               uptime=float(big), temp=-273.0), "10.0.0.11", SUBNET)
     assert nodes.snapshot()[0]["last"]["mem_total"] == big
@@ -111,16 +111,16 @@ def test_json_output_never_holds_nan_or_infinity() -> None:
     def strict(text: str) -> Any:
         return json.loads(text, parse_constant=lambda name: pytest.fail(f"{name} in the output"))
 
-    assert strict(collector.to_json({"a": 1.5, "b": [2, None]})) == {"a": 1.5, "b": [2, None]}
+    assert strict(dashboard.to_json({"a": 1.5, "b": [2, None]})) == {"a": 1.5, "b": [2, None]}
     # Should a non-finite value ever get past the packet checks, it shows as null, not as Infinity.
-    assert strict(collector.to_json({"a": float("inf"), "b": [float("nan"), 1.0], "c": {"d": -float("inf")}})) == {
+    assert strict(dashboard.to_json({"a": float("inf"), "b": [float("nan"), 1.0], "c": {"d": -float("inf")}})) == {
         "a": None, "b": [None, 1.0], "c": {"d": None}}
-    page = collector.render_page("lab", {"cluster": "lab", "interval": 5, "nodes": [{"x": float("inf")}]})
+    page = dashboard.render_page("lab", {"cluster": "lab", "interval": 5, "nodes": [{"x": float("inf")}]})
     assert "Infinity" not in page and "NaN" not in page
 
 
 def test_extra_fields_are_not_kept() -> None:
-    kept = collector.parse_packet(data(extra="x" * 100), "10.0.0.11", SUBNET)
+    kept = nodetable.parse_packet(data(extra="x" * 100), "10.0.0.11", SUBNET)
     assert "extra" not in kept and kept == packet()
 
 
@@ -143,7 +143,7 @@ def states(nodes: Any) -> dict[str, str]:
 
 def test_states_age_from_up_to_stale_to_down() -> None:
     clock = Clock()
-    nodes = collector.Nodes(EXPECTED, clock=clock)
+    nodes = nodetable.Nodes(EXPECTED, clock=clock)
     assert states(nodes) == {"master": "expected", "node1": "expected", "node2": "expected"}
     nodes.receive(data(), "10.0.0.11", SUBNET)
     nodes.receive(data(host="master", role="master", mac="dc:a6:32:00:00:99", ip="10.0.0.1"), "127.0.0.1", SUBNET)
@@ -176,9 +176,9 @@ def fake(i: int, **changes: Any) -> bytes:
 
 def test_a_flood_of_made_up_senders_locks_no_real_node_out() -> None:
     clock = Clock()
-    nodes = collector.Nodes(EXPECTED, clock=clock, interval=5)
-    assert nodes.capacity == collector.MIN_NODES
-    wide = collector.ipaddress.IPv4Network("10.0.0.0/16")
+    nodes = nodetable.Nodes(EXPECTED, clock=clock, interval=5)
+    assert nodes.capacity == nodetable.MIN_NODES
+    wide = nodetable.ipaddress.IPv4Network("10.0.0.0/16")
 
     node2 = {"host": "node2", "mac": "b8:27:eb:00:00:02", "ip": "10.0.0.12"}
     real = [(MASTER, "127.0.0.1"), ({}, "10.0.0.11"), (UNKNOWN, UNKNOWN["ip"])]
@@ -210,14 +210,14 @@ def test_a_flood_of_made_up_senders_locks_no_real_node_out() -> None:
     # A new worker outside the table gets a place once the flood has gone silent for a while.
     late = {"host": "node-00003b", "mac": "dc:a6:32:00:00:3b", "ip": "10.0.0.101"}
     assert not nodes.receive(data(**late), late["ip"], wide)  # the made-up senders are still fresh
-    clock.now += collector.SILENT_INTERVALS * 5
+    clock.now += nodetable.SILENT_INTERVALS * 5
     assert nodes.receive(data(**late), late["ip"], wide) and len(nodes.entries) == nodes.capacity
 
 
 def test_eviction_takes_the_longest_silent_unconfirmed_sender(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(collector, "MIN_NODES", 6)
+    monkeypatch.setattr(nodetable, "MIN_NODES", 6)
     clock = Clock()
-    nodes = collector.Nodes([{"hostname": "node1", "mac": "b8:27:eb:00:00:01", "ip": "10.0.0.11",
+    nodes = nodetable.Nodes([{"hostname": "node1", "mac": "b8:27:eb:00:00:01", "ip": "10.0.0.11",
                               "role": "worker"}], clock=clock, interval=5)
     assert nodes.room == 4  # six places, less node1's and the master's
 
@@ -230,7 +230,7 @@ def test_eviction_takes_the_longest_silent_unconfirmed_sender(monkeypatch: pytes
     for i in (1, 2, 3):  # each once, a second apart
         assert send(i)
         clock.now += 1
-    silence = collector.SILENT_INTERVALS * 5  # 15 s
+    silence = nodetable.SILENT_INTERVALS * 5  # 15 s
     assert not send(4)  # full, and nobody silent long enough: refused, nobody evicted
     assert nodes.stats()["dropped"]["too_many_nodes"] == 1 and nodes.stats()["evicted"] == 0
     clock.now = 1015 + silence - 1  # fake 1 was heard at 1015
@@ -250,7 +250,7 @@ def test_eviction_takes_the_longest_silent_unconfirmed_sender(monkeypatch: pytes
     assert set(nodes.pending) == {"02:fa:ce:00:00:06", "02:fa:ce:00:00:07", "02:fa:ce:00:00:08"}
     assert not send(9) and "fake00000" in states(nodes)
     # ...and goes only once silent for an hour, when no unconfirmed sender is silent.
-    clock.now = 1010 + collector.FORGET_SECONDS
+    clock.now = 1010 + nodetable.FORGET_SECONDS
     for i in (6, 7, 8):
         assert send(i, seq=2)
     assert send(9) and "fake00000" not in states(nodes)
@@ -264,7 +264,7 @@ def test_eviction_takes_the_longest_silent_unconfirmed_sender(monkeypatch: pytes
 
 def test_a_second_master_from_loopback_is_not_kept_for_good() -> None:
     clock = Clock()
-    nodes = collector.Nodes(EXPECTED, clock=clock)
+    nodes = nodetable.Nodes(EXPECTED, clock=clock)
     assert nodes.receive(data(**MASTER), "127.0.0.1", SUBNET)
     assert nodes.receive(data(**{**MASTER, "mac": "dc:a6:32:00:00:98"}), "127.0.0.1", SUBNET)
     # A master beacon from the LAN is anyone's: it gets no place of its own.
@@ -274,25 +274,25 @@ def test_a_second_master_from_loopback_is_not_kept_for_good() -> None:
 
 
 def test_capacity_follows_the_cluster_table() -> None:
-    assert collector.capacity([]) == collector.capacity(EXPECTED) == collector.MIN_NODES == 256
+    assert nodetable.capacity([]) == nodetable.capacity(EXPECTED) == nodetable.MIN_NODES == 256
     table = [{"hostname": f"n{i}", "mac": f"b8:27:eb:00:{i >> 8:02x}:{i & 255:02x}", "role": "worker"}
              for i in range(300)]
-    assert collector.capacity(table) == 600 and collector.Nodes(table).room == 600 - 300 - 1
+    assert nodetable.capacity(table) == 600 and nodetable.Nodes(table).room == 600 - 300 - 1
 
 
 def test_history_is_bounded_whatever_the_interval() -> None:
     clock = Clock()
-    nodes = collector.Nodes(clock=clock)
+    nodes = nodetable.Nodes(clock=clock)
     for _ in range(5000):  # a sender claiming a 10 ms interval
         nodes.receive(data(interval=0.01), "10.0.0.11", SUBNET)
         clock.now += 0.01
     history = nodes.entries["b8:27:eb:00:00:01"].history
-    assert len(history.t) == int(collector.HISTORY_SECONDS) + 2 and history.count == len(history.t)
+    assert len(history.t) == int(nodetable.HISTORY_SECONDS) + 2 and history.count == len(history.t)
 
 
 def test_history_keeps_ten_minutes() -> None:
     clock = Clock()
-    nodes = collector.Nodes(clock=clock)
+    nodes = nodetable.Nodes(clock=clock)
     for i in range(400):  # 2000 s of beacons every 5 s
         nodes.receive(data(cpu=float(i % 100), mem_available=500), "10.0.0.11", SUBNET)
         clock.now += 5
@@ -300,13 +300,13 @@ def test_history_keeps_ten_minutes() -> None:
     history = row["history"]
     assert 119 <= len(history["t"]) <= 121 and history["t"] == sorted(history["t"])
     assert history["cpu"][-1] == 99.0 and set(history["mem"]) == {50.0}
-    assert clock.now - history["t"][0] <= collector.HISTORY_SECONDS + 5
+    assert clock.now - history["t"][0] <= nodetable.HISTORY_SECONDS + 5
 
 
 def test_page_escapes_what_it_shows() -> None:
-    nodes = collector.Nodes()
+    nodes = nodetable.Nodes()
     nodes.receive(data(host="<script>alert(1)</script>", cloud_init="</script><b>"), "10.0.0.11", SUBNET)
-    page = collector.render_page("<i>lab</i>", {"cluster": "x", "interval": 5, "nodes": nodes.snapshot(True)})
+    page = dashboard.render_page("<i>lab</i>", {"cluster": "x", "interval": 5, "nodes": nodes.snapshot(True)})
     assert "<script>alert(1)" not in page and "<b>" not in page and "<i>lab" not in page
     assert "&lt;i&gt;lab&lt;/i&gt; cluster" in page
     # The embedded data still carries the exact text, for textContent to show.
@@ -358,7 +358,7 @@ def test_http_api_and_page(served: tuple[Any, str]) -> None:
     assert len(json.loads(get(url + "/api/nodes?history=1")[2])["nodes"][1]["history"]["t"]) == 1
     stats = json.loads(get(url + "/api/stats")[2])
     assert stats["accepted"] == 1 and stats["dropped"]["not_json"] == 1
-    # The issue: a beacon's 1e999 became Infinity in /api/nodes, which JSON.parse rejects.
+    # A beacon's 1e999 must not reach /api/nodes as Infinity, which JSON.parse rejects.
     col.nodes.receive(literal("cpu", "1e999"), "10.0.0.12", col.subnet)
     body = get(url + "/api/nodes?history=1")[2]
     assert "Infinity" not in body and json.loads(get(url + "/api/stats")[2])["dropped"]["bad_number"] == 1
@@ -413,7 +413,7 @@ def seconds_until_closed(sock: socket.socket, trickle: bytes = b"", every: float
 
 def test_a_slow_request_is_cut_at_its_deadline(monkeypatch: pytest.MonkeyPatch,
                                                listening: tuple[Any, Any, str]) -> None:
-    monkeypatch.setattr(collector, "REQUEST_SECONDS", 1.0)
+    monkeypatch.setattr(webserver, "REQUEST_SECONDS", 1.0)
     col, server, url = listening
     threads = threading.active_count()
     with connect(url) as slow, connect(url) as idle:
@@ -431,7 +431,7 @@ def test_a_request_over_the_size_cap_is_not_read(listening: tuple[Any, Any, str]
     with connect(url) as sock:
         with contextlib.suppress(ConnectionResetError, BrokenPipeError):
             # One header line (http.server alone would read up to 64 KiB of it, a hundred times over).
-            sock.sendall(b"GET / HTTP/1.1\r\nX-Big: " + b"a" * collector.MAX_REQUEST + b"\r\n\r\n")
+            sock.sendall(b"GET / HTTP/1.1\r\nX-Big: " + b"a" * webserver.MAX_REQUEST + b"\r\n\r\n")
         assert seconds_until_closed(sock) < 1
     assert eventually(lambda: col.stats()["http"]["too_large"] == 1)
     # A real browser's request with a few KiB of cookies (for other services on the master) is answered.
@@ -442,8 +442,8 @@ def test_a_request_over_the_size_cap_is_not_read(listening: tuple[Any, Any, str]
 
 def test_slow_clients_cannot_keep_real_ones_out(monkeypatch: pytest.MonkeyPatch,
                                                 listening: tuple[Any, Any, str]) -> None:
-    monkeypatch.setattr(collector, "MAX_CONNECTIONS", 4)
-    monkeypatch.setattr(collector, "REQUEST_SECONDS", 30.0)  # so only evictions end them
+    monkeypatch.setattr(webserver, "MAX_CONNECTIONS", 4)
+    monkeypatch.setattr(webserver, "REQUEST_SECONDS", 30.0)  # so only evictions end them
     col, server, url = listening
     with contextlib.ExitStack() as stack:
         slow = [stack.enter_context(connect(url)) for _ in range(8)]
@@ -462,7 +462,7 @@ def test_slow_clients_cannot_keep_real_ones_out(monkeypatch: pytest.MonkeyPatch,
 
 def test_a_full_server_turns_new_connections_away_at_once(monkeypatch: pytest.MonkeyPatch,
                                                           listening: tuple[Any, Any, str]) -> None:
-    monkeypatch.setattr(collector, "MAX_CONNECTIONS", 2)
+    monkeypatch.setattr(webserver, "MAX_CONNECTIONS", 2)
     col, server, url = listening
     answers: list[int] = []
     clients = [threading.Thread(target=lambda: answers.append(get(url + "/api/nodes")[0])) for _ in range(2)]
@@ -533,7 +533,7 @@ def test_units_are_enabled_by_their_layer() -> None:
 def test_beacon_packet_survives_the_collector(tmp_path: Path) -> None:
     s = sampler(tmp_path)
     s.cpu_percent()
-    nodes = collector.Nodes()
+    nodes = nodetable.Nodes()
     assert nodes.receive(beacon.encode(s.packet("10.0.0.11")), "10.0.0.11", SUBNET)
     assert nodes.snapshot()[0]["last"]["mem_total"] == 948280 * 1024
     assert CONFIG["interval"] == nodes.snapshot()[0]["last"]["interval"]

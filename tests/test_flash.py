@@ -18,11 +18,11 @@ import pytest
 
 from imagebuilder.cli.main import main
 from imagebuilder.core.resources import loop_device, mounted
-from imagebuilder.disk.bmap import load_bmap, make_bmap
-from imagebuilder.disk.seed import read_hostname_seed
+from imagebuilder.disk.bmap import load_bmap
 from imagebuilder.disk.usage import image_usage
 from imagebuilder.flash.devices import SystemView, TargetRefused, check_target, parse_mountinfo
 from tests.conftest import ROOT, VALID, require_programs, require_root
+from tests.readers import make_bmap, read_hostname_seed
 
 MiB = 1 << 20
 PATTERN = (b"\xa5CARD-PATTERN\x5a" * 300)[:4096]  # 4 KiB, so any block of the prefilled card can be compared

@@ -174,9 +174,9 @@ class Lines:
         return any(t < moment and re.search(pattern, line) for t, line in list(self.seen))
 
 
-# Issue 31: a kill 4 s into a build whose files stages were being made left a partial file that the next
-# build, started at once, did not sweep: the killed build still held its lock while the kernel unmounted
-# its file systems. Every half second of the first ten, each kill followed at once by the next build.
+# A build killed while its files stages are being made may hold its lock a little longer, while the kernel
+# unmounts its file systems: the next build, started at once, must still sweep its partial files. Every
+# half second of the first ten, each kill followed at once by the next build.
 SAMPLES = [0.5 * i for i in range(1, 21)]
 SWEPT_LINE = r"^‣ build killtest "  # logged after the first sweep
 

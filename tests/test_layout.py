@@ -1,4 +1,5 @@
-"""The package's shape: each folder imports only from the folders beneath it, so there is no cycle.
+"""The package's shape: each folder imports only from the folders beneath it, so there is no cycle; the
+programs that run on the nodes import nothing but the standard library and the modules beside them.
 
 Every import counts, including those inside functions: a lazy import must not hide a cycle.
 """
@@ -6,9 +7,13 @@ Every import counts, including those inside functions: a lazy import must not hi
 from __future__ import annotations
 
 import ast
+import sys
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "imagebuilder"
+NODE_PROGRAMS = sorted((PACKAGE.parent / "overlays").glob("*/root/usr/local/lib/imagebuilder/*.py"))
+# Modules of the package that are node programs too: links to the overlay's file, so both import one file.
+SHARED_WITH_NODES = {"imagebuilder/status/nodetable.py": "overlays/master/root/usr/local/lib/imagebuilder/nodetable.py"}
 # Bottom first: a folder may import from itself and from those before it.
 LAYERS = ("core", "recipe", "disk", "boards", "netboot", "layers", "sources", "roles", "engine", "outputs", "build",
           "flash", "boottest", "status", "cli")
@@ -114,3 +119,27 @@ def test_pyproject_lists_every_package() -> None:
     found = {module_name(p) for p in PACKAGE.rglob("__init__.py")}
     assert set(config["packages"]) == found | {"imagebuilder.overlays"}
     assert config["package-dir"] == {"imagebuilder.overlays": "overlays"}
+
+
+def test_node_programs_import_the_standard_library_and_the_modules_beside_them() -> None:
+    """A node runs them with its own python3, the program's folder first on sys.path: neither the imagebuilder
+    package nor anything from PyPI is there, only what the same layer installs beside the program."""
+    assert len(NODE_PROGRAMS) >= 5, NODE_PROGRAMS
+    wrong = []
+    for path in NODE_PROGRAMS:
+        beside = {p.stem for p in path.parent.glob("*.py")}
+        for module, line in imports_of(path):
+            top = module.split(".")[0]
+            if top not in sys.stdlib_module_names and top not in beside:
+                wrong.append(f"{path.relative_to(PACKAGE.parent)}:{line}: imports {module}")
+    assert not wrong, "\n".join(wrong)
+
+
+def test_package_modules_shared_with_the_nodes_are_the_overlays_files() -> None:
+    """`imagebuilder status` and the collector on the master import the same node table: the package's module
+    is a link to the overlay's, which the master image carries (a wheel holds a copy of it)."""
+    for module, program in SHARED_WITH_NODES.items():
+        link = PACKAGE.parent / module
+        assert link.is_symlink() and link.resolve() == (PACKAGE.parent / program).resolve(), module
+    links = {p.relative_to(PACKAGE.parent).as_posix() for p in modules() if p.is_symlink()}
+    assert links == set(SHARED_WITH_NODES)

@@ -18,10 +18,10 @@ import pytest
 from imagebuilder.boottest.plan import BootOptions, BootReport
 from imagebuilder.boottest.report import format_report, write_json
 from imagebuilder.disk.fat import MTOOLS_ENV as MTOOLS
-from imagebuilder.disk.fat import fat_read
 from imagebuilder.disk.partitions import boot_and_root
 from imagebuilder.recipe.load import load_recipe
 from tests.images import arm64_base, make_context
+from tests.readers import fat_read
 from tests.test_boot import boot_workdirs, build_cluster, check, namespaces
 
 NETBOOT = "netboot: {workers: [node1, node2]}\n"

@@ -137,6 +137,17 @@ def test_recipe_layer_description_adds_packages_units_and_arguments(recipe_file:
     assert next(f for f in rendered.files if f.boot).system_path("/boot/firmware") == "/boot/firmware/hello.txt"
 
 
+def test_bytecode_beside_a_layers_programs_is_not_part_of_the_layer(tmp_path: Path) -> None:
+    programs = tmp_path / "root/usr/local/lib/x"
+    (programs / "__pycache__").mkdir(parents=True)
+    (programs / "tool.py").write_text("print(1)\n")
+    before = render_layer("x", tmp_path, {})
+    (programs / "__pycache__/tool.cpython-311.pyc").write_bytes(b"\0bytecode")
+    after = render_layer("x", tmp_path, {})
+    assert [f.tree_path for f in after.files] == ["root/usr/local/lib/x/tool.py"]
+    assert after.digest() == before.digest()
+
+
 @pytest.mark.parametrize(("text", "problem"), [
     ("pakages: [htop]\n", "pakages: unknown key; did you mean 'packages'? (line 1)"),
     ("packages: [htop]\npackages: [vim]\n", "packages: duplicate key"),

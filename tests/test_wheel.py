@@ -117,6 +117,8 @@ def test_sudo_build_keeps_one_state_and_gives_the_outputs_to_the_user(installed_
         # The images carry the built-in overlays of the installed package, with their modes.
         for role, file, mode in (("worker", "/usr/local/lib/imagebuilder/set_hostname.py", "0755"),
                                  ("worker", "/usr/local/lib/imagebuilder/beacon.py", "0755"),
+                                 # The node table `imagebuilder status` imports through a link: a file here.
+                                 ("master", "/usr/local/lib/imagebuilder/nodetable.py", "0644"),
                                  ("master", "/etc/dnsmasq.d/cluster.conf", "0644"),
                                  ("master", "/etc/rancher/k3s/config.yaml", "0600")):
             image = out / f"{role}.img"

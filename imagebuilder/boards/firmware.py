@@ -72,14 +72,14 @@ def effective_settings(text: str, board: Board) -> tuple[dict[str, str], list[st
     return settings, problems, notes
 
 
+# Filters whose verdict is the same on every board: [tryboot] holds only on a boot the OS asked to try.
+_FIXED_FILTERS = {"all": True, "none": False, "tryboot": False}
+
+
 def _filter(name: str, board: Board, notes: list[str], number: int) -> tuple[str | None, bool]:
     """(the filter's type, whether it matches this board); type None for a filter the firmware does not know."""
-    if name == "all":
-        return "all", True
-    if name == "none":
-        return "none", False
-    if name == "tryboot":
-        return "tryboot", False
+    if name in _FIXED_FILTERS:
+        return name, _FIXED_FILTERS[name]
     if name in MODEL_FILTERS:
         return "model", name in board.filters
     if name.startswith("board-type="):

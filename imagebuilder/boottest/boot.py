@@ -120,11 +120,11 @@ def boot_test(ctx: Context, recipe: Recipe, options: BootOptions) -> BootReport:
         for result in results:
             wait_for_rest(result, options, deadline)
     with step("checks"):
-        checks = [*firmware, *run_checks(recipe, results, ssh, nonce, options, deadline)]
+        results, checks = run_checks(recipe, results, ssh, nonce, options, deadline)
     netbooted = [r for r in results if r.node.netboot]
     if netbooted:
         checks += power_cycle(recipe, netbooted, ssh, power_on, deadline)
-    return BootReport(recipe.cluster.name, results, checks, time.monotonic() - started)
+    return BootReport(recipe.cluster.name, results, [*firmware, *checks], time.monotonic() - started)
 
 
 def power_cycle(recipe: Recipe, netbooted: list[NodeResult], ssh: Ssh, power_on: Callable[[Node], NodeResult],
@@ -136,7 +136,7 @@ def power_cycle(recipe: Recipe, netbooted: list[NodeResult], ssh: Ssh, power_on:
     again: dict[str, dict[str, str]] = {}
     with step(f"power cycle of {len(netbooted)} netbooted workers"):
         for r in netbooted:
-            ssh.run(r.host, "sudo systemctl poweroff")  # -no-reboot: qemu ends when the guest powers off
+            ssh.run(r.host, ["sudo", "systemctl", "poweroff"])  # -no-reboot: qemu ends when the guest powers off
             try:
                 r.guest.proc.wait(timeout=max(1.0, min(120.0, deadline - time.monotonic())))
             except subprocess.TimeoutExpired:

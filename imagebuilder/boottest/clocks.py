@@ -9,11 +9,13 @@ from here, reading both clocks over ssh and bracketing each reading between two 
 
 from __future__ import annotations
 
+import functools
 import re
 import time
 from collections.abc import Iterator
 
 from imagebuilder.boottest.plan import CheckResult, NodeResult
+from imagebuilder.boottest.poll import poll
 from imagebuilder.boottest.ssh import Ssh
 from imagebuilder.recipe.model import Recipe
 
@@ -22,12 +24,13 @@ AGREEMENT_LIMIT = 1.0  # seconds, plus the uncertainty of the readings over ssh
 SYNC_WAIT = 150.0  # timesyncd polls at once, then after 32 s, 64 s...: a lost poll is retried
 _OFFSET = re.compile(r"^\s*Offset:\s*([+-]?[\d.]+)(us|ms|s|min)\s*$", re.M)
 _UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "min": 60.0}
+CLOCK_EPOCH = "/usr/lib/clock-epoch"
 
 
 def read_clock(ssh: Ssh, host: str) -> tuple[float, float] | None:
     """(the host's clock minus ours, the reading's uncertainty) in seconds, or None when it cannot be read."""
     before = time.time()
-    text = ssh.text(host, "date +%s.%N")
+    text = ssh.text(host, ["date", "+%s.%N"])
     after = time.time()
     try:
         theirs = float(text or "")
@@ -42,6 +45,16 @@ def ntp_offset(status: str) -> float | None:
     return float(m.group(1)) * _UNITS[m.group(2)] if m else None
 
 
+def timesync_status(ssh: Ssh, host: str) -> str:
+    return ssh.text(host, ["timedatectl", "timesync-status"]) or ""
+
+
+def measured_as_set(status: str) -> bool:
+    """timesyncd's last exchange found the clock within NTP_OFFSET_LIMIT of the master's."""
+    offset = ntp_offset(status)
+    return offset is not None and abs(offset) <= NTP_OFFSET_LIMIT
+
+
 def started_at(r: NodeResult) -> str:
     if r.node.board:
         return "no clock of its own (a Pi model)"
@@ -50,16 +63,16 @@ def started_at(r: NodeResult) -> str:
 
 def check_clocks(recipe: Recipe, master: NodeResult, workers: list[NodeResult], ssh: Ssh,
                  deadline: float) -> Iterator[CheckResult]:
-    epoch = ssh.text(master.host, "stat -c %Y /usr/lib/clock-epoch")
+    epoch = ssh.text(master.host, ["stat", "-c", "%Y", CLOCK_EPOCH])
     master_clock = read_clock(ssh, master.host)
     if epoch is None or master_clock is None:
-        yield CheckResult("clock", master.node.name, False, "cannot read the clock or /usr/lib/clock-epoch")
+        yield CheckResult("clock", master.node.name, False, f"cannot read the clock or {CLOCK_EPOCH}")
         return
     master_offset, master_spread = master_clock
     # A reading after time.time() says the master's clock is now, in its own terms, at least the epoch.
     not_earlier = time.time() + master_offset + master_spread >= int(epoch)
     # imagebuilder-time-wait.service reached time-sync.target, which k3s.service waits for.
-    synced = ssh.text(master.host, "systemctl is-active time-sync.target") == "active"
+    synced = ssh.text(master.host, ["systemctl", "is-active", "time-sync.target"]) == "active"
     yield CheckResult("clock", master.node.name, not_earlier and synced,
                       f"{master_offset:+.0f} s from this host's clock ({started_at(master)}); "
                       f"{'not earlier' if not_earlier else 'earlier'} than the image's build time; "
@@ -68,12 +81,8 @@ def check_clocks(recipe: Recipe, master: NodeResult, workers: list[NodeResult], 
     for w in workers:
         # The first exchange steps the clock (years, here) and is the offset shown until the next poll,
         # 32 s later: wait for one that measures the clock as set.
-        while True:
-            status = ssh.text(w.host, "timedatectl timesync-status") or ""
-            offset = ntp_offset(status)
-            if (offset is not None and abs(offset) <= NTP_OFFSET_LIMIT) or time.monotonic() >= wait_until:
-                break
-            time.sleep(3)
+        status = poll(functools.partial(timesync_status, ssh, w.host), measured_as_set, wait_until, 3.0)
+        offset = ntp_offset(status)
         server = str(recipe.network.master_ip)
         from_master = f"({server})" in status or f" {server}" in status
         reading = read_clock(ssh, w.host)
@@ -81,7 +90,7 @@ def check_clocks(recipe: Recipe, master: NodeResult, workers: list[NodeResult], 
                  and abs(reading[0] - master_offset) <= AGREEMENT_LIMIT + reading[1] + master_spread)
         # The k3s agent's start waits for this (imagebuilder-k3s-agent.service).
         started = w.times.get("time synced") is not None
-        ok = from_master and offset is not None and abs(offset) <= NTP_OFFSET_LIMIT and agree and started
+        ok = from_master and measured_as_set(status) and agree and started
         said = "unknown" if offset is None else f"{offset * 1000:+.1f} ms"
         seen = ("unreadable" if reading is None else
                 f"{reading[0] - master_offset:+.2f} s (±{reading[1] + master_spread:.2f})")

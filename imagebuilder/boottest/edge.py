@@ -9,7 +9,6 @@ no service here (no k3s binary), so the check starts a small listener on the mas
 
 from __future__ import annotations
 
-import shlex
 import struct
 import sys
 from collections.abc import Iterator
@@ -100,8 +99,8 @@ def check_edge(recipe: Recipe, master: NodeResult, ssh: Ssh) -> Iterator[CheckRe
     name = master.node.name
     tcp = ",".join(map(str, K3S_TCP))
     udp = ",".join(map(str, K3S_UDP))
-    started = ssh.run(master.host, "sudo systemd-run --unit=imagebuilder-edge-listener --quiet "
-                                   f"/usr/bin/python3 -c {shlex.quote(LISTENER)} {tcp} {udp}")
+    started = ssh.run(master.host, ["sudo", "systemd-run", "--unit=imagebuilder-edge-listener", "--quiet",
+                                    "/usr/bin/python3", "-c", LISTENER, tcp, udp])
     if started.returncode != 0:
         yield CheckResult("edge: listeners for k3s's ports", name, False, "systemd-run failed on the master")
         return
@@ -117,4 +116,4 @@ def check_edge(recipe: Recipe, master: NodeResult, ssh: Ssh) -> Iterator[CheckRe
         yield CheckResult("edge: uplink side closed", name, uplink == want,
                           f"{what} {proto}/{port} {'answers' if uplink else 'does not answer'} from the uplink"
                           + (" (uplink_ssh)" if want else ""))
-    ssh.run(master.host, "sudo systemctl stop imagebuilder-edge-listener")
+    ssh.run(master.host, ["sudo", "systemctl", "stop", "imagebuilder-edge-listener"])

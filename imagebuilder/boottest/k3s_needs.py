@@ -27,7 +27,7 @@ VXLAN_NET = ipaddress.ip_network("10.254.0.0/24")
 def check_k3s_needs(results: list[NodeResult], ssh: Ssh) -> Iterator[CheckResult]:
     """Kernel, cgroups, overlay snapshot and a container on each node; then VXLAN among them all."""
     for r in results:
-        probe = ssh.run(r.host, shlex.join(["sudo", "python3", PROGRAM]))
+        probe = ssh.run(r.host, ["sudo", "python3", PROGRAM])
         try:
             found = json.loads(probe.stdout.decode(errors="replace").strip().splitlines()[-1])
         except (ValueError, IndexError):
@@ -72,7 +72,7 @@ def check_vxlan(results: list[NodeResult], ssh: Ssh) -> Iterator[CheckResult]:
                           for p in peers),
                         ["ip", "addr", "add", f"{inner[r.node.name]}/{VXLAN_NET.prefixlen}", "dev", VXLAN_DEVICE],
                         ["ip", "link", "set", VXLAN_DEVICE, "up"]]
-            added = ssh.run(r.host, " && ".join(shlex.join(["sudo", *c]) for c in commands))
+            added = ssh.run(r.host, ["sudo", "sh", "-c", " && ".join(shlex.join(c) for c in commands)])
             made.append(r)
             if added.returncode:
                 yield CheckResult("VXLAN", r.node.name, False, f"cannot make {VXLAN_DEVICE}: "
@@ -81,11 +81,11 @@ def check_vxlan(results: list[NodeResult], ssh: Ssh) -> Iterator[CheckResult]:
         for r in nodes[1:]:
             for peer in (p for p in nodes if p is not r):
                 connect = f"exec 3<>/dev/tcp/{inner[peer.node.name]}/22 && head -c 4 <&3"
-                said = ssh.text(r.host, shlex.join(["timeout", "20", "bash", "-c", connect]))
+                said = ssh.text(r.host, ["timeout", "20", "bash", "-c", connect])
                 yield CheckResult("VXLAN", r.node.name, said == "SSH-",
                                   f"to {peer.node.name} over VNI {VXLAN_VNI} on {VXLAN_PORT}/udp "
                                   f"({inner[r.node.name]} -> {inner[peer.node.name]}:22): "
                                   f"{'sshd answered' if said == 'SSH-' else 'no answer'}")
     finally:
         for r in made:
-            ssh.run(r.host, shlex.join(["sudo", "ip", "link", "del", VXLAN_DEVICE]))
+            ssh.run(r.host, ["sudo", "ip", "link", "del", VXLAN_DEVICE])

@@ -61,12 +61,12 @@ def tftp_boot_files(lan: Lan, server: str, worker_image: Path, board: Board, des
 def read_identity(ssh: Ssh, result: NodeResult) -> dict[str, str]:
     """What a netbooted node must keep across power cycles, and where its root comes from."""
     commands = {
-        "hostname": "hostname",
-        "machine-id": "cat /etc/machine-id",
-        "host key": "cut -d' ' -f2 /etc/ssh/ssh_host_ed25519_key.pub",
-        "root": "findmnt -no FSTYPE,SOURCE /",
-        "shared root": "findmnt -no FSTYPE,SOURCE /run/netboot/ro",
-        "state": f"findmnt -no FSTYPE,SOURCE {STATE}",
+        "hostname": ["hostname"],
+        "machine-id": ["cat", "/etc/machine-id"],
+        "host key": ["cut", "-d", " ", "-f2", "/etc/ssh/ssh_host_ed25519_key.pub"],
+        "root": ["findmnt", "-no", "FSTYPE,SOURCE", "/"],
+        "shared root": ["findmnt", "-no", "FSTYPE,SOURCE", "/run/netboot/ro"],
+        "state": ["findmnt", "-no", "FSTYPE,SOURCE", STATE],
     }
     # findmnt pads its columns: one space between words.
     return {what: " ".join((ssh.text(result.host, command) or "").split()) for what, command in commands.items()}

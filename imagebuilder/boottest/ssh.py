@@ -8,12 +8,14 @@ neither checked nor remembered.
 
 from __future__ import annotations
 
+import shlex
 import subprocess
-import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from imagebuilder.boottest.lan import Lan
+from imagebuilder.boottest.poll import poll
 from imagebuilder.core.errors import ImageBuilderError
 from imagebuilder.core.invoker import home
 from imagebuilder.core.run import output, run
@@ -50,26 +52,23 @@ class Ssh:
     lan: Lan
     config: Path
 
-    def argv(self, host: str, command: str) -> list[str]:
-        """ssh argv for `command` (a remote shell line) on `host`: the master's alias or a worker's address."""
-        return self.lan.exec_argv(["ssh", "-F", str(self.config), host, command])
+    def argv(self, host: str, command: Sequence[str]) -> list[str]:
+        """ssh argv for `command` on `host` (the master's alias or a worker's address). ssh hands the remote
+        shell one line: each word is quoted, so a path or a script is one argument there too."""
+        return self.lan.exec_argv(["ssh", "-F", str(self.config), host, shlex.join(command)])
 
-    def run(self, host: str, command: str) -> subprocess.CompletedProcess[bytes]:
+    def run(self, host: str, command: Sequence[str]) -> subprocess.CompletedProcess[bytes]:
         """Run a remote command; the caller reads returncode and stdout (a failing check is not an error)."""
         return run(self.argv(host, command), capture=True, check=False)
 
-    def text(self, host: str, command: str) -> str | None:
+    def text(self, host: str, command: Sequence[str]) -> str | None:
         """stdout of a remote command, or None when it (or the login) failed."""
         result = self.run(host, command)
         return result.stdout.decode(errors="replace").strip() if result.returncode == 0 else None
 
     def wait_until_up(self, host: str, deadline: float) -> bool:
-        """Poll until a login works (sshd starts after host keys are made at first boot) or the deadline."""
-        while time.monotonic() < deadline:
-            if self.run(host, "true").returncode == 0:
-                return True
-            time.sleep(3)
-        return False
+        """Ask until a login works (sshd starts after host keys are made at first boot) or the deadline."""
+        return poll(lambda: self.run(host, ["true"]).returncode == 0, bool, deadline, 3.0)
 
 
 def write_ssh_config(path: Path, user: str, key: Path, master_ip: str) -> Path:

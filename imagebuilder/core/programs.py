@@ -106,6 +106,8 @@ PROGRAMS: tuple[Program, ...] = (
     *_programs("btrfs-progs", _T, "mkfs.btrfs", "btrfs"),
     *_programs("diffutils", _T, "diff"),
     *_programs("dash", _T, "dash", "sh"),
+    # The node's shell scripts: `make lint` checks them as they are, the tests as the build renders them.
+    *_programs("shellcheck", (TEST, LINT), "shellcheck"),
     # The install as users make it (make install), run with sudo by a user the test makes.
     *_programs("make", _T, "make"),
     *_programs("sudo", _T, "sudo"),

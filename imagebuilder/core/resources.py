@@ -319,7 +319,6 @@ def network_namespace(name: str) -> Iterator[str]:
 @contextlib.contextmanager
 def file_lock(path: Path, what: str, holder: str = "another imagebuilder that is making") -> Iterator[None]:
     """Hold an exclusive lock on `path` (created if needed): one builder of a cache entry at a time."""
-    import fcntl
 
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a+") as handle:

@@ -51,7 +51,19 @@ def _pump(stream: IO[bytes], sink: Callable[[str], None]) -> None:
     stream.close()
 
 
-def run(
+def _environment(env: Mapping[str, str] | None, inherit_env: bool) -> dict[str, str]:
+    """A command's whole environment: ours (in the C locale unless ours says otherwise) with `env` added, or
+    `env` alone."""
+    if not inherit_env:
+        return dict(env or {})
+    full = dict(os.environ)
+    full.setdefault("LC_ALL", "C.UTF-8")
+    full.update(env or {})
+    return full
+
+
+# Its options are subprocess.run's and Popen's, by keyword only: one wrapper for every command.
+def run(  # noqa: PLR0913
     argv: Sequence[str | os.PathLike[str]],
     *,
     capture: bool = False,
@@ -85,12 +97,7 @@ def run(
     if feed_from is not None:
         shown += f" < {shlex.quote(os.fspath(feed_from))}"
     log.log(VERBOSE, "+ %s", shown)
-    if inherit_env:
-        full_env = dict(os.environ)
-        full_env.setdefault("LC_ALL", "C.UTF-8")
-        full_env.update(env or {})
-    else:
-        full_env = dict(env or {})
+    full_env = _environment(env, inherit_env)
 
     tail: collections.deque[str] = collections.deque(maxlen=_TAIL_LINES)
 

@@ -6,14 +6,12 @@ wrote onto the card.
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
 
 from imagebuilder.core.errors import ImageBuilderError
-from imagebuilder.disk.copy import range_digests
 from imagebuilder.disk.usage import Usage
 
 
@@ -112,17 +110,6 @@ def range_extents(usage: Usage, block_size: int = BLOCK) -> list[tuple[int, int]
     """The block ranges as [start, end) byte extents of the image (the last cut at the image's end)."""
     return [(first * block_size, min((last + 1) * block_size, usage.size))
             for first, last in block_ranges(usage, block_size)]
-
-
-def make_bmap(image: Path, usage: Usage, block_size: int = BLOCK) -> bytes:
-    """A block map of `image` (read here for the checksums) mapping exactly the used extents."""
-    try:
-        digests = range_digests(image, range_extents(usage, block_size))
-    except OSError as e:
-        if e.errno != errno.EIO:  # range_digests' word for a file that ends early
-            raise
-        raise BmapError(f"{image}: shorter than its partitions say", "rebuild the image") from None
-    return bmap_document(usage, list(digests), block_size)
 
 
 def bmap_document(usage: Usage, digests: list[str], block_size: int = BLOCK) -> bytes:

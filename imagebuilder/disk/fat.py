@@ -22,15 +22,6 @@ def make_fat(image: Path, part: Partition, label: str, content: Path, serial: st
         run(["mcopy", "-i", f"{image}@@{part.start}", "-s", "-p", "-m", "-Q", *entries, "::/"], env=MTOOLS_ENV)
 
 
-def fat_read(image: Path, part: Partition, name: str) -> str:
-    return output(["mtype", "-i", f"{image}@@{part.start}", f"::/{name}"], env=MTOOLS_ENV)
-
-
-def fat_list(image: Path, part: Partition) -> list[str]:
-    text = output(["mdir", "-b", "-i", f"{image}@@{part.start}", "::/"], env=MTOOLS_ENV)
-    return sorted(line.removeprefix("::/") for line in text.splitlines() if line)
-
-
 def fat_label(image: Path, part: Partition) -> str:
     return output(["mlabel", "-s", "-i", f"{image}@@{part.start}", "::"], env=MTOOLS_ENV).split()[-1]
 

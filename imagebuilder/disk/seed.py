@@ -61,11 +61,3 @@ def write_hostname_seed(device: Path, hostname: str) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def read_hostname_seed(device: Path) -> str | None:
-    target = f"{device}@@{boot_partition_offset(device)}"
-    listing = run(["mdir", "-b", "-i", target, "::/"], capture=True, env=MTOOLS_ENV).stdout.decode()
-    if SEED_NAME not in listing:
-        return None
-    return output(["mtype", "-i", target, f"::/{SEED_NAME}"], env=MTOOLS_ENV)

@@ -106,6 +106,12 @@ def systemd_escape(value: str, path: bool = False) -> str:
     return "".join(out)
 
 
+def _tree_paths(top: Path) -> list[Path]:
+    """What a layer's tree holds, in order, but the bytecode Python leaves beside the layer's programs when a
+    checkout runs them (tests do): the node compiles its own, and the stage digest stays that of the sources."""
+    return sorted(p for p in top.rglob("*") if "__pycache__" not in p.relative_to(top).parts)
+
+
 def render_layer(name: str, directory: Path, variables: dict[str, Any]) -> RenderedLayer:
     """Read and render the layer at `directory`: its root/ and boot/ trees and its layer.yaml."""
     if not directory.is_dir():
@@ -125,7 +131,7 @@ def render_layer(name: str, directory: Path, variables: dict[str, Any]) -> Rende
         top = directory / tree
         if not top.is_dir():
             continue
-        for path in sorted(top.rglob("*")):
+        for path in _tree_paths(top):
             rel = path.relative_to(top).as_posix()
             boot = tree == "boot"
             if path.is_symlink():

@@ -49,7 +49,10 @@ def check_cluster(recipe: Recipe, loader: Loader) -> Recipe:
     Settings that already failed their own check are not checked again against others.
     """
     _check_base(recipe, loader.problem)
-    _check_names(recipe, loader.problem)
+    _check_workers(recipe, loader.problem)
+    _check_users(recipe, loader.problem)
+    _check_additions(recipe, loader.problem)
+    _check_uplink(recipe, loader.problem)
     _check_k3s_config(recipe, loader.problem, check_names=not loader.failed("k3s.version"))
     _check_netboot(recipe, loader.problem)
     if any(loader.failed(f"network.{k}") for k in ("subnet", "master_ip", "dhcp_range")):
@@ -108,8 +111,8 @@ def _check_base(recipe: Recipe, problem: Problem) -> None:
                             f"it has {', '.join(catalogue[base.image].arches)}")
 
 
-def _check_names(recipe: Recipe, problem: Problem) -> None:
-    """Hostnames, MACs, users, packages and overlay directories."""
+def _check_workers(recipe: Recipe, problem: Problem) -> None:
+    """No hostname or MAC twice in the table (the master's name included)."""
     seen_names: dict[str, str] = {recipe.master.hostname: "master.hostname"}
     seen_macs: dict[str, int] = {}
     for i, w in enumerate(_partial(recipe.workers)):
@@ -123,6 +126,9 @@ def _check_names(recipe: Recipe, problem: Problem) -> None:
             problem(f"workers[{i}].mac", f"{w.mac} is already given for workers[{seen_macs[w.mac]}]")
         else:
             seen_macs[w.mac] = i
+
+
+def _check_users(recipe: Recipe, problem: Problem) -> None:
     users: list[str] = []
     for i, user in enumerate(_partial(recipe.users)):
         if user is None:
@@ -133,6 +139,10 @@ def _check_names(recipe: Recipe, problem: Problem) -> None:
         for j, line in enumerate(user.ssh_authorized_keys):
             if (msg := check_ssh_key(line)) is not None:
                 problem(f"users[{i}].ssh_authorized_keys[{j}]", msg)
+
+
+def _check_additions(recipe: Recipe, problem: Problem) -> None:
+    """The packages and the overlay directories the recipe adds."""
     for role in ("common", "master", "worker"):
         for i, pkg in enumerate(getattr(recipe.packages, role)):
             if (msg := check_package(pkg)) is not None:
@@ -142,6 +152,10 @@ def _check_names(recipe: Recipe, problem: Problem) -> None:
             problem(f"overlays[{i}]", msg)
         elif not (recipe.source.parent / d).is_dir():
             problem(f"overlays[{i}]", f"{recipe.source.parent / d} is not a directory")
+
+
+def _check_uplink(recipe: Recipe, problem: Problem) -> None:
+    """The master's way out: its DNS servers, the uplink and what needs one, the API's other names."""
     network = recipe.network
     for i, dns in enumerate(network.upstream_dns):
         if (msg := check_ipv4(dns)) is not None:
@@ -207,39 +221,50 @@ def _check_k3s_key(recipe: Recipe, key: str, problem: Problem) -> None:
                     recipe.k3s.version, listed.minor, fix)
 
 
+def _in_subnet(net: ipaddress.IPv4Network, problem: Problem, path: str, value: str) -> bool:
+    """Whether `value` is a host address of `net`; a problem at `path` when it is not."""
+    address = ipaddress.IPv4Address(value)
+    if address not in net:
+        problem(path, f"{value} is outside the subnet {net}")
+        return False
+    if address in (net.network_address, net.broadcast_address):
+        problem(path, f"{value} is the network or broadcast address of {net}: use a host address")
+        return False
+    return True
+
+
+def _dhcp_range(recipe: Recipe, problem: Problem) -> tuple[str, str, bool]:
+    """The DHCP range's first and last address (the subnet's default range when the recipe gives none), and
+    whether they can be compared with other addresses."""
+    net = recipe.lan()
+    first, last = _default_range(net)
+    given = recipe.network.dhcp_range
+    if given is None:
+        return first, last, True
+    if len(given) != 2:
+        problem("network.dhcp_range", "give two addresses: [first, last]")
+        return first, last, True
+    first, last = given
+    usable = True
+    for i, v in enumerate((first, last)):
+        if (msg := check_ipv4(v)) is not None:
+            problem(f"network.dhcp_range[{i}]", msg)
+            usable = False
+        elif not _in_subnet(net, problem, f"network.dhcp_range[{i}]", v):
+            usable = False
+    if usable and ipaddress.IPv4Address(first) > ipaddress.IPv4Address(last):
+        problem("network.dhcp_range", f"is reversed: {first} comes after {last}")
+    return first, last, usable
+
+
 def _check_addresses(recipe: Recipe, loader: Loader) -> Recipe:
     """Master, DHCP range and worker addresses against the subnet and each other."""
     problem = loader.problem
     network = recipe.network
     net = recipe.lan()
-
-    def in_subnet(path: str, value: str) -> bool:
-        address = ipaddress.IPv4Address(value)
-        if address not in net:
-            problem(path, f"{value} is outside the subnet {net}")
-            return False
-        if address in (net.network_address, net.broadcast_address):
-            problem(path, f"{value} is the network or broadcast address of {net}: use a host address")
-            return False
-        return True
-
     master_ip = network.master_ip or str(next(net.hosts()))
-    in_subnet("network.master_ip", master_ip)
-    first, last = _default_range(net)
-    range_ok = True
-    if network.dhcp_range is not None:
-        if len(network.dhcp_range) != 2:
-            problem("network.dhcp_range", "give two addresses: [first, last]")
-        else:
-            first, last = network.dhcp_range
-            for i, v in enumerate((first, last)):
-                if (msg := check_ipv4(v)) is not None:
-                    problem(f"network.dhcp_range[{i}]", msg)
-                    range_ok = False
-                elif not in_subnet(f"network.dhcp_range[{i}]", v):
-                    range_ok = False
-            if range_ok and ipaddress.IPv4Address(first) > ipaddress.IPv4Address(last):
-                problem("network.dhcp_range", f"is reversed: {first} comes after {last}")
+    _in_subnet(net, problem, "network.master_ip", master_ip)
+    first, last, range_ok = _dhcp_range(recipe, problem)
 
     def in_range(value: str) -> bool:
         return range_ok and (ipaddress.IPv4Address(first) <= ipaddress.IPv4Address(value)
@@ -251,7 +276,7 @@ def _check_addresses(recipe: Recipe, loader: Loader) -> Recipe:
     seen_ips: dict[str, str] = {master_ip: "the master"}
     for i, w in enumerate(_partial(recipe.workers)):
         path = f"workers[{i}].ip"
-        if w is None or w.ip is None or loader.failed(path) or not in_subnet(path, w.ip):
+        if w is None or w.ip is None or loader.failed(path) or not _in_subnet(net, problem, path, w.ip):
             continue
         if in_range(w.ip):
             problem(path, f"{w.ip} is inside the DHCP range {first}-{last}: pick an address outside it")

@@ -101,44 +101,48 @@ class Loader:
             result = self.load(hint, value, path)  # type: ignore[arg-type]
             return result is not None, result
         if origin is tuple:
-            if not isinstance(value, list):
-                self.problem(path, f"expected a list, got {describe_value(value)}")
-                return False, None
-            items = []
-            ok = True
-            for i, item in enumerate(value):
-                item_ok, converted = self.convert(args[0], item, join_path(path, i))
-                if not item_ok and dataclasses.is_dataclass(args[0]):
-                    # Keep the table's indices for the checks across items; the problem is
-                    # recorded, so this partial recipe never leaves the loader.
-                    converted, item_ok = None, True
-                ok = ok and item_ok
-                items.append(converted)
-            return ok, tuple(items)
-        if origin is dict:
-            if not isinstance(value, dict):
-                self.problem(path, f"expected a mapping, got {describe_value(value)}")
-                return False, None
+            return self.convert_list(args[0], value, path)
+        return self.convert_plain(hint, value, path)
+
+    def convert_list(self, hint: Any, value: Any, path: str) -> tuple[bool, Any]:
+        """A YAML list as a tuple of `hint`s."""
+        if not isinstance(value, list):
+            self.problem(path, f"expected a list, got {describe_value(value)}")
+            return False, None
+        items = []
+        ok = True
+        for i, item in enumerate(value):
+            item_ok, converted = self.convert(hint, item, join_path(path, i))
+            if not item_ok and dataclasses.is_dataclass(hint):
+                # Keep the table's indices for the checks across items; the problem is
+                # recorded, so this partial recipe never leaves the loader.
+                converted, item_ok = None, True
+            ok = ok and item_ok
+            items.append(converted)
+        return ok, tuple(items)
+
+    def convert_plain(self, hint: Any, value: Any, path: str) -> tuple[bool, Any]:
+        """A mapping, a string, a boolean or a whole number, as YAML gave it."""
+        kind = typing.get_origin(hint) or hint
+        if kind not in PLAIN:
+            raise TypeError(f"unsupported setting type {hint!r} at {path}")
+        # A plain scalar such as 12345678 or 10:20:30 meant as text: take it as written.
+        if kind is str and isinstance(value, int | float) and not isinstance(value, bool) and path in self.doc.texts:
+            return True, self.doc.texts[path]
+        wanted, accepts = PLAIN[kind]
+        if accepts(value):
             return True, value
-        if hint is str:
-            if isinstance(value, str):
-                return True, value
-            # A plain scalar such as 12345678 or 10:20:30 meant as text: take it as written.
-            if isinstance(value, int | float) and not isinstance(value, bool) and path in self.doc.texts:
-                return True, self.doc.texts[path]
-            self.problem(path, f"expected a string, got {describe_value(value)}")
-            return False, None
-        if hint is bool:
-            if isinstance(value, bool):
-                return True, value
-            self.problem(path, f"expected true or false, got {describe_value(value)}")
-            return False, None
-        if hint is int:
-            if isinstance(value, int) and not isinstance(value, bool):
-                return True, value
-            self.problem(path, f"expected a whole number, got {describe_value(value)}")
-            return False, None
-        raise TypeError(f"unsupported setting type {hint!r} at {path}")
+        self.problem(path, f"expected {wanted}, got {describe_value(value)}")
+        return False, None
+
+
+# The plain types a setting may have: what an error says is expected, and which YAML values are one.
+PLAIN: dict[type, tuple[str, Callable[[Any], bool]]] = {
+    dict: ("a mapping", lambda v: isinstance(v, dict)),
+    str: ("a string", lambda v: isinstance(v, str)),
+    bool: ("true or false", lambda v: isinstance(v, bool)),
+    int: ("a whole number", lambda v: isinstance(v, int) and not isinstance(v, bool)),
+}
 
 
 def describe_value(value: Any) -> str:

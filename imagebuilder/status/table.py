@@ -1,43 +1,26 @@
 """`imagebuilder status`: the cluster table in the terminal.
 
 From a master's dashboard (`/api/nodes`), or, on the cluster LAN, straight from the beacons
-(`--listen IFACE`). The packet checks and node states are the collector's own code
-(overlays/master/.../collector.py, loaded from the overlay), so the table and the dashboard agree;
-only the text table lives here, since the collector on the Pi has no use for it.
+(`--listen IFACE`). The packet checks and node states are the collector's own (nodetable, one file with the
+master's copy), so the table and the dashboard agree; only the text table lives here, since the collector on
+the Pi has no use for it.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import select
-import sys
 import time
-from types import ModuleType
 from typing import Any
 
 import requests
 
 from imagebuilder.core.context import Context
 from imagebuilder.core.errors import ImageBuilderError
-from imagebuilder.layers.render import BUILTIN
-
-COLLECTOR = BUILTIN / "master/root/usr/local/lib/imagebuilder/collector.py"
+from imagebuilder.status import nodetable
 
 
 class StatusError(ImageBuilderError):
     """The master or the beacons could not be read."""
-
-
-def load_collector() -> ModuleType:
-    """The image-side collector as a module: it is a standalone program, not part of this package."""
-    if not COLLECTOR.is_file():
-        raise StatusError(f"{COLLECTOR} is missing", "reinstall imagebuilder from its repository")
-    spec = importlib.util.spec_from_file_location("imagebuilder_collector", COLLECTOR)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def nodes_url(url: str) -> str:
@@ -80,14 +63,13 @@ class Listener:
     """Beacons heard directly on a LAN interface, kept with the collector's own checks and states."""
 
     def __init__(self, ctx: Context, interface: str, group: str, port: int) -> None:
-        self.collector = load_collector()
         try:
-            self.sock = ctx.stack.enter_context(self.collector.multicast_socket(group, port, interface))
+            self.sock = ctx.stack.enter_context(nodetable.multicast_socket(group, port, interface))
         except OSError as e:
             # Not every OSError has a strerror: an unknown interface name is one without.
             raise StatusError(f"cannot listen for beacons on {interface}: {e.strerror or e}",
                               "name the interface on the cluster LAN (see 'ip -br link')") from None
-        self.nodes = self.collector.Nodes()
+        self.nodes = nodetable.Nodes()
         self.interface = interface
 
     def collect(self, seconds: float) -> dict[str, Any]:
@@ -95,7 +77,7 @@ class Listener:
         while (left := deadline - time.monotonic()) > 0:
             ready, _, _ = select.select([self.sock], [], [], left)
             if ready:
-                data, (source, _) = self.sock.recvfrom(self.collector.MAX_PACKET + 1)
+                data, (source, _) = self.sock.recvfrom(nodetable.MAX_PACKET + 1)
                 self.nodes.receive(data, source, None)
         return {"cluster": f"beacons on {self.interface}", "now": time.time(), "nodes": self.nodes.snapshot()}
 

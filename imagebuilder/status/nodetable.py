@@ -1,0 +1,1 @@
+../../overlays/master/root/usr/local/lib/imagebuilder/nodetable.py
