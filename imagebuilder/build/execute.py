@@ -19,6 +19,7 @@ from imagebuilder.engine.stages import StageResult, is_cached, realise
 from imagebuilder.outputs.emit import emit_image, emit_per_node, open_outputs, write_index
 from imagebuilder.outputs.kubeconfig import write_kubeconfig
 from imagebuilder.outputs.sbom import ImageContents
+from imagebuilder.outputs.signing import sign_checksums
 from imagebuilder.recipe.model import Recipe
 from imagebuilder.roles.cloudinit import cloud_init_for_base
 from imagebuilder.roles.secrets import k3s_secrets, read_k3s_secrets
@@ -161,6 +162,9 @@ def _build(ctx: Context, recipe: Recipe, *, per_node: bool, backend: str | None)
                             k3s_source=k3s.source)
         if per_node:
             emit_per_node(ctx, recipe, results["worker"])
+        if (key := recipe.sign_key_path()) is not None:
+            with step("sign SHA256SUMS"):
+                log.info("signed with %s: %s", key, sign_checksums(recipe.output_dir, key))
         with step("kubeconfig"):
             write_kubeconfig(ctx, recipe, secrets)
     log.info("images in %s (%s)", recipe.output_dir,

@@ -32,6 +32,7 @@ from imagebuilder.engine.stages import StageResult, share_checked
 from imagebuilder.outputs.compress import COMPRESSORS, compress_cached, extension
 from imagebuilder.outputs.imager import OS_LIST, write_os_list
 from imagebuilder.outputs.sbom import SCHEMA, ImageContents, ImageFile, render_sbom, sbom_name, validate_sbom
+from imagebuilder.outputs.signing import SUMS_SIG
 from imagebuilder.recipe.model import Recipe
 from imagebuilder.sources.base import BaseImage
 from imagebuilder.sources.checksums import sha256_of
@@ -222,6 +223,8 @@ def write_checksums(out: Path, names: list[Path], known: dict[str, str] | None =
     """SHA256SUMS for `names` (relative to out); digests in `known` are not computed again."""
     known = known or {}
     lines = [f"{known.get(str(name)) or sha256_of(out / name)}  {name}\n" for name in sorted(names)]
+    # A signature never stays beside a listing it was not made for (the build signs the new one at its end).
+    (out / SUMS_SIG).unlink(missing_ok=True)
     with atomic_output(out / "SHA256SUMS", PRIVATE) as tmp:
         tmp.write_text("".join(lines))
 
