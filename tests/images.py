@@ -62,17 +62,19 @@ def keep_in_cache(cache_dir: Path, arch: str, used: list[Path]) -> None:
     record_use(cache_dir, me, "imagebuilder test suite", [*used, *others])
 
 
-def small_recipe(name: str, out: Path, *, compress: str = "zstd", bmap: bool = True, extra: str = "") -> str:
+def small_recipe(name: str, out: Path, *, compress: str = "zstd", bmap: bool = True, extra: str = "",
+                 sign_key: Path | None = None) -> str:
     """The text of the smallest test cluster on the bootstrap base: the master and node1, writing to `out`.
 
     It downloads no k3s release (tests reach nothing outside this machine); `extra` adds whole lines."""
+    signed = f", sign_key: {sign_key}" if sign_key else ""
     return (f"cluster: {{name: {name}}}\n"
             "base: {bootstrap: {suite: bookworm}}\n"
             "k3s: {assets: none}\n"
             "workers:\n"
             '  - {hostname: node1, mac: "b8:27:eb:00:00:01"}\n'
             f"{extra}"
-            f"output: {{dir: {out}, compress: {compress}, bmap: {str(bmap).lower()}}}\n")
+            f"output: {{dir: {out}, compress: {compress}, bmap: {str(bmap).lower()}{signed}}}\n")
 
 
 def arm64_base() -> BaseImage:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -12,6 +13,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from cyclonedx.schema import SchemaVersion
+from cyclonedx.validation.json import JsonStrictValidator
 
 from imagebuilder.boards.verify import verify_image
 from imagebuilder.build.execute import build
@@ -35,7 +38,7 @@ from tests.images import arm64_base, make_context, small_recipe
 from tests.readers import fat_read, make_bmap, read_hostname_seed
 
 
-def make_recipe(tmp_path: Path, marker: str = "one", *, checked: bool = False) -> Path:
+def make_recipe(tmp_path: Path, marker: str = "one", *, checked: bool = False, sign_key: Path | None = None) -> Path:
     extra = tmp_path / "extra" / "root" / "etc"
     extra.mkdir(parents=True, exist_ok=True)
     # The marker reaches the worker only: the master stage stays cached while a test rebuilds the worker.
@@ -52,14 +55,22 @@ def make_recipe(tmp_path: Path, marker: str = "one", *, checked: bool = False) -
             "checks: [{file: root/etc/cloud/cloud.cfg.d/99-test-marker.cfg, tool: cloud-init-schema}]\n")
     path = tmp_path / "recipe.yaml"
     path.write_text(small_recipe("buildtest", tmp_path / "out",
-                                 extra="packages: {worker: [hello]}\noverlays: [extra]\n"))
+                                 extra="packages: {worker: [hello]}\noverlays: [extra]\n", sign_key=sign_key))
     return path
 
 
 def read_root_file(image: Path, name: str) -> str:
-    _, root = boot_and_root(image)
+    return read_image_file(image, name).decode()
+
+
+def read_image_file(image: Path, name: str, boot_mount: str = LAYOUTS["raspios"].boot_mount) -> bytes:
+    """A file of the image as the running system has it: from the boot partition below boot_mount."""
+    boot, root = boot_and_root(image)
+    if name.startswith(boot_mount + "/"):
+        return subprocess.run(["mcopy", "-i", f"{image}@@{boot.start}", f"::/{name.removeprefix(boot_mount + '/')}",
+                               "-"], capture_output=True, check=True, env={**os.environ, **MTOOLS_ENV}).stdout
     return subprocess.run(["debugfs", "-R", f"cat {name}", f"{image}?offset={root.start}"], capture_output=True,
-                          text=True, check=True).stdout
+                          check=True).stdout
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +78,9 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
     arm64_base()
     require_programs("bmaptool", "zstd")
     tmp = tmp_path_factory.mktemp("build")
-    recipe = load_recipe(make_recipe(tmp))
+    require_programs("ssh-keygen")
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "buildtest", "-f", tmp / "signer"], check=True)
+    recipe = load_recipe(make_recipe(tmp, sign_key=tmp / "signer"))
     ctx = make_context()
     with ctx.stack:
         build(ctx, recipe, per_node=True)
@@ -77,13 +90,20 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.mark.integration
 def test_outputs_exist_and_sums_match(built: Path) -> None:
     names = sorted(p.name for p in built.iterdir() if not p.name.startswith("."))
-    assert names == sorted(["master.img", "master.img.bmap", "master.img.zst", "worker.img", "worker.img.bmap",
-                            "worker.img.zst", "SHA256SUMS", "manifest.json", "kubeconfig",
-                            "node1.img", "node1.img.bmap"])
+    assert names == sorted(["master.img", "master.img.bmap", "master.img.zst", "master.cdx.json", "worker.img",
+                            "worker.img.bmap", "worker.img.zst", "worker.cdx.json", "SHA256SUMS", "SHA256SUMS.sig",
+                            "manifest.json", "kubeconfig", "node1.img", "node1.img.bmap"])
     subprocess.run(["sha256sum", "--check", "--quiet", "SHA256SUMS"], cwd=built, check=True)
     # A per-node image is checked through its bmap (read in full it would cost each node a whole image).
     listed = [line.split("  ", 1)[1] for line in (built / "SHA256SUMS").read_text().splitlines()]
     assert "node1.img.bmap" in listed and "node1.img" not in listed
+    assert "master.cdx.json" in listed and "worker.cdx.json" in listed
+    # Signed at the end (after the per-node images were added): ssh-keygen itself accepts the signature.
+    allowed = built.parent.parent / "allowed_signers"
+    allowed.write_text("me " + (built.parent.parent / "signer.pub").read_text())
+    with (built / "SHA256SUMS").open("rb") as sums:
+        subprocess.run(["ssh-keygen", "-Y", "verify", "-f", allowed, "-I", "me", "-n", "file", "-s",
+                        built / "SHA256SUMS.sig"], stdin=sums, check=True, capture_output=True)
 
 
 @pytest.mark.integration
@@ -101,6 +121,45 @@ def test_manifest_records_packages_and_overlay_files(built: Path) -> None:
     assert "/etc/cluster-note" in worker["overlay_files"]
     assert manifest["base"]["source"] == "bootstrap:bookworm:raspios"
     assert worker["sha256"] == sha256_of(built / "worker.img")
+
+
+def installed(status: str) -> dict[str, str]:
+    """name -> version of the installed packages in a dpkg status file's text."""
+    found = {}
+    for paragraph in status.split("\n\n"):
+        fields = dict(line.split(": ", 1) for line in paragraph.splitlines() if ": " in line and line[0] != " ")
+        if fields.get("Status") == "install ok installed":
+            found[fields["Package"]] = fields["Version"]
+    return found
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("role", ["master", "worker"])
+def test_sbom_lists_what_the_image_holds(built: Path, role: str) -> None:
+    text = (built / f"{role}.cdx.json").read_text()
+    assert JsonStrictValidator(SchemaVersion.V1_6).validate_str(text) is None
+    sbom = json.loads(text)
+    image = built / f"{role}.img"
+    assert sbom["metadata"]["component"]["hashes"] == [{"alg": "SHA-256", "content": sha256_of(image)}]
+    components = sbom["components"]
+    # Every installed package of the image's own dpkg database, read here from the image itself.
+    packages = {c["name"]: c for c in components if c.get("purl", "").startswith("pkg:deb/")}
+    status = installed(read_root_file(image, "/var/lib/dpkg/status"))
+    assert {name: c["version"] for name, c in packages.items()} == status
+    assert ("hello" in packages) == (role == "worker")
+    assert packages["dash"]["purl"] == f"pkg:deb/debian/dash@{status['dash']}?arch=arm64&distro=debian-12"
+    assert packages["libc6"]["pedigree"]["ancestors"][0]["name"] == "glibc"
+    with_licenses = [c for c in packages.values() if c.get("licenses")]
+    assert len(with_licenses) > len(packages) // 2, "most Debian packages state their license in DEP-5"
+    assert {"os"} <= {c["bom-ref"] for c in components}
+    # Every file the layers wrote, with the digest of what the image holds at that path.
+    files = [c for c in components if c["type"] == "file"]
+    assert "file:/etc/cluster-note" in {c["bom-ref"] for c in files}
+    for c in files:
+        if "hashes" in c:
+            assert c["hashes"][0]["content"] == hashlib.sha256(read_image_file(image, c["name"])).hexdigest(), c["name"]
+    # The test recipe says k3s.assets: none; IMAGEBUILDER_K3S_ASSETS, when set, brings the binary in.
+    assert any(c["name"] == "k3s" for c in components) == bool(os.environ.get(ASSETS_ENV))
 
 
 @pytest.mark.integration

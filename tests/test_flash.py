@@ -21,6 +21,8 @@ from imagebuilder.core.resources import loop_device, mounted
 from imagebuilder.disk.bmap import load_bmap
 from imagebuilder.disk.usage import image_usage
 from imagebuilder.flash.devices import SystemView, TargetRefused, check_target, parse_mountinfo
+from imagebuilder.outputs.emit import write_checksums
+from imagebuilder.outputs.signing import sign_checksums
 from tests.conftest import ROOT, VALID, require_programs, require_root
 from tests.readers import make_bmap, read_hostname_seed
 
@@ -363,3 +365,109 @@ def test_edited_bmap_is_refused(images: dict[str, Path], tmp_path: Path,
     assert main(["flash", str(image), str(target), "--yes", "--to-file"]) == 2
     assert "own checksum does not match" in capsys.readouterr().err
     assert not target.exists()
+
+
+# --- signed outputs: SHA256SUMS signed with an OpenSSH key, checked before anything is written --------
+
+
+def _ssh_key(folder: Path, name: str) -> Path:
+    require_programs("ssh-keygen")
+    key = folder / name
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", name, "-f", str(key)], check=True)
+    return key
+
+
+def _signed_outputs(images: dict[str, Path], out: Path, key: Path) -> Path:
+    """worker.img, its bmap and zstd copy in `out`, listed in SHA256SUMS and signed as a build does."""
+    out.mkdir()
+    for name in ("worker.img", "worker.img.bmap", "worker.img.zst"):
+        subprocess.run(["cp", "--sparse=always", str(images["img"].with_name(name)), str(out / name)], check=True)
+    write_checksums(out, [Path("worker.img"), Path("worker.img.bmap"), Path("worker.img.zst")])
+    sign_checksums(out, key)
+    return out
+
+
+def _refused_before_writing(argv: list[str], target: Path, capsys: pytest.CaptureFixture[str], match: str) -> None:
+    assert main(argv) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("imagebuilder:")]
+    assert len(errors) == 1 and match in errors[0], errors
+    assert not target.exists()
+
+
+def test_a_good_signature_flashes(images: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    key = _ssh_key(tmp_path, "signer")
+    out = _signed_outputs(images, tmp_path / "out", key)
+    # The signature is what ssh-keygen itself accepts, with an allowed-signers file of the user's own.
+    allowed = tmp_path / "allowed_signers"
+    allowed.write_text("me " + Path(f"{key}.pub").read_text())
+    subprocess.run(["ssh-keygen", "-Y", "verify", "-f", str(allowed), "-I", "me", "-n", "file", "-s",
+                    str(out / "SHA256SUMS.sig")], stdin=(out / "SHA256SUMS").open("rb"), check=True,
+                   capture_output=True)
+    for form in ("worker.img", "worker.img.zst"):
+        target = tmp_path / f"card-{form}.bin"
+        assert main(["flash", str(out / form), str(target), "--yes", "--to-file",
+                     "--verify-key", f"{key}.pub"]) == 0
+        assert _sha256(target.read_bytes()) == _sha256(images["img"].read_bytes())
+    assert "worker.img.zst: signed by" in capsys.readouterr().err
+
+
+def test_a_changed_listing_image_or_another_key_is_refused(images: dict[str, Path], tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    key, other = _ssh_key(tmp_path, "signer"), _ssh_key(tmp_path, "other")
+    out = _signed_outputs(images, tmp_path / "out", key)
+    target = tmp_path / "card.bin"
+
+    def flash(image: str = "worker.img", public: Path = Path(f"{key}.pub")) -> list[str]:
+        return ["flash", str(out / image), str(target), "--yes", "--to-file", "--verify-key", str(public)]
+
+    _refused_before_writing(flash(public=Path(f"{other}.pub")), target, capsys, "not a good signature of SHA256SUMS")
+    _refused_before_writing(flash(public=key), target, capsys, "not an OpenSSH public key")
+    # The image changed after it was listed: one byte inside a mapped block, and one in a hole (only the
+    # whole digest sees it; the bmap's would not).
+    good = (out / "worker.img").read_bytes()
+    for offset in (ROOT_START + 1024 + 100, _hole_offset(images["img"])):
+        with (out / "worker.img").open("r+b") as f:
+            f.seek(offset)
+            f.write(bytes([good[offset] ^ 0xFF]))
+        _refused_before_writing(flash(), target, capsys, "its sha256 is not the one the signed SHA256SUMS lists")
+        with (out / "worker.img").open("r+b") as f:
+            f.seek(offset)
+            f.write(good[offset:offset + 1])
+    # A listing changed to match a changed image: its signature no longer holds.
+    sums = (out / "SHA256SUMS").read_text()
+    (out / "SHA256SUMS").write_text(sums.replace(_sha256(good), "0" * 64))
+    _refused_before_writing(flash(), target, capsys, "not a good signature of SHA256SUMS")
+    (out / "SHA256SUMS").write_text(sums)
+    assert main(flash()) == 0  # everything back as signed
+    target.unlink()
+    # A per-node image is listed through its bmap only.
+    subprocess.run(["cp", "--sparse=always", str(out / "worker.img"), str(out / "node1.img")], check=True)
+    _refused_before_writing(flash("node1.img"), target, capsys,
+                            "node1.img: not listed in the signed SHA256SUMS")
+    (out / "SHA256SUMS.sig").unlink()
+    _refused_before_writing(flash(), target, capsys, "no SHA256SUMS.sig to check against")
+
+
+def test_the_recipes_signing_key_is_checked_by_flash_with_its_public_half(
+        images: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    key, other = _ssh_key(tmp_path, "signer"), _ssh_key(tmp_path, "other")
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(VALID.replace("cluster: {name: testcluster", f"output: {{dir: {tmp_path / 'out'}, sign_key: "
+                                    "signer}\ncluster: {name: tc"))
+    (tmp_path / "out").mkdir()
+    out = _signed_outputs(images, tmp_path / "out/tc", key)
+    target = tmp_path / "card.bin"
+    assert main(["flash", "--recipe", str(recipe), "worker", str(target), "--yes", "--to-file"]) == 0
+    target.unlink()
+    sign_checksums(out, other)  # signed by a key the recipe does not name
+    _refused_before_writing(["flash", "--recipe", str(recipe), "worker", str(target), "--yes", "--to-file"],
+                            target, capsys, "not a good signature of SHA256SUMS")
+    Path(f"{key}.pub").unlink()
+    _refused_before_writing(["flash", "--recipe", str(recipe), "worker", str(target), "--yes", "--to-file"],
+                            target, capsys, f"output.sign_key: no {key}.pub to check the images' signature with")
+
+
+def test_a_new_listing_drops_the_old_signature(images: dict[str, Path], tmp_path: Path) -> None:
+    out = _signed_outputs(images, tmp_path / "out", _ssh_key(tmp_path, "signer"))
+    write_checksums(out, [Path("worker.img")])
+    assert not (out / "SHA256SUMS.sig").exists()

@@ -123,6 +123,12 @@ def test_guestfs_writes_the_same_overlay_files_as_loop(tmp_path: Path) -> None:
     assert "packages" not in built
     assert {k: v for k, v in rootless.items() if k not in ("packages", "package_update", "runcmd")} == built
     assert "hello" not in guest["images"]["worker"]["packages"]  # type: ignore[index]
+    # The SBOM's inventory is read through the appliance too: the base's packages with the same licenses.
+    loop_packages, guest_packages = (
+        {c["name"]: c for c in json.loads((tmp_path / kind / "buildtest" / "worker.cdx.json").read_text())["components"]
+         if c.get("purl", "").startswith("pkg:deb/")} for kind in ("loop", "guestfs"))
+    assert guest_packages["libc6"] == loop_packages["libc6"] and guest_packages["openssh-server"]["licenses"]
+    assert "hello" not in guest_packages
 
 
 def test_not_root_chooses_guestfs() -> None:

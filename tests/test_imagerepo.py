@@ -47,6 +47,8 @@ def _build_outputs(out: Path, *, keep_raw: bool = True) -> dict[str, bytes]:
         raws[role] = _sparse_image(raw)
         subprocess.run(["xz", "-k", "-T0", str(raw)], check=True)
         (out / f"{role}.img.bmap").write_text("<bmap/>\n")
+        if role == "worker":  # an SBOM stand-in beside one image only
+            (out / f"{role}.cdx.json").write_text("{}\n")
         if not keep_raw:
             raw.unlink()
     return raws
@@ -65,6 +67,7 @@ def test_entries_match_the_files(recipe: Recipe) -> None:
         # Absolute: Imager resolves nothing against the repository file's own place.
         assert entry["url"] == download.resolve().as_uri()
         assert entry["bmap_url"] == (out / f"{role}.img.bmap").resolve().as_uri()
+        assert entry.get("sbom_url") == ((out / "worker.cdx.json").resolve().as_uri() if role == "worker" else None)
         assert entry["image_download_size"] == download.stat().st_size
         assert entry["image_download_sha256"] == _sha256(download)
         assert entry["extract_size"] == len(raws[role]) == (out / f"{role}.img").stat().st_size

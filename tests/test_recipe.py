@@ -148,6 +148,8 @@ MALFORMED = [
     ("netboot-tree-root", add("netboot: {tree: /}\n"), "netboot.tree", "not / itself"),
     ("netboot-tree-dotdot", add("netboot: {tree: /srv/../etc}\n"), "netboot.tree", "without '..'"),
     ("netboot-unknown-key", add("netboot: {serials: true}\n"), "netboot.serials", "unknown"),
+    ("sign-key-missing", add("output: {sign_key: keys/none}\n"), "output.sign_key", "keys/none: no such file"),
+    ("sign-key-not-text", add("output: {sign_key: [a]}\n"), "output.sign_key", "expected a string"),
 ]
 
 
@@ -164,6 +166,30 @@ def test_malformed_recipe_names_key(recipe_file, text: str, key: str, fragment: 
     matching = [line for line in lines if line.startswith(f"{path}: {key}: ")]
     assert matching, f"no problem names {key}: {lines}"
     assert any(fragment in line for line in matching), matching
+
+
+def test_sign_key_must_be_a_private_key(recipe_file, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    (keys / "id_ed25519").write_text("-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAA\n"
+                                     "-----END OPENSSH PRIVATE KEY-----\n")
+    (keys / "id_ed25519.pub").write_text("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGx me@host\n")
+    (keys / "notes.txt").write_text("my signing key is elsewhere\n")
+    for given, fragment in (("keys/id_ed25519.pub", "is a public key: give the private key"),
+                            ("keys/notes.txt", "is not an OpenSSH private key"),
+                            ("keys", "is a folder, not a key file")):
+        path = recipe_file(add(f"output: {{sign_key: {given}}}\n"))
+        with pytest.raises(RecipeError) as excinfo:
+            load_recipe(path)
+        (problem,) = excinfo.value.problems
+        assert problem.startswith(f"{path}: output.sign_key: {tmp_path / given} ") and fragment in problem, problem
+    recipe = load_recipe(recipe_file(add("output: {sign_key: keys/id_ed25519}\n")))
+    assert recipe.sign_key_path() == keys / "id_ed25519"
+    # ~ is the home of whoever ran the command (under sudo, theirs).
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("SUDO_UID", raising=False)
+    recipe = load_recipe(recipe_file(add("output: {sign_key: ~/keys/id_ed25519}\n"), "other.yaml"))
+    assert recipe.sign_key_path() == keys / "id_ed25519"
 
 
 def test_valid_recipe_loads_frozen(recipe_file) -> None:

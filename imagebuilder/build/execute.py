@@ -18,6 +18,8 @@ from imagebuilder.engine.backends.interface import choose_backend
 from imagebuilder.engine.stages import StageResult, is_cached, realise
 from imagebuilder.outputs.emit import emit_image, emit_per_node, open_outputs, write_index
 from imagebuilder.outputs.kubeconfig import write_kubeconfig
+from imagebuilder.outputs.sbom import ImageContents
+from imagebuilder.outputs.signing import sign_checksums
 from imagebuilder.recipe.model import Recipe
 from imagebuilder.roles.cloudinit import cloud_init_for_base
 from imagebuilder.roles.secrets import k3s_secrets, read_k3s_secrets
@@ -136,13 +138,18 @@ def _build(ctx: Context, recipe: Recipe, *, per_node: bool, backend: str | None)
         previous = open_outputs(recipe)
 
         def make_role(role: str) -> tuple[StageResult, dict[str, Any]]:
-            """The role's stages, then its image's outputs (bmap, compressed copy)."""
+            """The role's stages, then its image's outputs (bmap, SBOM, compressed copy)."""
             made = [realise(ctx, planned.stage, debs) for planned in plan.stages if planned.role == role]
             used.extend(m.image for m in made)
             final = made[-1]
             # Its image carries what the common stage wrote, then its own.
             result = dataclasses.replace(final, files=common.files + final.files, units=common.units + final.units)
-            return result, emit_image(ctx, recipe, role, result, recipe.output_dir, previous["images"].get(role))
+            assert final.inventory is not None  # read when a stage an image is emitted from is made
+            layers = tuple(layer for p in plan.stages if p.role in ("common", role) for layer in p.stage.layers)
+            contents = ImageContents(final.inventory, layers, base.layout.boot_mount,
+                                     k3s.layer.name if k3s.layer else None)
+            return result, emit_image(ctx, recipe, role, result, contents, recipe.output_dir,
+                                      previous["images"].get(role))
 
         # The roles' stages and outputs side by side (while one waits on mounts and programs, the other's
         # digest or compression runs); one after the other where the master's netboot tree is copied from
@@ -155,6 +162,9 @@ def _build(ctx: Context, recipe: Recipe, *, per_node: bool, backend: str | None)
                             k3s_source=k3s.source)
         if per_node:
             emit_per_node(ctx, recipe, results["worker"])
+        if (key := recipe.sign_key_path()) is not None:
+            with step("sign SHA256SUMS"):
+                log.info("signed with %s: %s", key, sign_checksums(recipe.output_dir, key))
         with step("kubeconfig"):
             write_kubeconfig(ctx, recipe, secrets)
     log.info("images in %s (%s)", recipe.output_dir,

@@ -24,12 +24,16 @@ def _flash_arguments(parser: argparse.ArgumentParser) -> None:
                         help="worker image only: this card takes NAME whatever its MAC")
     parser.add_argument("--no-bmap", dest="use_bmap", action="store_false",
                         help="write every byte even when a .bmap is beside the image")
+    parser.add_argument("--verify-key", type=Path, metavar="PUBLIC_KEY",
+                        help="write only an image that SHA256SUMS.sig, signed with this OpenSSH key (e.g. "
+                             "~/.ssh/id_ed25519.pub), vouches for; with --recipe, the default is the .pub beside its "
+                             "output.sign_key")
 
 
 def flash(ctx: Context, args: argparse.Namespace) -> int:
     return run_flash(ctx, FlashOptions(
         image=args.image, device=args.device, recipe=args.recipe, force=args.force, yes=args.yes,
-        to_file=args.to_file, hostname=args.hostname, use_bmap=args.use_bmap,
+        to_file=args.to_file, hostname=args.hostname, use_bmap=args.use_bmap, verify_key=args.verify_key,
     ))
 
 

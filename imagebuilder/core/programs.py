@@ -93,7 +93,9 @@ PROGRAMS: tuple[Program, ...] = (
     *_programs("qemu-system-arm", _BT, "qemu-system-aarch64", "qemu-system-arm"),
     *_programs("qemu-utils", _BT, "qemu-img"),
     *_programs("socat", _BT, "socat"),
-    *_programs("openssh-client", _BT, "ssh", "ssh-keygen"),
+    *_programs("openssh-client", _BT, "ssh"),
+    # Signs SHA256SUMS (build) and checks the signature (flash); the boot test makes its login key with it.
+    *_programs("openssh-client", (BUILD, BOOT), "ssh-keygen"),
     *_programs("iproute2", _BT, "ip"),
     *_programs("curl", _BT, "curl"),
     # The test suite: the rootless backend probes KVM with the host's own qemu; generated configurations

@@ -36,6 +36,8 @@ from imagebuilder.engine.checks import ConfigCheck, check_rendered
 from imagebuilder.layers.render import RenderedLayer
 from imagebuilder.netboot.populate import NetbootSource
 from imagebuilder.recipe.catalogue import Layout
+from imagebuilder.sources.dpkg import versions
+from imagebuilder.sources.inventory import Inventory, read_inventory
 
 FORMAT = 5  # 2: stages shrink to what they hold; 3: copied hole for hole; 4: trimmed after the chroot;
 # 5: kernel arguments also where a kernel update keeps them
@@ -87,6 +89,7 @@ class StageResult:
     range_sha256: tuple[str, ...] = ()  # of each block-map range of usage (disk.bmap's block size)
     fresh: bool = False  # made by this build, which just took its digests: reading it needs no check
     boards: tuple[str, ...] | None = None  # the boards verify found it boots on when it was made (None: not run)
+    inventory: Inventory | None = None  # what its SBOM lists, read when it was made (stages emitted as images)
 
 
 def stage_image(stage_dir: Path, stage: Stage) -> Path:
@@ -95,7 +98,16 @@ def stage_image(stage_dir: Path, stage: Stage) -> Path:
 
 
 def is_cached(stage_dir: Path, stage: Stage) -> bool:
-    return cached_record(stage_image(stage_dir, stage)) is not None
+    return usable_record(stage_image(stage_dir, stage), stage) is not None
+
+
+def usable_record(image: Path, stage: Stage) -> dict[str, Any] | None:
+    """The stage's cache entry, when whole and holding all a build reads of it: a stage an image is emitted
+    from must hold its SBOM's inventory, and an entry without one is made again."""
+    record = cached_record(image)
+    if record is None or (stage.verify and "inventory" not in record):
+        return None
+    return record
 
 
 def cached_record(image: Path) -> dict[str, Any] | None:
@@ -164,7 +176,7 @@ def realise(ctx: Context, stage: Stage, debs: Path) -> StageResult:
     image = stage_image(ctx.cache("stages"), stage)
     record = image.with_suffix(".json")
     with file_lock(image.with_suffix(".lock"), f"the {stage.name} stage"):
-        fresh = cached_record(image) is None
+        fresh = usable_record(image, stage) is None
         if not fresh:
             log.info("stage %s: cached (%s)", stage.name, key[:12])
             touch(record)  # not the image: it may be an output too (emit.py), whose mtime says it is unchanged
@@ -174,9 +186,11 @@ def realise(ctx: Context, stage: Stage, debs: Path) -> StageResult:
     info = json.loads(record.read_text())
     usage = info.get("usage")
     boards = info.get("boards")
+    inventory = info.get("inventory")
     return StageResult(image, key, info["packages"], info["files"], info["units"], info.get("sha256"),
                        Usage.from_record(usage) if usage else None,
-                       tuple(info.get("range_sha256", ())), fresh, tuple(boards) if boards is not None else None)
+                       tuple(info.get("range_sha256", ())), fresh, tuple(boards) if boards is not None else None,
+                       Inventory.from_record(inventory) if inventory else None)
 
 
 def _build(ctx: Context, stage: Stage, image: Path, record: Path, debs: Path) -> None:
@@ -221,7 +235,10 @@ def _build(ctx: Context, stage: Stage, image: Path, record: Path, debs: Path) ->
             passed = run_new_checks(tree, stage, image.parent) if backend.name == "loop" else []
             if stage.checks and backend.name != "loop":
                 tree.run_checks(list(stage.checks))
-            packages = tree.list_packages()
+            listed = tree.list_packages()
+            packages = versions(listed)
+            # An image is emitted from it: what its SBOM lists is read now, while the tree is open.
+            inventory = read_inventory(listed, tree.read_file) if stage.verify else None
             # Lists, host keys; then free blocks read as zeros, so bmaps and compressed copies carry only data.
             tree.tidy()
         if grown and stage.size is None and backend.name == "loop":
@@ -241,7 +258,8 @@ def _build(ctx: Context, stage: Stage, image: Path, record: Path, debs: Path) ->
             rec.write_text(json.dumps({
                 "packages": packages, "files": files, "units": units, "sha256": digested.sha256,
                 "size": tmp.stat().st_size, "range_sha256": digested.range_sha256, "checks_passed": passed,
-                "usage": usage.to_record(), **({"boards": boards} if boards is not None else {})}, indent=1))
+                "usage": usage.to_record(), **({"boards": boards} if boards is not None else {}),
+                **({"inventory": inventory.to_record()} if inventory is not None else {})}, indent=1))
 
 
 def check_key(stage: Stage, check: ConfigCheck) -> str:

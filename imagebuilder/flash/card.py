@@ -21,6 +21,7 @@ from imagebuilder.disk.bmap import Bmap, load_bmap
 from imagebuilder.disk.imagefile import FORMS, extract_size, find_bmap, open_image, raw_name
 from imagebuilder.flash import blockcopy
 from imagebuilder.flash.devices import Target, TargetRefused, check_same_device, check_target
+from imagebuilder.flash.signed import check_signed, trusted_key
 from imagebuilder.recipe.load import load_recipe
 from imagebuilder.roles.table import ROLES
 
@@ -43,6 +44,7 @@ class FlashOptions:
     to_file: bool = False
     hostname: str | None = None
     use_bmap: bool = True
+    verify_key: Path | None = None  # an OpenSSH public key SHA256SUMS.sig must be made with
 
 
 def resolve_image(image: str, recipe: Path | None) -> Path:
@@ -130,6 +132,9 @@ def flash(ctx: Context, options: FlashOptions) -> int:
         # An old bmap without checksums could not verify the card: every byte it is, then.
         log.warning("%s has no checksums; writing the whole image so it can be verified", bmap_path)
         bmap_path, bmap = None, None
+    public_key = trusted_key(options.verify_key, options.recipe)
+    if public_key is not None:
+        check_signed(image, bmap_path, public_key)
     size = _image_size(image, bmap)
     target = check_target(options.device, image_size=size, force=options.force, to_file=options.to_file)
     # Opened (exclusively) before the question, and checked after it to be the device that was shown.

@@ -58,6 +58,21 @@ def resolve_in_root(root: Path, path: str, *, make_dirs: bool = False) -> Path:
     return root.joinpath(*done)
 
 
+def read_in_root(root: Path, path: str) -> bytes | None:
+    """The content of the file at `path` in the tree at `root`, every link on the way and at its end followed
+    within the tree; None when there is no such file."""
+    for _ in range(MAX_LINKS):
+        try:
+            place = resolve_in_root(root, path)
+        except ImageBuilderError:  # a file where a directory should be: no such file either
+            return None
+        if not place.is_symlink():
+            return place.read_bytes() if place.is_file() else None
+        target = os.readlink(place)
+        path = target if target.startswith("/") else f"/{place.parent.relative_to(root)}/{target}"
+    raise ImageBuilderError(f"{path}: too many symbolic links in the image on the way")
+
+
 def write_layer(layer: RenderedLayer, root: Path, boot_mount: str = "/boot/firmware") -> list[str]:
     """Write the layer's files into the tree at `root`; return the paths written (as in the running system)."""
     written = []
@@ -120,8 +135,8 @@ def add_kernel_arguments(read: Callable[[str], str | None], write: Callable[[str
 def add_kernel_arguments_in_tree(root: Path, boot_mount: str, arguments: list[str]) -> list[str]:
     """add_kernel_arguments on a mounted tree, every path resolved inside it."""
     def read(path: str) -> str | None:
-        place = resolve_in_root(root, path)
-        return place.read_text() if place.is_file() else None
+        data = read_in_root(root, path)
+        return data.decode() if data is not None else None
 
     def write(path: str, text: str) -> None:
         resolve_in_root(root, path, make_dirs=True).write_text(text)

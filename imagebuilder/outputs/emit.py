@@ -1,4 +1,4 @@
-"""Write the build's outputs: raw images, compressed copies, bmaps, SHA256SUMS, manifest.json.
+"""Write the build's outputs: raw images, compressed copies, bmaps, SBOMs, SHA256SUMS, manifest.json.
 
 Every file is written under a temporary name and renamed when complete. A raw image is not written again:
 it shares its stage's blocks (a reflink), or is the stage's file itself (a hard link, on ext4), or, across
@@ -31,6 +31,8 @@ from imagebuilder.disk.usage import Usage, fat_used, image_usage, merge
 from imagebuilder.engine.stages import StageResult, share_checked
 from imagebuilder.outputs.compress import COMPRESSORS, compress_cached, extension
 from imagebuilder.outputs.imager import OS_LIST, write_os_list
+from imagebuilder.outputs.sbom import SCHEMA, ImageContents, ImageFile, render_sbom, sbom_name, validate_sbom
+from imagebuilder.outputs.signing import SUMS_SIG
 from imagebuilder.recipe.model import Recipe
 from imagebuilder.sources.base import BaseImage
 from imagebuilder.sources.checksums import sha256_of
@@ -131,16 +133,19 @@ def still_there(out: Path, record: dict[str, Any]) -> bool:
         return False
 
 
-def emit_image(ctx: Context, recipe: Recipe, role: str, result: StageResult, out: Path,
+def emit_image(ctx: Context, recipe: Recipe, role: str, result: StageResult, contents: ImageContents, out: Path,
                previous: dict[str, Any] | None) -> dict[str, Any]:
-    """Write role.img and its bmap and compressed copy; return what they were made from and their digests."""
+    """Write role.img and its bmap, SBOM and compressed copy; return what they were made from and their
+    digests."""
     with step(f"write outputs of {role}.img to {out}"):
-        return _emit_image(ctx, recipe, role, result, out, previous)
+        return _emit_image(ctx, recipe, role, result, contents, out, previous)
 
 
-def _emit_image(ctx: Context, recipe: Recipe, role: str, result: StageResult, out: Path,
+def _emit_image(ctx: Context, recipe: Recipe, role: str, result: StageResult, contents: ImageContents, out: Path,
                 previous: dict[str, Any] | None) -> dict[str, Any]:
-    made_from = {"stage": result.key, "bmap": recipe.output.bmap, "compress": recipe.output.compress}
+    # The SBOM follows from the stage too (what it holds, the layers written): its format is what may change.
+    made_from = {"stage": result.key, "bmap": recipe.output.bmap, "compress": recipe.output.compress,
+                 "sbom": SCHEMA}
     if previous is not None and previous.get("made_from") == made_from and still_there(out, previous):
         log.info("%s.img: unchanged (stage %s), outputs kept", role, result.key[:12])
         return previous
@@ -187,6 +192,15 @@ def _emit_image(ctx: Context, recipe: Recipe, role: str, result: StageResult, ou
         log.info("%s: maps %d MiB of %d MiB (%.1f%%); its file systems hold %d MiB", bmap.name,
                  usage.used_bytes // 2**20, usage.size // 2**20, 100 * usage.used_bytes / usage.size,
                  usage.data // 2**20)
+    sbom = out / sbom_name(role)
+    text = render_sbom(contents, ImageFile(raw.name, digest, raw.stat().st_size), cluster=recipe.cluster.name,
+                       role=role, base=describe_base(recipe), k3s_version=recipe.k3s.version)
+    validate_sbom(text)
+    with atomic_output(sbom, PRIVATE) as tmp:
+        tmp.write_text(text)
+    files[sbom.name] = {"sha256": hashlib.sha256(text.encode()).hexdigest(), "signature": signature(sbom)}
+    log.info("%s: the SBOM of %s (CycloneDX %s): %d packages", sbom.name, raw.name, SCHEMA,
+             len(contents.inventory.packages))
     for fmt in COMPRESSORS:
         stale = raw.with_name(f"{raw.name}.{extension(fmt)}")
         if fmt != recipe.output.compress:
@@ -209,6 +223,8 @@ def write_checksums(out: Path, names: list[Path], known: dict[str, str] | None =
     """SHA256SUMS for `names` (relative to out); digests in `known` are not computed again."""
     known = known or {}
     lines = [f"{known.get(str(name)) or sha256_of(out / name)}  {name}\n" for name in sorted(names)]
+    # A signature never stays beside a listing it was not made for (the build signs the new one at its end).
+    (out / SUMS_SIG).unlink(missing_ok=True)
     with atomic_output(out / "SHA256SUMS", PRIVATE) as tmp:
         tmp.write_text("".join(lines))
 

@@ -32,6 +32,7 @@ from imagebuilder.core.errors import ImageBuilderError
 from imagebuilder.core.resources import atomic_output
 from imagebuilder.disk.imagefile import open_image
 from imagebuilder.outputs.compress import compress_cached
+from imagebuilder.outputs.sbom import sbom_name
 from imagebuilder.recipe.load import summary
 from imagebuilder.recipe.model import Recipe
 from imagebuilder.roles.table import ROLES
@@ -110,6 +111,10 @@ def describe_image(out_dir: Path, role: str, recipe: Recipe, base_url: str | Non
     bmap = out_dir / f"{role}.img.bmap"
     if bmap.is_file():
         entry["bmap_url"] = _url(bmap, base_url)
+    # Not a key Imager reads: where to find what the image holds, beside it.
+    sbom = out_dir / sbom_name(role)
+    if sbom.is_file():
+        entry["sbom_url"] = _url(sbom, base_url)
     return entry
 
 

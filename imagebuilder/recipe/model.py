@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from imagebuilder.core.invoker import home
 from imagebuilder.recipe.catalogue import LAYOUTS
 from imagebuilder.recipe.fields import (
     check_cluster_name,
@@ -168,6 +169,9 @@ class Output:
     bmap: bool = setting(default=True, help="write .bmap files for bmaptool")
     image_size: str | None = setting(default=None, check=check_size,
                                      help="image size (e.g. 4G); default: what the packages need")
+    sign_key: str | None = setting(default=None, check=check_path,
+                                   help="an OpenSSH private key (relative to the recipe; ~ is your home) that signs "
+                                        "SHA256SUMS into SHA256SUMS.sig; `flash --recipe` then checks it with KEY.pub")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -219,6 +223,15 @@ class Recipe:
     @property
     def output_dir(self) -> Path:
         return (Path(self.output.dir) / self.cluster.name).resolve()
+
+    def sign_key_path(self) -> Path | None:
+        """output.sign_key as a path: ~ is the home of whoever ran the command (through sudo too)."""
+        key = self.output.sign_key
+        if key is None:
+            return None
+        if key == "~" or key.startswith("~/"):
+            return home() / key[2:]
+        return (self.source.parent / key).resolve()
 
     def overlay_dirs(self) -> list[Path]:
         return [(self.source.parent / d).resolve() for d in self.overlays]

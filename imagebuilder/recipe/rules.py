@@ -10,6 +10,7 @@ import difflib
 import ipaddress
 import re
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 from imagebuilder.core.log import log
@@ -55,6 +56,7 @@ def check_cluster(recipe: Recipe, loader: Loader) -> Recipe:
     _check_uplink(recipe, loader.problem)
     _check_k3s_config(recipe, loader.problem, check_names=not loader.failed("k3s.version"))
     _check_netboot(recipe, loader.problem)
+    _check_sign_key(recipe, loader.problem, check=not loader.failed("output.sign_key"))
     if any(loader.failed(f"network.{k}") for k in ("subnet", "master_ip", "dhcp_range")):
         return recipe
     return _check_addresses(recipe, loader)
@@ -81,6 +83,35 @@ def _check_netboot(recipe: Recipe, problem: Problem) -> None:
             problem(f"netboot.workers[{i}]", f"'{name}' is not in the workers table"
                     + (f"; did you mean '{near[0]}'?" if near else ""))
         seen.add(name)
+
+
+def _check_sign_key(recipe: Recipe, problem: Problem, *, check: bool) -> None:
+    path = recipe.sign_key_path()
+    if path is not None and check and (msg := private_key_problem(path)) is not None:
+        problem("output.sign_key", msg)
+
+
+# The private key forms ssh-keygen loads: its own, and the PEM ones of OpenSSL.
+_PRIVATE_KEY = re.compile(r"-----BEGIN (OPENSSH |RSA |EC |DSA |ENCRYPTED )?PRIVATE KEY-----")
+
+
+def private_key_problem(path: Path) -> str | None:
+    """What keeps `path` from being a private key ssh-keygen signs with, or None."""
+    try:
+        with path.open("rb") as f:
+            head = f.read(4096).decode(errors="replace")
+    except FileNotFoundError:
+        return f"{path}: no such file"
+    except IsADirectoryError:
+        return f"{path} is a folder, not a key file"
+    except OSError as e:
+        return f"{path}: cannot read it: {e.strerror}"
+    if _PRIVATE_KEY.match(head):
+        return None
+    first = head.splitlines()[0] if head else ""
+    if check_ssh_key(first.strip()) is None:
+        return f"{path} is a public key: give the private key (the same name without .pub)"
+    return f"{path} is not an OpenSSH private key (such as ~/.ssh/id_ed25519, made by ssh-keygen)"
 
 
 def _partial(items: tuple[T, ...]) -> tuple[T | None, ...]:

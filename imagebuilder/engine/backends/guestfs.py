@@ -26,7 +26,7 @@ from imagebuilder.layers.render import RenderedLayer
 from imagebuilder.layers.write import add_kernel_arguments
 from imagebuilder.netboot.populate import NetbootSource
 from imagebuilder.recipe.catalogue import Layout
-from imagebuilder.sources.dpkg import installed_packages
+from imagebuilder.sources.dpkg import DebPackage, read_packages
 
 # Where `systemctl enable` looks for unit files, in its order (Debian's split-usr build includes /lib).
 UNIT_DIRS = ("/etc/systemd/system", "/usr/local/lib/systemd/system", "/lib/systemd/system",
@@ -250,12 +250,16 @@ class GuestfsTree:
             self.g.rm_f(link)
         self.g.ln_s(source, link)
 
-    def list_packages(self) -> dict[str, str]:
+    def list_packages(self) -> tuple[DebPackage, ...]:
         # The same dpkg-query the loop backend runs, on a copy of the image's dpkg status.
         admin = self.workdir / "dpkg-root" / "var/lib/dpkg"
         (admin / "updates").mkdir(parents=True, exist_ok=True)
         self.g.download("/var/lib/dpkg/status", str(admin / "status"))
-        return installed_packages(self.workdir / "dpkg-root")
+        return read_packages(self.workdir / "dpkg-root")
+
+    def read_file(self, path: str) -> bytes | None:
+        # The appliance follows links inside the image.
+        return bytes(self.g.read_file(path)) if self.g.is_file(path, followsymlinks=True) else None
 
     def tidy(self) -> None:
         """As the loop backend: the one list of what never ships, through the appliance."""

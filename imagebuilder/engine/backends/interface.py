@@ -1,7 +1,7 @@
 """How a stage gets at an image's files: the `loop` backend (root) or the `guestfs` backend (no root).
 
 A stage opens the image as an `ImageTree` and only talks to that: install packages, write overlay
-files, enable units, list packages, tidy. The loop backend mounts the partitions and runs programs in a
+files, enable units, list packages, read a file, tidy. The loop backend mounts the partitions and runs programs in a
 qemu-user chroot; the guestfs backend edits the image in libguestfs's appliance, which cannot run the
 image's programs, so its stages install no packages (they go to cloud-init's first boot instead).
 """
@@ -20,6 +20,7 @@ from imagebuilder.engine.checks import ConfigCheck
 from imagebuilder.layers.render import RenderedLayer
 from imagebuilder.netboot.populate import NetbootSource
 from imagebuilder.recipe.catalogue import Layout
+from imagebuilder.sources.dpkg import DebPackage
 
 BACKENDS = ("loop", "guestfs")
 
@@ -34,7 +35,8 @@ class ImageTree(Protocol):
     def run_checks(self, checks: list[ConfigCheck]) -> None: ...
     def update_initramfs(self) -> None: ...
     def add_netboot_tree(self, source: NetbootSource, work: Path) -> None: ...
-    def list_packages(self) -> dict[str, str]: ...
+    def list_packages(self) -> tuple[DebPackage, ...]: ...
+    def read_file(self, path: str) -> bytes | None: ...
     def tidy(self) -> None: ...
 
 

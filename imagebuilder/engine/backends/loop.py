@@ -15,10 +15,10 @@ from imagebuilder.engine.backends.chroot import Chroot, chroot_session
 from imagebuilder.engine.checks import ConfigCheck, run_checks
 from imagebuilder.layers.nevership import forget_identity
 from imagebuilder.layers.render import RenderedLayer
-from imagebuilder.layers.write import add_kernel_arguments_in_tree, write_layer
+from imagebuilder.layers.write import add_kernel_arguments_in_tree, read_in_root, write_layer
 from imagebuilder.netboot.populate import NetbootSource, populate_tree
 from imagebuilder.recipe.catalogue import Layout
-from imagebuilder.sources.dpkg import installed_packages
+from imagebuilder.sources.dpkg import DebPackage, read_packages
 
 
 class LoopTree:
@@ -50,8 +50,11 @@ class LoopTree:
     def add_netboot_tree(self, source: NetbootSource, work: Path) -> None:
         populate_tree(self.root, source, self.layout, work)
 
-    def list_packages(self) -> dict[str, str]:
-        return installed_packages(self.root)
+    def list_packages(self) -> tuple[DebPackage, ...]:
+        return read_packages(self.root)
+
+    def read_file(self, path: str) -> bytes | None:
+        return read_in_root(self.root, path)
 
     def tidy(self) -> None:
         """Nothing that identifies a machine or the build may ship (layers/nevership.py)."""
