@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from imagebuilder.boards.models import Board, boards_for
+from imagebuilder.boottest.analysis import keep_boot_accounts
 from imagebuilder.boottest.board import board_for, firmware_result, model_append
 from imagebuilder.boottest.checks import run_checks
 from imagebuilder.boottest.edge import edge_ports
@@ -121,16 +122,20 @@ def boot_test(ctx: Context, recipe: Recipe, options: BootOptions) -> BootReport:
             wait_for_rest(result, options, deadline)
     with step("checks"):
         checks = [*firmware, *run_checks(recipe, results, ssh, nonce, options, deadline)]
+    if options.logs:
+        with step(f"each node's account of its boot, into {options.logs}"):
+            keep_boot_accounts(results, ssh, options.logs)
     netbooted = [r for r in results if r.node.netboot]
     if netbooted:
-        checks += power_cycle(recipe, netbooted, ssh, power_on, deadline)
+        checks += power_cycle(recipe, netbooted, ssh, power_on, deadline, options.logs)
     return BootReport(recipe.cluster.name, results, checks, time.monotonic() - started)
 
 
 def power_cycle(recipe: Recipe, netbooted: list[NodeResult], ssh: Ssh, power_on: Callable[[Node], NodeResult],
-                deadline: float) -> list[CheckResult]:
+                deadline: float, logs: Path | None) -> list[CheckResult]:
     """Read each netbooted node's identity, power it off and on again (a node without a card keeps nothing
-    of its own but its folder on the master), and check what it kept."""
+    of its own but its folder on the master), and check what it kept; its account of the second boot goes to
+    `logs`."""
     assert recipe.netboot is not None
     first = {r.node.name: read_identity(ssh, r) for r in netbooted}
     again: dict[str, dict[str, str]] = {}
@@ -147,6 +152,8 @@ def power_cycle(recipe: Recipe, netbooted: list[NodeResult], ssh: Ssh, power_on:
             wait_for_boot(result, deadline)
             if ssh.wait_until_up(result.host, deadline):
                 again[result.node.name] = read_identity(ssh, result)
+                if logs:
+                    keep_boot_accounts([result], ssh, logs)
             log.info("%s, second power-on: %s", result.node.name, ", ".join(
                 f"{e} {t:.0f}s" if t is not None else f"{e} -" for e, t in result.times.items()))
     macs = {r.node.name: r.node.mac for r in netbooted}

@@ -1,0 +1,46 @@
+"""Where each node's boot went, in the node's own words, kept beside its serial log (`--logs`).
+
+The boot report gives when each event came; these say why: systemd's and cloud-init's own accounts of the
+boot (the units that took longest, the chain the boot waited on, cloud-init's stages and modules) and the
+journal with each line's time since the kernel started. Read once the checks are done, one login per node;
+a node that cannot be read leaves a file saying so, never a failed check.
+"""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+
+from imagebuilder.boottest.plan import NodeResult
+from imagebuilder.boottest.ssh import Ssh
+
+# Title, command: run in order on the node, each under its title.
+ACCOUNTS = (
+    ("systemd-analyze time", "systemd-analyze time"),
+    ("systemd-analyze critical-chain", "systemd-analyze critical-chain --no-pager"),
+    ("systemd-analyze blame", "systemd-analyze blame --no-pager"),
+    ("cloud-init analyze show", "sudo cloud-init analyze show"),
+    ("cloud-init analyze blame", "sudo cloud-init analyze blame"),
+)
+JOURNAL = "sudo journalctl -b --no-pager -o short-monotonic"
+
+
+def account_script() -> str:
+    """One shell line printing every account under a `### title` header, whatever each command exits with."""
+    return "; ".join(f"echo {shlex.quote('### ' + title)}; {command} 2>&1" for title, command in ACCOUNTS)
+
+
+def log_name(result: NodeResult, kind: str) -> str:
+    boot = "" if result.node.boot == 1 else f"-boot{result.node.boot}"
+    return f"{kind}-{result.node.name}{boot}.txt"
+
+
+def keep_boot_accounts(results: list[NodeResult], ssh: Ssh, logs: Path) -> None:
+    """analyze-NODE.txt (systemd's and cloud-init's accounts) and journal-NODE.txt for each node in `logs`."""
+    for r in results:
+        for kind, command in (("analyze", account_script()), ("journal", JOURNAL)):
+            done = ssh.run(r.host, command)
+            text = done.stdout.decode(errors="replace")
+            if done.returncode != 0 and not text:
+                text = f"could not be read over ssh at {r.host} (exit status {done.returncode})\n"
+            (logs / log_name(r, kind)).write_text(text)
