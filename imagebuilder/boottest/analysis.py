@@ -9,6 +9,7 @@ a node that cannot be read leaves a file saying so, never a failed check.
 from __future__ import annotations
 
 import shlex
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from imagebuilder.boottest.plan import NodeResult
@@ -36,11 +37,17 @@ def log_name(result: NodeResult, kind: str) -> str:
 
 
 def keep_boot_accounts(results: list[NodeResult], ssh: Ssh, logs: Path) -> None:
-    """analyze-NODE.txt (systemd's and cloud-init's accounts) and journal-NODE.txt for each node in `logs`."""
-    for r in results:
-        for kind, command in (("analyze", account_script()), ("journal", JOURNAL)):
-            done = ssh.run(r.host, command)
-            text = done.stdout.decode(errors="replace")
-            if done.returncode != 0 and not text:
-                text = f"could not be read over ssh at {r.host} (exit status {done.returncode})\n"
-            (logs / log_name(r, kind)).write_text(text)
+    """analyze-NODE.txt (systemd's and cloud-init's accounts) and journal-NODE.txt for each node in `logs`.
+    The nodes are read side by side: most of the time is each node's own Python (cloud-init analyze)."""
+    with ThreadPoolExecutor(max(1, len(results)), thread_name_prefix="accounts") as pool:
+        for done in [pool.submit(keep_accounts, r, ssh, logs) for r in results]:
+            done.result()
+
+
+def keep_accounts(result: NodeResult, ssh: Ssh, logs: Path) -> None:
+    for kind, command in (("analyze", account_script()), ("journal", JOURNAL)):
+        done = ssh.run(result.host, command)
+        text = done.stdout.decode(errors="replace")
+        if done.returncode != 0 and not text:
+            text = f"could not be read over ssh at {result.host} (exit status {done.returncode})\n"
+        (logs / log_name(result, kind)).write_text(text)

@@ -165,7 +165,7 @@ def check_leases(results: list[NodeResult], ssh: Ssh) -> Iterator[CheckResult]:
     leases = read_leases(ssh)
     # A lease is written when the worker's DHCP exchange ends, which may trail its console by a little.
     while any(r.node.mac not in leases for r in wanted) and time.monotonic() < deadline:
-        time.sleep(2)
+        time.sleep(0.5)
         leases = read_leases(ssh)
     for r in wanted:
         got = leases.get(r.node.mac)
@@ -242,7 +242,7 @@ def check_dashboard(recipe: Recipe, results: list[NodeResult], ssh: Ssh, deadlin
         states = {n["hostname"]: n["state"] for n in document.get("nodes", [])}
         if all(states.get(r.node.name) == "up" for r in results) or time.monotonic() > until:
             break
-        time.sleep(5)
+        time.sleep(1)
     for r in results:
         state = states.get(r.node.name, "absent")
         yield CheckResult("dashboard", r.node.name, state == "up", f"/api/nodes says {state}")

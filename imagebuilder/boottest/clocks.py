@@ -73,7 +73,7 @@ def check_clocks(recipe: Recipe, master: NodeResult, workers: list[NodeResult], 
             offset = ntp_offset(status)
             if (offset is not None and abs(offset) <= NTP_OFFSET_LIMIT) or time.monotonic() >= wait_until:
                 break
-            time.sleep(3)
+            time.sleep(1)
         server = str(recipe.network.master_ip)
         from_master = f"({server})" in status or f" {server}" in status
         reading = read_clock(ssh, w.host)
