@@ -20,7 +20,6 @@ ACCOUNTS = (
     ("systemd-analyze time", "systemd-analyze time"),
     ("systemd-analyze critical-chain", "systemd-analyze critical-chain --no-pager"),
     ("systemd-analyze blame", "systemd-analyze blame --no-pager"),
-    ("cloud-init analyze show", "sudo cloud-init analyze show"),
     ("cloud-init analyze blame", "sudo cloud-init analyze blame"),
 )
 JOURNAL = "sudo journalctl -b --no-pager -o short-monotonic"
