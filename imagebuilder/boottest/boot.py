@@ -127,15 +127,15 @@ def boot_test(ctx: Context, recipe: Recipe, options: BootOptions) -> BootReport:
             keep_boot_accounts(results, ssh, options.logs)
     netbooted = [r for r in results if r.node.netboot]
     if netbooted:
-        checks += power_cycle(recipe, netbooted, ssh, power_on, deadline, options.logs)
+        checks += power_cycle(recipe, netbooted, ssh, power_on, deadline, options)
     return BootReport(recipe.cluster.name, results, checks, time.monotonic() - started)
 
 
 def power_cycle(recipe: Recipe, netbooted: list[NodeResult], ssh: Ssh, power_on: Callable[[Node], NodeResult],
-                deadline: float, logs: Path | None) -> list[CheckResult]:
+                deadline: float, options: BootOptions) -> list[CheckResult]:
     """Read each netbooted node's identity, power it off and on again (a node without a card keeps nothing
-    of its own but its folder on the master), and check what it kept; its account of the second boot goes to
-    `logs`."""
+    of its own but its folder on the master), and check what it kept; its times are logged as the first
+    boot's, its account of the second boot goes to --logs."""
     assert recipe.netboot is not None
     first = {r.node.name: read_identity(ssh, r) for r in netbooted}
     again: dict[str, dict[str, str]] = {}
@@ -150,12 +150,11 @@ def power_cycle(recipe: Recipe, netbooted: list[NodeResult], ssh: Ssh, power_on:
         cycled = [power_on(dataclasses.replace(r.node, boot=2)) for r in netbooted]
         for result in cycled:
             wait_for_boot(result, deadline)
+            wait_for_rest(result, options, deadline)
             if ssh.wait_until_up(result.host, deadline):
                 again[result.node.name] = read_identity(ssh, result)
-                if logs:
-                    keep_boot_accounts([result], ssh, logs)
-            log.info("%s, second power-on: %s", result.node.name, ", ".join(
-                f"{e} {t:.0f}s" if t is not None else f"{e} -" for e, t in result.times.items()))
+                if options.logs:
+                    keep_boot_accounts([result], ssh, options.logs)
     macs = {r.node.name: r.node.mac for r in netbooted}
     return list(check_netboot(recipe.netboot.tree, str(recipe.network.master_ip), macs, first, again))
 
@@ -216,8 +215,9 @@ def wait_for_rest(result: NodeResult, options: BootOptions, deadline: float) -> 
             continue
         found = serial.wait_for(match, deadline if event == "k3s joined" else min(after, deadline))
         result.times[event] = found[0] if found else None
-    log.info("%s: %s", result.node.name, ", ".join(
-        f"{e} {t:.0f}s" if t is not None else f"{e} -" for e, t in result.times.items()))
+    power_on = f", power-on {result.node.boot}" if result.node.boot > 1 else ""
+    log.info("%s%s: %s", result.node.name, power_on, ", ".join(
+        f"{e} {t:.1f}s" if t is not None else f"{e} -" for e, t in result.times.items()))
 
 class BootTestFailed(ChecksFailed):
     """The cluster booted (or not) and some checks failed: the report above says which."""
