@@ -164,6 +164,16 @@ def test_check_enabled(tmp_path: Path) -> None:
     assert beacon.main(["--config", str(config), "--check-enabled"]) == 0
 
 
+@pytest.mark.parametrize("enabled", [True, False])
+def test_units_are_skipped_when_the_recipe_turns_monitoring_off(recipe_file: Any, enabled: bool) -> None:
+    """Decided when the units are rendered: a Python start at every boot (ExecCondition) held multi-user.target."""
+    recipe = load_recipe(recipe_file(VALID + f"monitoring: {{enabled: {str(enabled).lower()}}}\n"))
+    for layer, unit in (("common", "imagebuilder-beacon.service"), ("master", "imagebuilder-dashboard.service")):
+        text = render_overlay(ROOT / "overlays" / layer / "root/etc/systemd/system" / f"{unit}.j2", recipe, "master")
+        assert "\nExecCondition=" not in text
+        assert ("ConditionPathExists=/nonexistent/" in text) == (not enabled), text
+
+
 def test_sender_waits_for_a_missing_interface(capsys: pytest.CaptureFixture[str]) -> None:
     sender = beacon.Sender({**CONFIG, "interface": "nosuch0"})
     assert sender.address() is None

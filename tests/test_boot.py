@@ -253,6 +253,12 @@ def test_every_node_boots_and_reports_its_times(booted: tuple[BootReport, Path])
         console = (logs / f"serial-{node['name']}.log").read_text()
         assert console.count("Booting Linux") == 1
         assert "IMAGEBUILDER: seed" not in console  # a card as built carries the recipe's seed already
+        # Each node's own account of its boot is kept beside its console: systemd's, and cloud-init's log.
+        account = (logs / f"analyze-{node['name']}.txt").read_text()
+        for said in ("Startup finished in", "graphical.target @", "### systemd-analyze blame"):
+            assert said in account, account
+        assert "finish: modules-final: SUCCESS" in (logs / f"cloud-init-{node['name']}.txt").read_text()
+        assert "imagebuilder-boot-report" in (logs / f"journal-{node['name']}.txt").read_text()
     assert re.search(r"^node1\s+worker\s+pi3b\s+10\.0\.0\.11\s+\d+\.\d", format_report(report), re.M)
 
 
@@ -363,8 +369,10 @@ def test_ctrl_c_while_booting_removes_guests_namespace_and_files(cluster: tuple[
                 break
         else:
             raise AssertionError("boot-test ended before powering on the master:\n" + "".join(seen[-20:]))
-        time.sleep(2)  # qemu is running in the namespace by now
-        qemus = qemu_children(proc.pid)
+        # qemu starts a moment after the line, inside the namespace.
+        until = time.monotonic() + 30
+        while not (qemus := qemu_children(proc.pid)) and time.monotonic() < until:
+            time.sleep(0.1)
         tree = [(pid, Path(f"/proc/{pid}/comm").read_text().strip()) for pid in descendants(proc.pid)
                 if Path(f"/proc/{pid}").exists()]
         assert qemus, f"no qemu was started: {tree}"

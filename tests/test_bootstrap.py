@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 
 from imagebuilder.core.binfmt import entry_ready
 from imagebuilder.disk.fat import fat_label
@@ -13,6 +15,7 @@ from imagebuilder.disk.image import check_filesystems
 from imagebuilder.disk.partitions import MIB, boot_and_root, read_partitions
 from imagebuilder.sources.aptsources import host_mirrors, source_lines
 from imagebuilder.sources.base import BaseImage
+from imagebuilder.sources.cloudinit_modules import MODULES_CFG, trim_cloud_init
 from tests.images import arm64_base
 from tests.readers import fat_list, fat_read
 
@@ -99,3 +102,27 @@ def test_nothing_identifies_a_machine(base: BaseImage) -> None:
 def test_base_has_what_first_boot_needs(base: BaseImage) -> None:
     for package in ("cloud-init", "cloud-guest-utils", "openssh-server", "raspi-firmware", "linux-image-arm64"):
         assert package in base.packages
+
+
+def test_cloud_init_keeps_what_a_node_uses_in_two_stages_after_the_network(tmp_path: Path) -> None:
+    # Debian bookworm's cloud.cfg lists, abridged, in each of the forms cloud.cfg allows.
+    debian = {"cloud_init_modules": ["migrator", "bootcmd", "write-files", "growpart", "set_hostname",
+                                     "update_etc_hosts", "users-groups", ["ssh", "once-per-instance"]],
+              "cloud_config_modules": ["snap", "keyboard", "locale", "set-passwords", "grub-dpkg", "apt-configure",
+                                       "ntp", "timezone", "runcmd", "byobu"],
+              "cloud_final_modules": ["package-update-upgrade-install", "puppet", {"name": "scripts-user"},
+                                      "keys-to-console", "final-message"]}
+    (tmp_path / "etc/cloud/cloud.cfg.d").mkdir(parents=True)
+    (tmp_path / "etc/systemd/system").mkdir(parents=True)
+    (tmp_path / "etc/cloud/cloud.cfg").write_text(yaml.safe_dump(debian))
+    trim_cloud_init(tmp_path)
+    lists = yaml.safe_load((tmp_path / MODULES_CFG).read_text())
+    assert lists == {
+        "cloud_init_modules": ["bootcmd", "write-files", "growpart", "users-groups", ["ssh", "once-per-instance"]],
+        "cloud_config_modules": [],
+        # The config stage's modules first: runcmd writes the script scripts-user runs, apt is set up before
+        # packages are installed.
+        "cloud_final_modules": ["keyboard", "locale", "set-passwords", "apt-configure", "timezone", "runcmd",
+                                "package-update-upgrade-install", {"name": "scripts-user"}, "keys-to-console",
+                                "final-message"]}
+    assert os.readlink(tmp_path / "etc/systemd/system/cloud-config.service") == "/dev/null"

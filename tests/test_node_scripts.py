@@ -1,5 +1,5 @@
 """The shell scripts the nodes run (overlays/*): each run on this host against a temporary root, with the
-outside programs it calls (timedatectl, systemctl) as scripts that answer; and every one, as the build
+outside programs it calls (sleep, systemctl) as scripts that answer; and every one, as the build
 renders it, passes shellcheck."""
 
 from __future__ import annotations
@@ -83,14 +83,12 @@ def test_keep_seed_fails_when_ours_is_missing(tmp_path: Path) -> None:
 
 
 def test_start_when_synchronized_waits_for_the_clock_then_starts_the_unit(tmp_path: Path) -> None:
-    bin_ = tmp_path / "bin"
-    asked = tmp_path / "asked"
-    # Not synchronised when first asked, synchronised from the second time on.
-    answering(bin_, "timedatectl", f'[ "$*" = "show --property=NTPSynchronized --value" ] || exit 64\n'
-                                   f'echo x >>"{asked}"\n'
-                                   f'[ "$(wc -l <"{asked}")" -ge 2 ] && echo yes || echo no\n')
+    bin_, root = tmp_path / "bin", tmp_path / "root"
+    synchronized = root / "run/systemd/timesync/synchronized"
+    # Not synchronised when first looked at: timesyncd touches its file while the script sleeps.
+    answering(bin_, "sleep", f'[ "$*" = 1 ] || exit 64\nmkdir -p "{synchronized.parent}"\ntouch "{synchronized}"\n')
     answering(bin_, "systemctl", f'echo "$*" >"{tmp_path / "started"}"\n')
-    result = run_script(START_WHEN_SYNCHRONIZED, tmp_path / "root", "k3s-agent.service", path=bin_)
+    result = run_script(START_WHEN_SYNCHRONIZED, root, "k3s-agent.service", path=bin_)
     assert result.returncode == 0, result.stderr
     lines = console(result)
     assert lines[0] == "IMAGEBUILDER: waiting-for-time the master's NTP has not answered yet (0s)"
@@ -100,10 +98,12 @@ def test_start_when_synchronized_waits_for_the_clock_then_starts_the_unit(tmp_pa
 
 
 def test_start_when_synchronized_starts_at_once_on_a_synchronised_clock(tmp_path: Path) -> None:
-    bin_ = tmp_path / "bin"
-    answering(bin_, "timedatectl", "echo yes\n")
+    bin_, root = tmp_path / "bin", tmp_path / "root"
+    (root / "run/systemd/timesync").mkdir(parents=True)
+    (root / "run/systemd/timesync/synchronized").touch()
+    answering(bin_, "sleep", "exit 64\n")  # never called
     answering(bin_, "systemctl", f'echo "$*" >"{tmp_path / "started"}"\n')
-    result = run_script(START_WHEN_SYNCHRONIZED, tmp_path / "root", "k3s-agent.service", path=bin_)
+    result = run_script(START_WHEN_SYNCHRONIZED, root, "k3s-agent.service", path=bin_)
     assert result.returncode == 0, result.stderr
     assert [line.split(" ")[1] for line in console(result)] == ["time-synchronized"]
     assert (tmp_path / "started").read_text() == "start --no-block k3s-agent.service\n"

@@ -198,7 +198,9 @@ def test_worker_table_and_units(worker: dict[str, str]) -> None:
         ("dc:a6:32:00:00:01", "w1"), ("dc:a6:32:00:00:02", "w2"), ("dc:a6:32:00:00:03", "w3")]
     unit = worker["root/etc/systemd/system/imagebuilder-hostname.service"]
     # No device unit: the program waits for the LAN interface itself (a board's NIC may have another name).
-    assert "Before=cloud-init-local.service" in unit and ".device" not in unit
+    # Named before the network (DHCP sends the name); beside cloud-init-local, which does not use it.
+    assert "Before=network-pre.target networking.service" in unit and "cloud-init-local" not in unit
+    assert ".device" not in unit
     assert "After=boot-firmware.mount" in unit
     assert "What=192.168.77.1:/srv/jobs" in worker["root/etc/systemd/system/srv-jobs.mount"]
 

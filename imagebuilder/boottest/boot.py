@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from imagebuilder.boards.models import Board, boards_for
+from imagebuilder.boottest.analysis import keep_boot_accounts
 from imagebuilder.boottest.board import board_for, firmware_result, model_append
 from imagebuilder.boottest.checks import run_checks
 from imagebuilder.boottest.edge import edge_ports
@@ -111,6 +112,14 @@ def boot_test(ctx: Context, recipe: Recipe, options: BootOptions) -> BootReport:
         guest = ctx.stack.enter_context(running_guest(spec, logs / serial, lan.exec_argv([])))
         return NodeResult(node, guest, address=node.ip)
 
+    results, checks = boot_and_check(recipe, nodes, power_on, ssh, nonce, options, deadline)
+    return BootReport(recipe.cluster.name, results, [*firmware, *checks], time.monotonic() - started)
+
+
+def boot_and_check(recipe: Recipe, nodes: list[Node], power_on: Callable[[Node], NodeResult], ssh: Ssh, nonce: str,
+                   options: BootOptions, deadline: float) -> tuple[list[NodeResult], list[CheckResult]]:
+    """Power the master on, then the workers once it is up; wait for their events; check; keep each node's
+    account of its boot (--logs); power the netbooted nodes off and on again and check them once more."""
     with step(f"boot {recipe.cluster.name}: master, {len(nodes) - 1} workers"):
         master = power_on(nodes[0])
         wait_for_boot(master, deadline)
@@ -121,16 +130,20 @@ def boot_test(ctx: Context, recipe: Recipe, options: BootOptions) -> BootReport:
             wait_for_rest(result, options, deadline)
     with step("checks"):
         results, checks = run_checks(recipe, results, ssh, nonce, options, deadline)
+    if options.logs:
+        with step(f"each node's account of its boot, into {options.logs}"):
+            keep_boot_accounts(results, ssh, options.logs)
     netbooted = [r for r in results if r.node.netboot]
     if netbooted:
-        checks += power_cycle(recipe, netbooted, ssh, power_on, deadline)
-    return BootReport(recipe.cluster.name, results, [*firmware, *checks], time.monotonic() - started)
+        checks += power_cycle(recipe, netbooted, ssh, power_on, deadline, options)
+    return results, checks
 
 
 def power_cycle(recipe: Recipe, netbooted: list[NodeResult], ssh: Ssh, power_on: Callable[[Node], NodeResult],
-                deadline: float) -> list[CheckResult]:
+                deadline: float, options: BootOptions) -> list[CheckResult]:
     """Read each netbooted node's identity, power it off and on again (a node without a card keeps nothing
-    of its own but its folder on the master), and check what it kept."""
+    of its own but its folder on the master), and check what it kept; its times are logged as the first
+    boot's, its account of the second boot goes to --logs."""
     assert recipe.netboot is not None
     first = {r.node.name: read_identity(ssh, r) for r in netbooted}
     again: dict[str, dict[str, str]] = {}
@@ -145,10 +158,11 @@ def power_cycle(recipe: Recipe, netbooted: list[NodeResult], ssh: Ssh, power_on:
         cycled = [power_on(dataclasses.replace(r.node, boot=2)) for r in netbooted]
         for result in cycled:
             wait_for_boot(result, deadline)
+            wait_for_rest(result, options, deadline)
             if ssh.wait_until_up(result.host, deadline):
                 again[result.node.name] = read_identity(ssh, result)
-            log.info("%s, second power-on: %s", result.node.name, ", ".join(
-                f"{e} {t:.0f}s" if t is not None else f"{e} -" for e, t in result.times.items()))
+                if options.logs:
+                    keep_boot_accounts([result], ssh, options.logs)
     macs = {r.node.name: r.node.mac for r in netbooted}
     return list(check_netboot(recipe.netboot.tree, str(recipe.network.master_ip), macs, first, again))
 
@@ -209,8 +223,9 @@ def wait_for_rest(result: NodeResult, options: BootOptions, deadline: float) -> 
             continue
         found = serial.wait_for(match, deadline if event == "k3s joined" else min(after, deadline))
         result.times[event] = found[0] if found else None
-    log.info("%s: %s", result.node.name, ", ".join(
-        f"{e} {t:.0f}s" if t is not None else f"{e} -" for e, t in result.times.items()))
+    power_on = f", power-on {result.node.boot}" if result.node.boot > 1 else ""
+    log.info("%s%s: %s", result.node.name, power_on, ", ".join(
+        f"{e} {t:.1f}s" if t is not None else f"{e} -" for e, t in result.times.items()))
 
 class BootTestFailed(ChecksFailed):
     """The cluster booted (or not) and some checks failed: the report above says which."""

@@ -171,7 +171,7 @@ def wait_for_leases(ssh: Ssh, workers: list[Node]) -> dict[str, str]:
     """The master's leases, once every worker has one or after LEASE_WAIT: a lease is written when the worker's
     DHCP exchange ends, which may trail its console by a little."""
     return poll(lambda: read_leases(ssh), lambda leases: all(w.mac in leases for w in workers),
-                time.monotonic() + LEASE_WAIT, 2.0)
+                time.monotonic() + LEASE_WAIT, 0.5)
 
 
 def with_leased_address(result: NodeResult, leases: dict[str, str]) -> NodeResult:
@@ -255,7 +255,7 @@ def check_dashboard(recipe: Recipe, results: list[NodeResult], ssh: Ssh, deadlin
 
     # Up to a minute for the last node's first beacon, which is sent once its unit starts.
     states = poll(read_states, lambda found: all(found.get(r.node.name) == "up" for r in results),
-                  min(deadline, time.monotonic() + 60), 5.0)
+                  min(deadline, time.monotonic() + 60), 1.0)
     for r in results:
         state = states.get(r.node.name, "absent")
         yield CheckResult("dashboard", r.node.name, state == "up", f"/api/nodes says {state}")

@@ -81,7 +81,7 @@ def check_clocks(recipe: Recipe, master: NodeResult, workers: list[NodeResult], 
     for w in workers:
         # The first exchange steps the clock (years, here) and is the offset shown until the next poll,
         # 32 s later: wait for one that measures the clock as set.
-        status = poll(functools.partial(timesync_status, ssh, w.host), measured_as_set, wait_until, 3.0)
+        status = poll(functools.partial(timesync_status, ssh, w.host), measured_as_set, wait_until, 1.0)
         offset = ntp_offset(status)
         server = str(recipe.network.master_ip)
         from_master = f"({server})" in status or f" {server}" in status

@@ -67,8 +67,9 @@ class Ssh:
         return result.stdout.decode(errors="replace").strip() if result.returncode == 0 else None
 
     def wait_until_up(self, host: str, deadline: float) -> bool:
-        """Ask until a login works (sshd starts after host keys are made at first boot) or the deadline."""
-        return poll(lambda: self.run(host, ["true"]).returncode == 0, bool, deadline, 3.0)
+        """Ask until a login works (sshd starts after host keys are made at first boot) or the deadline.
+        A refused connection returns at once: asked each second, a login comes a second after sshd starts."""
+        return poll(lambda: self.run(host, ["true"]).returncode == 0, bool, deadline, 1.0)
 
 
 def write_ssh_config(path: Path, user: str, key: Path, master_ip: str) -> Path:

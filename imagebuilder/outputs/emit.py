@@ -141,6 +141,19 @@ def emit_image(ctx: Context, recipe: Recipe, role: str, result: StageResult, con
         return _emit_image(ctx, recipe, role, result, contents, out, previous)
 
 
+def write_sbom(recipe: Recipe, role: str, contents: ImageContents, raw: Path, digest: str) -> Path:
+    """The SBOM of `raw` beside it, validated before it is written."""
+    sbom = raw.parent / sbom_name(role)
+    text = render_sbom(contents, ImageFile(raw.name, digest, raw.stat().st_size), cluster=recipe.cluster.name,
+                       role=role, base=describe_base(recipe), k3s_version=recipe.k3s.version)
+    validate_sbom(text)
+    with atomic_output(sbom, PRIVATE) as tmp:
+        tmp.write_text(text)
+    log.info("%s: the SBOM of %s (CycloneDX %s): %d packages", sbom.name, raw.name, SCHEMA,
+             len(contents.inventory.packages))
+    return sbom
+
+
 def _emit_image(ctx: Context, recipe: Recipe, role: str, result: StageResult, contents: ImageContents, out: Path,
                 previous: dict[str, Any] | None) -> dict[str, Any]:
     # The SBOM follows from the stage too (what it holds, the layers written): its format is what may change.
@@ -151,8 +164,8 @@ def _emit_image(ctx: Context, recipe: Recipe, role: str, result: StageResult, co
         return previous
     raw = out / f"{role}.img"
     ensure_space(out, allocated(result.image), raw.name)
-    # What the file systems use, from the stage itself: the bmap maps exactly that (issue: used blocks of
-    # zeros left out of a bmap kept a used card's old bytes).
+    # What the file systems use, from the stage itself: the bmap maps exactly that, zeros included (a used
+    # block of zeros left out of a bmap would keep a used card's old bytes).
     usage = result.usage or image_usage(result.image)
     if result.fresh and result.sha256 and result.usage and result.range_sha256:
         # Made and digested moments ago by this build: the image is the stage's file itself or shares its
@@ -192,15 +205,8 @@ def _emit_image(ctx: Context, recipe: Recipe, role: str, result: StageResult, co
         log.info("%s: maps %d MiB of %d MiB (%.1f%%); its file systems hold %d MiB", bmap.name,
                  usage.used_bytes // 2**20, usage.size // 2**20, 100 * usage.used_bytes / usage.size,
                  usage.data // 2**20)
-    sbom = out / sbom_name(role)
-    text = render_sbom(contents, ImageFile(raw.name, digest, raw.stat().st_size), cluster=recipe.cluster.name,
-                       role=role, base=describe_base(recipe), k3s_version=recipe.k3s.version)
-    validate_sbom(text)
-    with atomic_output(sbom, PRIVATE) as tmp:
-        tmp.write_text(text)
-    files[sbom.name] = {"sha256": hashlib.sha256(text.encode()).hexdigest(), "signature": signature(sbom)}
-    log.info("%s: the SBOM of %s (CycloneDX %s): %d packages", sbom.name, raw.name, SCHEMA,
-             len(contents.inventory.packages))
+    sbom = write_sbom(recipe, role, contents, raw, digest)
+    files[sbom.name] = {"sha256": sha256_of(sbom), "signature": signature(sbom)}
     for fmt in COMPRESSORS:
         stale = raw.with_name(f"{raw.name}.{extension(fmt)}")
         if fmt != recipe.output.compress:

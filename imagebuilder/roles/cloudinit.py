@@ -53,9 +53,10 @@ def user_data(recipe: Recipe, role: str, first_boot_packages: tuple[str, ...] = 
     data.update(
         disable_root=True,
         ssh_pwauth=any(u.password_hash for u in recipe.users),
-        # Every card makes its own host keys: the image carries none.
+        # Every card makes its own host keys: the image carries none. No RSA key: it is most of the time
+        # cloud-init takes to make them, and sshd is told of these two (sshd_config.d, overlays/common).
         ssh_deletekeys=True,
-        ssh_genkeytypes=["ed25519", "ecdsa", "rsa"],
+        ssh_genkeytypes=["ed25519", "ecdsa"],
         timezone=recipe.timezone,
         # Built into glibc, so it needs no generated locale (cloud-init's default, en_US.UTF-8, does).
         locale="C.UTF-8",

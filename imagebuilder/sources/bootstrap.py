@@ -28,10 +28,11 @@ from imagebuilder.recipe.model import Bootstrap
 from imagebuilder.sources.aptsources import Mirrors, host_mirrors, source_lines
 from imagebuilder.sources.base import BaseImage
 from imagebuilder.sources.checksums import sha256_of
+from imagebuilder.sources.cloudinit_modules import trim_cloud_init
 from imagebuilder.sources.dpkg import installed_packages
 
 # Bump when the way a base is made changes, so cached bases are rebuilt.
-FORMAT = 2  # 2: the boot partition's fstab line has no 10 s device timeout
+FORMAT = 3  # 2: the boot partition's fstab line has no 10 s device timeout; 3: cloud-init trimmed
 
 COMPONENTS = "main non-free-firmware"  # raspi-firmware lives in non-free-firmware
 KERNEL = {"arm64": "linux-image-arm64", "armhf": "linux-image-armmp"}
@@ -187,6 +188,7 @@ def finish_tree(root: Path, layout: Layout, spec: Bootstrap, mirrors: Mirrors) -
     )
     cloud = root / "etc/cloud/cloud.cfg.d/90-imagebuilder-datasource.cfg"
     cloud.write_text(layout.nocloud_datasource())
+    trim_cloud_init(root)
     (root / "etc/hostname").write_text("localhost\n")
     if spec.image_mirror:
         sources = root / "etc/apt/sources.list"
