@@ -28,6 +28,32 @@ def test_temporary_directory_removed_on_error(tmp_path: Path) -> None:
     assert not made[0].exists()
 
 
+def test_sweep_takes_our_killed_temporary_directories_from_the_systems_folder_and_nothing_else(
+        tmp_path: Path) -> None:
+    # A verify killed with SIGKILL: its directory made by temporary_directory in the system's folder, its
+    # lock gone with it.
+    script = ("import os, sys\nfrom imagebuilder.core.resources import temporary_directory\n"
+              "with temporary_directory() as d:\n    (d / 'initrd').mkdir()\n    print(d, flush=True)\n"
+              "    os.kill(os.getpid(), 9)\n")
+    killed = subprocess.run([sys.executable, "-c", script], env={**os.environ, "TMPDIR": str(tmp_path)},
+                            capture_output=True, text=True, cwd=ROOT, check=False)
+    assert killed.returncode == -signal.SIGKILL
+    left = Path(killed.stdout.strip())
+    assert left.parent == tmp_path and left.is_dir()
+    young = tmp_path / "imagebuilder-young"
+    theirs = tmp_path / "someone-elses"
+    for d in (young, theirs):
+        d.mkdir()
+    long_ago = 1_000_000_000
+    os.utime(left, (long_ago, long_ago))
+    os.utime(theirs, (long_ago, long_ago))
+    with temporary_directory(parent=tmp_path) as alive:
+        os.utime(alive, (long_ago, long_ago))
+        assert resources.sweep_partials([], temporary=tmp_path) == [left]
+        assert alive.is_dir()
+    assert not left.exists() and young.is_dir() and theirs.is_dir()
+
+
 def test_atomic_output_only_renames_when_complete(tmp_path: Path) -> None:
     final = tmp_path / "out" / "master.img"
     with pytest.raises(RuntimeError), atomic_output(final) as tmp:

@@ -21,6 +21,7 @@ import fcntl
 import hashlib
 import json
 import os
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,9 +52,10 @@ class Entry:
 
 
 def sweep(cache_dir: Path, *others: Path, grace: float = 0.0) -> int:
-    """Remove what killed builds left (partial files, temporary trees) in the cache and in `others`;
-    grace: see sweep_partials."""
-    removed = sweep_partials([*(cache_dir / name for name in SWEPT), *others], grace)
+    """Remove what killed builds left (partial files, temporary trees) in the cache, in `others` and in the
+    system's temporary folder; grace: see sweep_partials."""
+    removed = sweep_partials([*(cache_dir / name for name in SWEPT), *others], grace,
+                             temporary=Path(tempfile.gettempdir()))
     for path in removed:
         log.info("removed %s, left by a build that did not finish", path)
     return len(removed)

@@ -37,10 +37,15 @@ def acquired(what: str) -> None:
 # Partial outputs and temporary directories are locked (flock) by the process that writes them while it
 # lives; a lock that can be taken means its writer is gone, and the next run sweeps the leftover.
 PARTIAL = ".partial-"
+# Temporary directories made in the system's temporary folder (no parent given) are named so, and only
+# those of them are swept there: that folder is everyone's.
+TEMPORARY_PREFIX = "imagebuilder-"
+# mkdtemp makes the directory a moment before it is locked: a directory of ours younger than this is left.
+TEMPORARY_AGE = 10.0
 
 
 @contextlib.contextmanager
-def temporary_directory(prefix: str = "imagebuilder-", parent: Path | None = None) -> Iterator[Path]:
+def temporary_directory(prefix: str = TEMPORARY_PREFIX, parent: Path | None = None) -> Iterator[Path]:
     path = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
     try:
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
@@ -135,9 +140,11 @@ def sync_path(path: Path) -> None:
         os.close(fd)
 
 
-def sweep_partials(directories: Sequence[Path], grace: float = 0.0) -> list[Path]:
+def sweep_partials(directories: Sequence[Path], grace: float = 0.0, temporary: Path | None = None) -> list[Path]:
     """Remove the partial outputs and temporary directories in `directories` whose writer is gone (a build
-    that was killed or lost its power). Returns what was removed.
+    that was killed or lost its power), and our temporary directories in `temporary` (the system's
+    temporary folder: a command killed while it verified an image left its work there). Returns what was
+    removed.
 
     grace: seconds to wait for the locks still held to come free. A killed build holds them until the
     kernel has unmounted the file systems of its namespace, which writes their dirty blocks out first
@@ -145,6 +152,11 @@ def sweep_partials(directories: Sequence[Path], grace: float = 0.0) -> list[Path
     """
     held = [path for d in directories if d.is_dir() for path in d.iterdir()
             if PARTIAL in path.name or (path.is_dir() and d.name == "tmp")]
+    if temporary is not None and temporary.is_dir():
+        made_before = time.time() - TEMPORARY_AGE
+        held += [path for path in temporary.iterdir()
+                 if path.name.startswith(TEMPORARY_PREFIX) and path.is_dir() and not path.is_symlink()
+                 and path.lstat().st_mtime < made_before]
     removed: list[Path] = []
     deadline = time.monotonic() + grace
     while True:
