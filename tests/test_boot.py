@@ -337,8 +337,20 @@ def test_k3s_units_enabled_with_config_and_token(booted: tuple[BootReport, Path]
     check(booted[0], "k3s server")
     check(booted[0], "k3s agent")
     check(booted[0], "no server secret")
+    check_k3s_tier(booted[0])
+
+
+# With the k3s binary (IMAGEBUILDER_K3S_ASSETS, docs/development.md): every node Ready, a pod on each,
+# reached from the master through the pod network and at each worker's NodePort.
+K3S_TIER = ("k3s nodes Ready", "k3s pods", "k3s pod network", "k3s NodePort")
+
+
+def check_k3s_tier(report: BootReport) -> None:
     if os.environ.get("IMAGEBUILDER_K3S_ASSETS"):
-        check(booted[0], "k3s nodes Ready")
+        for name in K3S_TIER:
+            check(report, name)
+    else:
+        assert not [c for c in report.checks if c.name in K3S_TIER]
 
 
 @pytest.mark.boot

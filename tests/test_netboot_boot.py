@@ -22,7 +22,7 @@ from imagebuilder.disk.partitions import boot_and_root
 from imagebuilder.recipe.load import load_recipe
 from tests.images import arm64_base, make_context
 from tests.readers import fat_read
-from tests.test_boot import boot_workdirs, build_cluster, check, namespaces
+from tests.test_boot import boot_workdirs, build_cluster, check, check_k3s_tier, namespaces
 
 NETBOOT = "netboot: {workers: [node1, node2]}\n"
 
@@ -144,6 +144,7 @@ def test_diskless_root_is_the_masters_shared_root_under_ram(netbooted: tuple[Boo
         check(report, name)
     ran = {c.node for c in report.checks if c.name == "container runs" and c.ok and not c.skipped}
     assert {"node1", "node2"} <= ran, ran
+    check_k3s_tier(report)
 
 
 @pytest.mark.boot

@@ -18,6 +18,7 @@ import yaml
 from imagebuilder.boottest.clocks import check_clocks
 from imagebuilder.boottest.edge import check_edge
 from imagebuilder.boottest.k3s_needs import check_k3s_needs
+from imagebuilder.boottest.k3s_pods import check_pods
 from imagebuilder.boottest.lan import UPLINK_SERVER
 from imagebuilder.boottest.plan import BootOptions, CheckResult, Node, NodeResult
 from imagebuilder.boottest.poll import poll
@@ -273,7 +274,8 @@ def read_k3s_config(ssh: Ssh, host: str) -> dict[str, object]:
 def check_k3s(recipe: Recipe, master: NodeResult, workers: list[NodeResult], ssh: Ssh, options: BootOptions,
               deadline: float) -> Iterator[CheckResult]:
     """Server and agent units enabled with the right config; the master holds the server and agent tokens and
-    the cluster CA, each worker only the agent token pinned to that CA; with the assets, every node Ready."""
+    the cluster CA, each worker only the agent token pinned to that CA; with the assets, every node Ready and
+    a pod on each, reached from the master through the pod network and at each worker's NodePort."""
     server = read_k3s_config(ssh, master.host)
     token, agent_token = server.get("token"), server.get("agent-token")
     read_ca = ssh.run(master.host, ["sudo", "cat", "/var/lib/rancher/k3s/server/tls/server-ca.crt"])
@@ -299,7 +301,10 @@ def check_k3s(recipe: Recipe, master: NodeResult, workers: list[NodeResult], ssh
                           "the server token is nowhere in /etc or /var/lib/rancher" if not secret
                           else f"the server token is in {secret}")
     if options.k3s_assets:
-        yield wait_nodes_ready(ssh, master, [master, *workers], deadline)
+        ready = wait_nodes_ready(ssh, master, [master, *workers], deadline)
+        yield ready
+        if ready.ok:
+            yield from check_pods(master, workers, ssh, deadline)
 
 
 def read_ready_nodes(ssh: Ssh, master: NodeResult) -> set[str]:

@@ -28,6 +28,8 @@ class BootOptions:
     timeout: float = 900.0
     ssh_key: Path | None = None
     logs: Path | None = None  # keep each guest's console log here
+    # The k3s tier: the images carry the binary (the command reads the build's manifest; in-process callers
+    # default to whether IMAGEBUILDER_K3S_ASSETS brought it in).
     k3s_assets: bool = field(default_factory=lambda: bool(os.environ.get(K3S_ASSETS_ENV)))
     board: str | None = None  # a Raspberry Pi model (boards.models) for the first worker; None: all on virt
 

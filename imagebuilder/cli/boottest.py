@@ -13,6 +13,7 @@ from imagebuilder.boottest.report import format_report, write_json
 from imagebuilder.cli.command import Command, add_recipe_argument
 from imagebuilder.core.context import Context
 from imagebuilder.recipe.load import load_recipe
+from imagebuilder.status.readiness import images_carry_k3s
 
 
 def _boot_test_arguments(parser: argparse.ArgumentParser) -> None:
@@ -33,10 +34,12 @@ def _boot_test_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def boot_test(ctx: Context, args: argparse.Namespace) -> int:
+    recipe = load_recipe(args.recipe)
+    # The k3s tier (nodes Ready, a pod on each reached through the pod network and a NodePort) runs where the
+    # build put the binary in the images, as its manifest says.
     options = BootOptions(workers=args.workers, unknown=args.unknown, kernel=args.kernel, initrd=args.initrd,
                           timeout=args.timeout, ssh_key=args.ssh_key, logs=args.logs,
-                          board=None if args.board == "virt" else args.board)
-    recipe = load_recipe(args.recipe)
+                          board=None if args.board == "virt" else args.board, k3s_assets=images_carry_k3s(recipe))
     report = run_boot_test(ctx, recipe, options)
     print(format_report(report))
     if args.json is not None:
