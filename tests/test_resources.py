@@ -40,18 +40,21 @@ def test_sweep_takes_our_killed_temporary_directories_from_the_systems_folder_an
     assert killed.returncode == -signal.SIGKILL
     left = Path(killed.stdout.strip())
     assert left.parent == tmp_path and left.is_dir()
-    young = tmp_path / "imagebuilder-young"
+    assert left.name.startswith(resources.TEMPORARY_PREFIX)
+    young = tmp_path / f"{resources.TEMPORARY_PREFIX}young"
     theirs = tmp_path / "someone-elses"
-    for d in (young, theirs):
+    # The test suite's own folders, made by tests/conftest.py and test_wheel while a build runs: not ours.
+    tests = tmp_path / "imagebuilder-test-abc123"
+    for d in (young, theirs, tests):
         d.mkdir()
     long_ago = 1_000_000_000
-    os.utime(left, (long_ago, long_ago))
-    os.utime(theirs, (long_ago, long_ago))
+    for d in (left, theirs, tests):
+        os.utime(d, (long_ago, long_ago))
     with temporary_directory(parent=tmp_path) as alive:
         os.utime(alive, (long_ago, long_ago))
         assert resources.sweep_partials([], temporary=tmp_path) == [left]
         assert alive.is_dir()
-    assert not left.exists() and young.is_dir() and theirs.is_dir()
+    assert not left.exists() and young.is_dir() and theirs.is_dir() and tests.is_dir()
 
 
 def test_atomic_output_only_renames_when_complete(tmp_path: Path) -> None:

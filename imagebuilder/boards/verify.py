@@ -134,7 +134,7 @@ def verify_image(image: Path, boards: list[str] | None = None) -> Verdict:
     chosen = [BOARDS[b] for b in boards] if boards else boards_for(verdict.arch)
     # Every board usually picks the same kernel and initramfs: each is read and listed once.
     listings: dict[str, tuple[set[str], set[str]] | None] = {}
-    with temporary_directory("imagebuilder-verify-") as work:
+    with temporary_directory("verify-") as work:
         for board in chosen:
             selection = select(config, board, boot.files)
             verdict.boards[board.name] = check_board(

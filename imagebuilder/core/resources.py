@@ -38,15 +38,17 @@ def acquired(what: str) -> None:
 # lives; a lock that can be taken means its writer is gone, and the next run sweeps the leftover.
 PARTIAL = ".partial-"
 # Temporary directories made in the system's temporary folder (no parent given) are named so, and only
-# those of them are swept there: that folder is everyone's.
-TEMPORARY_PREFIX = "imagebuilder-"
+# those of them, owned by the user who sweeps, are swept there: that folder is everyone's, and other
+# programs (the test suite among them) name theirs "imagebuilder-..." too.
+TEMPORARY_PREFIX = "imagebuilder-tmp-"
 # mkdtemp makes the directory a moment before it is locked: a directory of ours younger than this is left.
 TEMPORARY_AGE = 10.0
 
 
 @contextlib.contextmanager
-def temporary_directory(prefix: str = TEMPORARY_PREFIX, parent: Path | None = None) -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+def temporary_directory(prefix: str = "", parent: Path | None = None) -> Iterator[Path]:
+    name = prefix if parent is not None else TEMPORARY_PREFIX + prefix
+    path = Path(tempfile.mkdtemp(prefix=name or "tmp-", dir=parent))
     try:
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
         try:
@@ -156,7 +158,7 @@ def sweep_partials(directories: Sequence[Path], grace: float = 0.0, temporary: P
         made_before = time.time() - TEMPORARY_AGE
         held += [path for path in temporary.iterdir()
                  if path.name.startswith(TEMPORARY_PREFIX) and path.is_dir() and not path.is_symlink()
-                 and path.lstat().st_mtime < made_before]
+                 and path.lstat().st_uid == os.getuid() and path.lstat().st_mtime < made_before]
     removed: list[Path] = []
     deadline = time.monotonic() + grace
     while True:

@@ -51,7 +51,7 @@ def write_hostname_seed(device: Path, hostname: str) -> None:
     """Put `imagebuilder-hostname` (one line: the name) at the root of the boot partition."""
     check_seed_hostname(hostname)
     target = f"{device}@@{boot_partition_offset(device)}"
-    with temporary_directory(prefix="imagebuilder-seed-") as tmp:
+    with temporary_directory(prefix="seed-") as tmp:
         seed = tmp / SEED_NAME
         seed.write_text(hostname + "\n")
         # -o: replace a seed from an earlier flash instead of asking.

@@ -81,7 +81,7 @@ def verify_netboot_tree(tree: Path, server: str, boards: list[str] | None = None
     chosen = [BOARDS[b] for b in boards] if boards else boards_for(verdict.arch)
 
     listings: Listings = {}
-    with temporary_directory("imagebuilder-verify-netboot-") as work:
+    with temporary_directory("verify-netboot-") as work:
         for board in chosen:
             if not board.net_modules:
                 verdict.boards[board.name] = [f"{board.title}: its boot ROM cannot boot from the network"]

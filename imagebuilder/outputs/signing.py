@@ -31,7 +31,7 @@ def sign_checksums(out: Path, key: Path, mode: int = 0o600) -> Path:
     A key with a passphrase comes from ssh-agent when it holds it; otherwise ssh-keygen asks for the
     passphrase on the terminal.
     """
-    with temporary_directory("imagebuilder-sign-") as work:
+    with temporary_directory("sign-") as work:
         # Signed under a name of its own: ssh-keygen writes NAME.sig beside it, and out/ only gets the result.
         copy = work / SUMS
         shutil.copyfile(out / SUMS, copy)
@@ -70,7 +70,7 @@ def verify_checksums(folder: Path, public_key: Path) -> None:
                                    "build with output.sign_key set, and keep SHA256SUMS and SHA256SUMS.sig beside "
                                    "the images")
     key = public_key_line(public_key)
-    with temporary_directory("imagebuilder-verify-") as work:
+    with temporary_directory("verify-") as work:
         allowed = work / "allowed_signers"
         allowed.write_text(f'{PRINCIPAL} namespaces="{NAMESPACE}" {key}\n')
         result = run(["ssh-keygen", "-Y", "verify", "-f", allowed, "-I", PRINCIPAL, "-n", NAMESPACE, "-s", sig],
