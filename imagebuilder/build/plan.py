@@ -9,7 +9,6 @@ prints the same plan.
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -68,14 +67,6 @@ class BuildPlan:
     def final(self, role: str) -> PlannedStage:
         """The stage whose image becomes role.img."""
         return next(s for s in self.stages if s.stage.name == role)
-
-
-def parse_size(text: str | None) -> int | None:
-    if text is None:
-        return None
-    match = re.fullmatch(r"(\d+)([MG])", text)
-    assert match, text  # validated with the recipe
-    return int(match.group(1)) * (2**20 if match.group(2) == "M" else 2**30)
 
 
 def layer_directories(recipe: Recipe, role: str) -> list[tuple[str, Path]]:
@@ -146,7 +137,7 @@ def plan_build(recipe: Recipe, inputs: Inputs, stage_dir: Path) -> BuildPlan:
         unknown = unknown or "unknown: no k3s yet"
         notes.append(f"k3s: the build {k3s_source(recipe, inputs.k3s.source)}: not in the cache yet (the build "
                      "fails if it cannot get it), and every stage's key follows from it")
-    size = parse_size(recipe.output.image_size)
+    size = recipe.output.image_size
     base_packages, cloud_init_layer = cloud_init_for_base(recipe, layout)
     common_layers = render_layers(recipe, "common", template_variables(
         recipe, "common", secrets=secrets, boot_mount=layout.boot_mount))
