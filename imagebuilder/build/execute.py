@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 from pathlib import Path
-from typing import Any
 
 from imagebuilder.build.plan import BuildPlan, Inputs, plan_build, role_packages
 from imagebuilder.core.beside import run_beside
@@ -15,11 +14,13 @@ from imagebuilder.core.errors import CommandFailed, ImageBuilderError
 from imagebuilder.core.log import VERBOSE, log, step
 from imagebuilder.core.resources import disk_full, free_space
 from imagebuilder.engine.backends.interface import choose_backend
-from imagebuilder.engine.stages import StageResult, is_cached, realise
+from imagebuilder.engine.entry import StageResult, is_cached
+from imagebuilder.engine.realise import realise
 from imagebuilder.outputs.emit import emit_image, emit_per_node, open_outputs, write_index
 from imagebuilder.outputs.kubeconfig import write_kubeconfig
 from imagebuilder.outputs.sbom import ImageContents
 from imagebuilder.outputs.signing import sign_checksums
+from imagebuilder.outputs.state import ImageOutputs
 from imagebuilder.recipe.model import Recipe
 from imagebuilder.roles.cloudinit import cloud_init_for_base
 from imagebuilder.roles.secrets import k3s_secrets, read_k3s_secrets
@@ -59,7 +60,7 @@ def read_plan(ctx: Context, recipe: Recipe, backend: str | None = None) -> Build
     inputs = Inputs(base=base, secrets=read_k3s_secrets(ctx, recipe.cluster.name),
                     k3s=fetch_k3s(ctx, recipe.k3s, recipe.arch, offline=True,
                                   allow_http=recipe.base.allow_http_checksums),
-                    backend=chosen.name, installs_packages=chosen.installs_packages)
+                    backend=chosen)
     return plan_build(recipe, inputs, ctx.cache_dir / "stages")
 
 
@@ -122,8 +123,7 @@ def _build(ctx: Context, recipe: Recipe, *, per_node: bool, backend: str | None)
         with step("k3s release assets"):
             k3s = fetch_k3s(ctx, recipe.k3s, recipe.arch, allow_http=recipe.base.allow_http_checksums)
         secrets = k3s_secrets(ctx, recipe.cluster.name)
-        inputs = Inputs(base=base, secrets=secrets, k3s=k3s, backend=chosen.name,
-                        installs_packages=chosen.installs_packages)
+        inputs = Inputs(base=base, secrets=secrets, k3s=k3s, backend=chosen)
         plan = plan_build(recipe, inputs, ctx.cache("stages"))
         for row in describe_plan(ctx, plan):
             log.log(VERBOSE, "plan: stage %s %s (key %s, from %s; packages: %s; layers: %s)", row["stage"],
@@ -137,7 +137,7 @@ def _build(ctx: Context, recipe: Recipe, *, per_node: bool, backend: str | None)
         used.append(common.image)
         previous = open_outputs(recipe)
 
-        def make_role(role: str) -> tuple[StageResult, dict[str, Any]]:
+        def make_role(role: str) -> tuple[StageResult, ImageOutputs]:
             """The role's stages, then its image's outputs (bmap, SBOM, compressed copy)."""
             made = [realise(ctx, planned.stage, debs) for planned in plan.stages if planned.role == role]
             used.extend(m.image for m in made)
@@ -149,7 +149,7 @@ def _build(ctx: Context, recipe: Recipe, *, per_node: bool, backend: str | None)
             contents = ImageContents(final.inventory, layers, base.layout.boot_mount,
                                      k3s.layer.name if k3s.layer else None)
             return result, emit_image(ctx, recipe, role, result, contents, recipe.output_dir,
-                                      previous["images"].get(role))
+                                      previous.images.get(role))
 
         # The roles' stages and outputs side by side (while one waits on mounts and programs, the other's
         # digest or compression runs); one after the other where the master's netboot tree is copied from

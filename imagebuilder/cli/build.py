@@ -80,10 +80,10 @@ def build(ctx: Context, args: argparse.Namespace) -> int:
         if args.json:
             binary = {"version": recipe.k3s.version, "binary": "included" if k3s.included else "none",
                       "assets": k3s.source or "none", "cached": k3s.layer is not None}
-            print(json.dumps({"recipe": str(recipe.source), "backend": plan.inputs.backend, "k3s": binary,
+            print(json.dumps({"recipe": str(recipe.source), "backend": plan.inputs.backend.name, "k3s": binary,
                               "stages": rows, "notes": list(plan.notes)}, indent=1))
         else:
-            print(format_plan(recipe, plan.inputs.backend, rows, plan.notes, k3s))
+            print(format_plan(recipe, plan.inputs.backend.name, rows, plan.notes, k3s))
         return 0
     warn_if_nobody_logs_in(recipe)
     ctx.give_back(recipe.output_dir)
