@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from dataclasses import dataclass
 from pathlib import Path
 
 from imagebuilder.build.plan import BuildPlan, Inputs, plan_build, role_packages
@@ -64,19 +65,34 @@ def read_plan(ctx: Context, recipe: Recipe, backend: str | None = None) -> Build
     return plan_build(recipe, inputs, ctx.cache_dir / "stages")
 
 
-def describe_plan(ctx: Context, plan: BuildPlan) -> list[dict[str, object]]:
-    """One entry per stage: its name, key, parent, packages, layers, and whether the cache has it."""
+@dataclass(frozen=True)
+class PlanRow:
+    """One stage of a plan as `build --plan` shows it."""
+
+    stage: str
+    role: str
+    key: str | None  # its first 24 digits; None while an input is not made (unknown says which)
+    parent: Path
+    packages: tuple[str, ...]
+    layers: tuple[str, ...]
+    action: str  # "cached" or "build"
+    unknown: str | None
+
+    def to_json(self) -> dict[str, object]:
+        return {**dataclasses.asdict(self), "parent": str(self.parent), "packages": list(self.packages),
+                "layers": list(self.layers)}
+
+
+def describe_plan(ctx: Context, plan: BuildPlan) -> list[PlanRow]:
+    """One row per stage: its name, key, parent, packages, layers, and whether the cache has it."""
     stage_dir = ctx.cache_dir / "stages"
-    rows: list[dict[str, object]] = []
+    rows = []
     for planned in plan.stages:
         stage = planned.stage
         cached = planned.known and is_cached(stage_dir, stage)
-        rows.append({
-            "stage": stage.name, "role": planned.role, "key": stage.key()[:24] if planned.known else None,
-            "parent": str(stage.parent), "packages": list(stage.packages),
-            "layers": [layer.name for layer in stage.layers],
-            "action": "cached" if cached else "build",
-        })
+        rows.append(PlanRow(stage.name, planned.role, stage.key()[:24] if planned.known else None, stage.parent,
+                            stage.packages, tuple(layer.name for layer in stage.layers),
+                            "cached" if cached else "build", planned.unknown))
     return rows
 
 
@@ -126,10 +142,9 @@ def _build(ctx: Context, recipe: Recipe, *, per_node: bool, backend: str | None)
         inputs = Inputs(base=base, secrets=secrets, k3s=k3s, backend=chosen)
         plan = plan_build(recipe, inputs, ctx.cache("stages"))
         for row in describe_plan(ctx, plan):
-            log.log(VERBOSE, "plan: stage %s %s (key %s, from %s; packages: %s; layers: %s)", row["stage"],
-                    row["action"], row["key"], Path(str(row["parent"])).name,
-                    ", ".join(map(str, row["packages"])) or "none",  # type: ignore[call-overload]
-                    ", ".join(map(str, row["layers"])) or "none")  # type: ignore[call-overload]
+            log.log(VERBOSE, "plan: stage %s %s (key %s, from %s; packages: %s; layers: %s)", row.stage,
+                    row.action, row.key, row.parent.name, ", ".join(row.packages) or "none",
+                    ", ".join(row.layers) or "none")
         debs = ctx.cache("debs", f"{recipe.arch}-{base.sha256[:16]}")
         used.append(debs)
         assert plan.stages[0].role == "common"
