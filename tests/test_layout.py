@@ -7,6 +7,7 @@ Every import counts, including those inside functions: a lazy import must not hi
 from __future__ import annotations
 
 import ast
+import re
 import sys
 from pathlib import Path
 
@@ -14,9 +15,17 @@ PACKAGE = Path(__file__).resolve().parent.parent / "imagebuilder"
 NODE_PROGRAMS = sorted((PACKAGE.parent / "overlays").glob("*/root/usr/local/lib/imagebuilder/*.py"))
 # Modules of the package that are node programs too: links to the overlay's file, so both import one file.
 SHARED_WITH_NODES = {"imagebuilder/status/nodetable.py": "overlays/master/root/usr/local/lib/imagebuilder/nodetable.py"}
-# Bottom first: a folder may import from itself and from those before it.
-LAYERS = ("core", "recipe", "disk", "boards", "netboot", "layers", "sources", "roles", "engine", "outputs", "build",
-          "flash", "boottest", "status", "cli")
+DEVELOPMENT = PACKAGE.parent / "docs" / "development.md"
+
+
+def stated_layers() -> tuple[str, ...]:
+    """The folders in the order docs/development.md's code layout table states, bottom first: a folder may
+    import from itself and from those before it. The order is stated there once; this test enforces it."""
+    section = DEVELOPMENT.read_text().split("## Code layout", 1)[1]
+    return tuple(re.findall(r"^\| `([a-z_]+)/` \|", section, flags=re.MULTILINE))
+
+
+LAYERS = stated_layers()
 
 
 def folder_of(module: str) -> str | None:
@@ -57,8 +66,10 @@ def modules() -> list[Path]:
 
 
 def test_every_folder_is_a_known_layer() -> None:
+    assert len(LAYERS) == len(set(LAYERS)) >= 10, LAYERS
     folders = {p.relative_to(PACKAGE).parts[0] for p in modules() if len(p.relative_to(PACKAGE).parts) > 1}
-    assert folders <= set(LAYERS), f"folders not in LAYERS: {folders - set(LAYERS)}"
+    assert folders == set(LAYERS), f"folders not in {DEVELOPMENT.name}'s table: {folders - set(LAYERS)}; " \
+        f"in it but not in the package: {set(LAYERS) - folders}"
 
 
 def test_folders_import_only_from_beneath() -> None:

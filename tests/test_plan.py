@@ -18,8 +18,12 @@ import pytest
 from imagebuilder.build.plan import Inputs, plan_build, role_packages
 from imagebuilder.cli.main import main
 from imagebuilder.core.errors import ImageBuilderError, RecipeError
+from imagebuilder.disk.usage import Usage
+from imagebuilder.engine.backends.interface import choose_backend
+from imagebuilder.engine.checkmemo import check_key, passed_before
 from imagebuilder.engine.checks import DATA_CHECKS, stage_checks
-from imagebuilder.engine.stages import check_key, passed_before, stage_image
+from imagebuilder.engine.entry import StageRecord
+from imagebuilder.engine.stages import stage_image
 from imagebuilder.layers.description import CHECK_TOOLS, load_description
 from imagebuilder.layers.render import BUILTIN, OverlayFile, RenderedLayer, render_layer
 from imagebuilder.recipe.catalogue import LAYOUTS
@@ -35,7 +39,7 @@ RELEASE = "https://github.com/k3s-io/k3s/releases/download/v1.31.4%2Bk3s1"
 
 
 def inputs(base: BaseImage | None = BASE, secrets: K3sSecrets | None = SECRETS, backend: str = "loop") -> Inputs:
-    return Inputs(base=base, secrets=secrets, k3s=NO_K3S, backend=backend, installs_packages=backend == "loop")
+    return Inputs(base=base, secrets=secrets, k3s=NO_K3S, backend=choose_backend(backend))
 
 
 def keys(text: str, recipe_file: Any, **kw: Any) -> dict[str, str]:
@@ -209,7 +213,7 @@ def test_build_plan_command_prints_stages_and_json(recipe_file: Any, capsys: pyt
 
 
 def test_the_plan_says_where_the_build_gets_k3s(recipe_file: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    missing = Inputs(base=BASE, secrets=SECRETS, k3s=K3sAssets(None, RELEASE), backend="loop", installs_packages=True)
+    missing = Inputs(base=BASE, secrets=SECRETS, k3s=K3sAssets(None, RELEASE), backend=choose_backend("loop"))
     monkeypatch.delenv(ASSETS_ENV, raising=False)
     plan = plan_build(load_recipe(recipe_file(VALID)), missing, Path("/cache/stages"))
     # The layer that brings k3s is in every stage: no key is final before the download.
@@ -267,10 +271,15 @@ def test_a_check_is_run_again_exactly_when_its_inputs_change(recipe_file: Any) -
 
 
 def test_passed_checks_are_read_from_the_records_of_the_stage_name(tmp_path: Path) -> None:
-    (tmp_path / "master-aaaaaaaaaaaaaaaaaaaaaaaa.json").write_text(json.dumps({"checks_passed": ["k1", "k2"]}))
-    (tmp_path / "master-bbbbbbbbbbbbbbbbbbbbbbbb.json").write_text(json.dumps({"checks_passed": ["k3"]}))
-    (tmp_path / "master-packages-cccccccccccccccccccccccc.json").write_text(json.dumps({"checks_passed": ["other"]}))
+    def record(*passed: str) -> str:
+        return StageRecord({}, (), (), "", 0, Usage(0, (), 0), (), passed).to_json()
+
+    (tmp_path / "master-aaaaaaaaaaaaaaaaaaaaaaaa.json").write_text(record("k1", "k2"))
+    (tmp_path / "master-bbbbbbbbbbbbbbbbbbbbbbbb.json").write_text(record("k3"))
+    (tmp_path / "master-packages-cccccccccccccccccccccccc.json").write_text(record("other"))
     (tmp_path / "master-dddddddddddddddddddddddd.json").write_text("{not json")
+    # A record of another version passes on no verdict.
+    (tmp_path / "master-eeeeeeeeeeeeeeeeeeeeeeee.json").write_text(json.dumps({"checks_passed": ["k4"]}))
     assert passed_before(tmp_path, "master") == {"k1", "k2", "k3"}
 
 

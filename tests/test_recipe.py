@@ -226,6 +226,14 @@ def test_numeric_looking_mac_is_taken_as_written(recipe_file) -> None:
     assert recipe.workers[1].mac == "10:20:30:40:50:58"
 
 
+def test_sizes_and_macs_are_parsed_once_at_load(recipe_file) -> None:
+    text = add("output: {image_size: 3500M}\n").replace("b8:27:eb:00:00:01", "B8-27-EB-00-00-01")
+    recipe = load_recipe(recipe_file(text))
+    assert recipe.output.image_size == 3500 * 2**20
+    assert recipe.workers[0].mac == "b8:27:eb:00:00:01"
+    assert load_recipe(recipe_file(VALID)).output.image_size is None
+
+
 def test_every_problem_is_reported(recipe_file) -> None:
     text = replace("arch: arm64", "arch: sparc").replace('"b8:27:eb:00:00:02"', '"zz"') + "colour: red\n"
     with pytest.raises(RecipeError) as excinfo:

@@ -4,6 +4,7 @@ with cyclonedx-python-lib's own validator."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from pathlib import Path
@@ -12,9 +13,11 @@ import pytest
 from cyclonedx.schema import SchemaVersion
 from cyclonedx.validation.json import JsonStrictValidator
 
+from imagebuilder.disk.usage import Usage
 from imagebuilder.engine.backends.chroot import Chroot
-from imagebuilder.engine.backends.loop import LoopTree
-from imagebuilder.engine.stages import Stage, usable_record
+from imagebuilder.engine.backends.loop import LoopBackend, LoopTree
+from imagebuilder.engine.entry import StageRecord, Unusable, usable_record, write_record
+from imagebuilder.engine.stages import Stage
 from imagebuilder.layers.render import OverlayFile, RenderedLayer
 from imagebuilder.outputs.sbom import SCHEMA, ImageContents, ImageFile, render_sbom, validate_sbom
 from imagebuilder.recipe.catalogue import LAYOUTS
@@ -270,14 +273,14 @@ def test_an_sbom_that_breaks_the_schema_is_refused(tmp_path: Path) -> None:
 def test_a_stage_an_image_comes_from_is_made_again_without_its_inventory(tmp_path: Path) -> None:
     image = tmp_path / "worker-0123.img"
     image.write_bytes(b"\0" * 4096)
-    record = {"packages": {}, "files": [], "units": [], "size": 4096}
+    record = StageRecord({}, (), (), "", 4096, Usage(4096, (), 0), ())
     emitted = Stage(name="worker", parent=tmp_path / "parent.img", parent_key="", packages=(), layers=(),
-                    arch="arm64", layout=LAYOUTS["raspios"], verify=True)
+                    arch="arm64", layout=LAYOUTS["raspios"], backend=LoopBackend(), verify=True)
     inner = Stage(name="worker-packages", parent=tmp_path / "parent.img", parent_key="", packages=("hello",),
-                  layers=(), arch="arm64", layout=LAYOUTS["raspios"])
-    image.with_suffix(".json").write_text(json.dumps(record))
-    assert usable_record(image, emitted) is None
+                  layers=(), arch="arm64", layout=LAYOUTS["raspios"], backend=LoopBackend())
+    write_record(image, record)
+    assert isinstance(usable_record(image, emitted), Unusable)
     assert usable_record(image, inner) == record
-    record["inventory"] = {"os_release": {}, "packages": []}
-    image.with_suffix(".json").write_text(json.dumps(record))
+    record = dataclasses.replace(record, boards=("pi4b",), inventory=Inventory({}, ()))
+    write_record(image, record)
     assert usable_record(image, emitted) == record

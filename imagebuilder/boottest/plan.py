@@ -104,7 +104,7 @@ def plan_nodes(recipe: Recipe, options: BootOptions) -> list[Node]:
                                 f"use --workers {len(recipe.workers)} or fewer, and --unknown for more")
     nodes = [Node(recipe.master.hostname, "master", "02:00:00:b0:07:00", recipe.network.master_ip, True, "tap0")]
     netbooted = {w.mac for w in recipe.netboot_workers()}
-    nodes += [Node(w.hostname, "worker", w.mac.lower().replace("-", ":"), w.ip, True, f"tap{i + 1}",
+    nodes += [Node(w.hostname, "worker", w.mac, w.ip, True, f"tap{i + 1}",
                    netboot=w.mac in netbooted) for i, w in enumerate(table)]
     if options.board is not None:
         if len(nodes) < 2:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from imagebuilder.build.plan import BuildPlan, Inputs, plan_build, role_packages
 from imagebuilder.core.beside import run_beside
@@ -15,11 +15,13 @@ from imagebuilder.core.errors import CommandFailed, ImageBuilderError
 from imagebuilder.core.log import VERBOSE, log, step
 from imagebuilder.core.resources import disk_full, free_space
 from imagebuilder.engine.backends.interface import choose_backend
-from imagebuilder.engine.stages import StageResult, is_cached, realise
+from imagebuilder.engine.entry import StageResult, is_cached
+from imagebuilder.engine.realise import realise
 from imagebuilder.outputs.emit import emit_image, emit_per_node, open_outputs, write_index
 from imagebuilder.outputs.kubeconfig import write_kubeconfig
 from imagebuilder.outputs.sbom import ImageContents
 from imagebuilder.outputs.signing import sign_checksums
+from imagebuilder.outputs.state import ImageOutputs
 from imagebuilder.recipe.model import Recipe
 from imagebuilder.roles.cloudinit import cloud_init_for_base
 from imagebuilder.roles.secrets import k3s_secrets, read_k3s_secrets
@@ -59,23 +61,38 @@ def read_plan(ctx: Context, recipe: Recipe, backend: str | None = None) -> Build
     inputs = Inputs(base=base, secrets=read_k3s_secrets(ctx, recipe.cluster.name),
                     k3s=fetch_k3s(ctx, recipe.k3s, recipe.arch, offline=True,
                                   allow_http=recipe.base.allow_http_checksums),
-                    backend=chosen.name, installs_packages=chosen.installs_packages)
+                    backend=chosen)
     return plan_build(recipe, inputs, ctx.cache_dir / "stages")
 
 
-def describe_plan(ctx: Context, plan: BuildPlan) -> list[dict[str, object]]:
-    """One entry per stage: its name, key, parent, packages, layers, and whether the cache has it."""
+@dataclass(frozen=True)
+class PlanRow:
+    """One stage of a plan as `build --plan` shows it."""
+
+    stage: str
+    role: str
+    key: str | None  # its first 24 digits; None while an input is not made (unknown says which)
+    parent: Path
+    packages: tuple[str, ...]
+    layers: tuple[str, ...]
+    action: str  # "cached" or "build"
+    unknown: str | None
+
+    def to_json(self) -> dict[str, object]:
+        return {**dataclasses.asdict(self), "parent": str(self.parent), "packages": list(self.packages),
+                "layers": list(self.layers)}
+
+
+def describe_plan(ctx: Context, plan: BuildPlan) -> list[PlanRow]:
+    """One row per stage: its name, key, parent, packages, layers, and whether the cache has it."""
     stage_dir = ctx.cache_dir / "stages"
-    rows: list[dict[str, object]] = []
+    rows = []
     for planned in plan.stages:
         stage = planned.stage
         cached = planned.known and is_cached(stage_dir, stage)
-        rows.append({
-            "stage": stage.name, "role": planned.role, "key": stage.key()[:24] if planned.known else None,
-            "parent": str(stage.parent), "packages": list(stage.packages),
-            "layers": [layer.name for layer in stage.layers],
-            "action": "cached" if cached else "build",
-        })
+        rows.append(PlanRow(stage.name, planned.role, stage.key()[:24] if planned.known else None, stage.parent,
+                            stage.packages, tuple(layer.name for layer in stage.layers),
+                            "cached" if cached else "build", planned.unknown))
     return rows
 
 
@@ -122,14 +139,12 @@ def _build(ctx: Context, recipe: Recipe, *, per_node: bool, backend: str | None)
         with step("k3s release assets"):
             k3s = fetch_k3s(ctx, recipe.k3s, recipe.arch, allow_http=recipe.base.allow_http_checksums)
         secrets = k3s_secrets(ctx, recipe.cluster.name)
-        inputs = Inputs(base=base, secrets=secrets, k3s=k3s, backend=chosen.name,
-                        installs_packages=chosen.installs_packages)
+        inputs = Inputs(base=base, secrets=secrets, k3s=k3s, backend=chosen)
         plan = plan_build(recipe, inputs, ctx.cache("stages"))
         for row in describe_plan(ctx, plan):
-            log.log(VERBOSE, "plan: stage %s %s (key %s, from %s; packages: %s; layers: %s)", row["stage"],
-                    row["action"], row["key"], Path(str(row["parent"])).name,
-                    ", ".join(map(str, row["packages"])) or "none",  # type: ignore[call-overload]
-                    ", ".join(map(str, row["layers"])) or "none")  # type: ignore[call-overload]
+            log.log(VERBOSE, "plan: stage %s %s (key %s, from %s; packages: %s; layers: %s)", row.stage,
+                    row.action, row.key, row.parent.name, ", ".join(row.packages) or "none",
+                    ", ".join(row.layers) or "none")
         debs = ctx.cache("debs", f"{recipe.arch}-{base.sha256[:16]}")
         used.append(debs)
         assert plan.stages[0].role == "common"
@@ -137,7 +152,7 @@ def _build(ctx: Context, recipe: Recipe, *, per_node: bool, backend: str | None)
         used.append(common.image)
         previous = open_outputs(recipe)
 
-        def make_role(role: str) -> tuple[StageResult, dict[str, Any]]:
+        def make_role(role: str) -> tuple[StageResult, ImageOutputs]:
             """The role's stages, then its image's outputs (bmap, SBOM, compressed copy)."""
             made = [realise(ctx, planned.stage, debs) for planned in plan.stages if planned.role == role]
             used.extend(m.image for m in made)
@@ -149,7 +164,7 @@ def _build(ctx: Context, recipe: Recipe, *, per_node: bool, backend: str | None)
             contents = ImageContents(final.inventory, layers, base.layout.boot_mount,
                                      k3s.layer.name if k3s.layer else None)
             return result, emit_image(ctx, recipe, role, result, contents, recipe.output_dir,
-                                      previous["images"].get(role))
+                                      previous.images.get(role))
 
         # The roles' stages and outputs side by side (while one waits on mounts and programs, the other's
         # digest or compression runs); one after the other where the master's netboot tree is copied from

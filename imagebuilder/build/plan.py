@@ -9,11 +9,11 @@ prints the same plan.
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from imagebuilder.engine.backends.interface import Backend
 from imagebuilder.engine.checks import stage_checks
 from imagebuilder.engine.stages import Stage, stage_image
 from imagebuilder.layers.description import load_description
@@ -40,8 +40,7 @@ class Inputs:
     base: BaseImage | None  # None: not in the cache yet
     secrets: K3sSecrets | None  # None: the cluster's first build makes them
     k3s: K3sAssets
-    backend: str
-    installs_packages: bool
+    backend: Backend
 
 
 @dataclass(frozen=True)
@@ -68,14 +67,6 @@ class BuildPlan:
     def final(self, role: str) -> PlannedStage:
         """The stage whose image becomes role.img."""
         return next(s for s in self.stages if s.stage.name == role)
-
-
-def parse_size(text: str | None) -> int | None:
-    if text is None:
-        return None
-    match = re.fullmatch(r"(\d+)([MG])", text)
-    assert match, text  # validated with the recipe
-    return int(match.group(1)) * (2**20 if match.group(2) == "M" else 2**30)
 
 
 def layer_directories(recipe: Recipe, role: str) -> list[tuple[str, Path]]:
@@ -128,7 +119,7 @@ def plan_build(recipe: Recipe, inputs: Inputs, stage_dir: Path) -> BuildPlan:
     base = inputs.base
     layout = base.layout if base is not None else expected_layout(recipe)
     secrets = inputs.secrets or UNKNOWN_SECRETS
-    installs = inputs.installs_packages
+    installs = inputs.backend.installs_packages
     notes: list[str] = []
     # Every key is a digest of its inputs, so a stage's key waits for the first of them not made yet.
     unknown = None
@@ -146,7 +137,7 @@ def plan_build(recipe: Recipe, inputs: Inputs, stage_dir: Path) -> BuildPlan:
         unknown = unknown or "unknown: no k3s yet"
         notes.append(f"k3s: the build {k3s_source(recipe, inputs.k3s.source)}: not in the cache yet (the build "
                      "fails if it cannot get it), and every stage's key follows from it")
-    size = parse_size(recipe.output.image_size)
+    size = recipe.output.image_size
     base_packages, cloud_init_layer = cloud_init_for_base(recipe, layout)
     common_layers = render_layers(recipe, "common", template_variables(
         recipe, "common", secrets=secrets, boot_mount=layout.boot_mount))
@@ -156,7 +147,7 @@ def plan_build(recipe: Recipe, inputs: Inputs, stage_dir: Path) -> BuildPlan:
         common_layers += (cloud_init_layer,)
     common = Stage(
         name="common", parent=base.path if base else Path("(base image, not made yet)"),
-        parent_key=base.sha256 if base else "",
+        parent_key=base.sha256 if base else "", parent_is_base=True,
         packages=(*base_packages, *role_packages(recipe, "common")) if installs else (),
         layers=common_layers, arch=recipe.arch, layout=layout, backend=inputs.backend,
         checks=stage_checks(common_layers, layout.boot_mount),
@@ -173,7 +164,8 @@ def plan_build(recipe: Recipe, inputs: Inputs, stage_dir: Path) -> BuildPlan:
         parent = common
         if packages and installs:
             parent = Stage(name=f"{role}-packages", parent=stage_image(stage_dir, common), parent_key=common.key(),
-                           packages=packages, layers=(), arch=recipe.arch, layout=layout, size=size)
+                           packages=packages, layers=(), arch=recipe.arch, layout=layout, backend=inputs.backend,
+                           size=size)
             planned.append(PlannedStage(parent, role, unknown))
         missing = (K3S_UNIT[role],) if inputs.k3s.layer is None else ()
         netboot = netboot_source(recipe, finals["worker"], stage_dir) if role == "master" and recipe.netboot else None

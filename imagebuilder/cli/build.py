@@ -7,8 +7,8 @@ import dataclasses
 import json
 from pathlib import Path
 
+from imagebuilder.build.execute import PlanRow, describe_plan, read_plan
 from imagebuilder.build.execute import build as build_images
-from imagebuilder.build.execute import describe_plan, read_plan
 from imagebuilder.cli.command import Command, add_recipe_argument
 from imagebuilder.core.access import access_denied
 from imagebuilder.core.context import Context
@@ -74,16 +74,14 @@ def build(ctx: Context, args: argparse.Namespace) -> int:
         except PermissionError as e:
             raise access_denied(e.filename or ctx.cache_dir, "the plan reads the cache and the cluster's state: "
                                 "run it as their owner, or give --cache-dir and --state-dir folders of yours") from None
-        for row, planned in zip(rows, plan.stages, strict=True):
-            row["unknown"] = planned.unknown
         k3s = plan.inputs.k3s
         if args.json:
             binary = {"version": recipe.k3s.version, "binary": "included" if k3s.included else "none",
                       "assets": k3s.source or "none", "cached": k3s.layer is not None}
-            print(json.dumps({"recipe": str(recipe.source), "backend": plan.inputs.backend, "k3s": binary,
-                              "stages": rows, "notes": list(plan.notes)}, indent=1))
+            print(json.dumps({"recipe": str(recipe.source), "backend": plan.inputs.backend.name, "k3s": binary,
+                              "stages": [row.to_json() for row in rows], "notes": list(plan.notes)}, indent=1))
         else:
-            print(format_plan(recipe, plan.inputs.backend, rows, plan.notes, k3s))
+            print(format_plan(recipe, plan.inputs.backend.name, rows, plan.notes, k3s))
         return 0
     warn_if_nobody_logs_in(recipe)
     ctx.give_back(recipe.output_dir)
@@ -91,16 +89,15 @@ def build(ctx: Context, args: argparse.Namespace) -> int:
     return 0
 
 
-def format_plan(recipe: Recipe, backend: str, rows: list[dict[str, object]], notes: tuple[str, ...],
+def format_plan(recipe: Recipe, backend: str, rows: list[PlanRow], notes: tuple[str, ...],
                 k3s: K3sAssets) -> str:
     lines = [f"{recipe.cluster.name}: {backend} backend, {len(rows)} stages",
              f"  k3s {recipe.k3s.version}: binary from {k3s.source}" if k3s.included
              else "  k3s: no binary in the images (k3s.assets: none)"]
-    width = max(len(str(r["stage"])) for r in rows)
+    width = max(len(r.stage) for r in rows)
     for r in rows:
-        what = ", ".join(map(str, r["packages"])) or ", ".join(map(str, r["layers"])) or "-"  # type: ignore[call-overload]
-        lines.append(f"  {str(r['stage']).ljust(width)}  {str(r['action']).ljust(6)}  {r['key'] or r['unknown']:24}  "
-                     f"{what}")
+        what = ", ".join(r.packages) or ", ".join(r.layers) or "-"
+        lines.append(f"  {r.stage.ljust(width)}  {r.action.ljust(6)}  {r.key or r.unknown:24}  {what}")
     lines += [f"  note: {note}" for note in notes]
     return "\n".join(lines)
 

@@ -69,7 +69,7 @@ def partition_table(image: Path, root_size: int, disk_id: str) -> None:
 def grow_image(image: Path, size: int) -> bool:
     """Enlarge the image file to `size` bytes and its last (root) partition to fill it.
 
-    The file stays sparse; the filesystem is grown when it is mounted (imagemount.mounted_image).
+    The file stays sparse; the filesystem is grown when it is mounted (disk.mount.mounted_image).
     Returns whether anything grew.
     """
     if size <= image.stat().st_size:

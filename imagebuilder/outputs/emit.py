@@ -4,7 +4,7 @@ Every file is written under a temporary name and renamed when complete. A raw im
 it shares its stage's blocks (a reflink), or is the stage's file itself (a hard link, on ext4), or, across
 file systems, is a copy by the kernel. Compressed copies are cached
 by the raw image's digest: xz takes minutes, and an unchanged image should not pay it twice. What each
-output was made from is kept in out/.imagebuilder-emit.json: when a stage did not change and its outputs
+output was made from is kept in out/.imagebuilder-emit.json (state.py): when a stage did not change and its outputs
 are still there as written (same size, mtime and inode), they are neither copied, digested nor
 compressed again, which makes a rebuild without changes take about a second.
 """
@@ -15,29 +15,27 @@ import datetime
 import hashlib
 import json
 from pathlib import Path
-from typing import Any
 
 from imagebuilder import __version__
-from imagebuilder.boards.verify import bootable_boards, verify_image
 from imagebuilder.core.context import Context
-from imagebuilder.core.errors import ChecksFailed, DiskFull
+from imagebuilder.core.errors import DiskFull
 from imagebuilder.core.log import Progress, log, step
 from imagebuilder.core.resources import allocated, atomic_output, ensure_space, free_space
 from imagebuilder.disk.bmap import bmap_document, range_extents
 from imagebuilder.disk.copy import can_reflink, clone_image, range_digests, share_image
 from imagebuilder.disk.partitions import Partition, read_partitions
 from imagebuilder.disk.seed import write_hostname_seed
-from imagebuilder.disk.usage import Usage, fat_used, image_usage, merge
-from imagebuilder.engine.stages import StageResult, share_checked
+from imagebuilder.disk.usage import Usage, fat_used, merge
+from imagebuilder.engine.entry import StageResult, share_checked
 from imagebuilder.outputs.compress import COMPRESSORS, compress_cached, extension
 from imagebuilder.outputs.imager import OS_LIST, write_os_list
 from imagebuilder.outputs.sbom import SCHEMA, ImageContents, ImageFile, render_sbom, sbom_name, validate_sbom
 from imagebuilder.outputs.signing import SUMS_SIG
+from imagebuilder.outputs.state import EmitState, ImageOutputs, MadeFrom, OutputFile, read_state, write_state
 from imagebuilder.recipe.model import Recipe
 from imagebuilder.sources.base import BaseImage
 from imagebuilder.sources.checksums import sha256_of
 
-STATE = ".imagebuilder-emit.json"
 # The images hold the agent token, password hashes and the Wi-Fi passphrase, the master the cluster's CA key
 # and server token: the output folder and everything in it are for its owner only.
 PRIVATE = 0o600
@@ -50,7 +48,7 @@ SHARED = {
 }
 
 
-def open_outputs(recipe: Recipe) -> dict[str, Any]:
+def open_outputs(recipe: Recipe) -> EmitState:
     """Make the output folder (its owner's only); return what the last build wrote there."""
     out = recipe.output_dir
     out.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -59,22 +57,22 @@ def open_outputs(recipe: Recipe) -> dict[str, Any]:
 
 
 def write_index(ctx: Context, recipe: Recipe, base: BaseImage, results: dict[str, StageResult],
-                records: dict[str, dict[str, Any]], previous: dict[str, Any], *,
+                records: dict[str, ImageOutputs], previous: EmitState, *,
                 k3s_source: str | None = None) -> list[Path]:
     """What describes the images emitted (emit_image's records): SHA256SUMS, manifest.json, os_list.json
     and the emit state; return the cache entries the images came from (the compressed copies)."""
     out = recipe.output_dir
-    state: dict[str, Any] = {"recipe": recipe.digest, "images": records}
+    state = EmitState(recipe.digest, records)
     images: dict[str, dict[str, object]] = {}
     digests: dict[str, str] = {}
     with step(f"write SHA256SUMS and manifest.json to {out}"):
         for role, result in results.items():
             record = records[role]
-            digests.update({name: entry["sha256"] for name, entry in record["files"].items()})
-            raw = record["files"][f"{role}.img"]
-            images[role] = {"file": f"{role}.img", "sha256": raw["sha256"], "size": raw["size"],
-                            "boards": record.get("boards", []),
-                            "files": list(record["files"]), "packages": result.packages,
+            digests.update({name: entry.sha256 for name, entry in record.files.items()})
+            raw = record.files[f"{role}.img"]
+            images[role] = {"file": f"{role}.img", "sha256": raw.sha256, "size": raw.size,
+                            "boards": list(record.boards),
+                            "files": list(record.files), "packages": result.packages,
                             "overlay_files": result.files, "units": result.units}
         write_checksums(out, [Path(name) for name in digests], digests)
         manifest = {
@@ -96,12 +94,11 @@ def write_index(ctx: Context, recipe: Recipe, base: BaseImage, results: dict[str
             (out / OS_LIST).unlink(missing_ok=True)
         elif state != previous or not (out / OS_LIST).exists():
             write_os_list(out, recipe, known=digests)
-        with atomic_output(out / STATE, PRIVATE) as tmp:
-            tmp.write_text(json.dumps(state, indent=1, sort_keys=True) + "\n")
+        write_state(out, state, PRIVATE)
     if recipe.output.compress == "none":
         return []
-    return [ctx.cache_dir / "compressed" / f"{record['files'][f'{role}.img']['sha256']}.img."
-            f"{extension(recipe.output.compress)}" for role, record in state["images"].items()]
+    return [ctx.cache_dir / "compressed" / f"{record.files[f'{role}.img'].sha256}.img."
+            f"{extension(recipe.output.compress)}" for role, record in state.images.items()]
 
 
 def describe_base(recipe: Recipe) -> str:
@@ -111,30 +108,21 @@ def describe_base(recipe: Recipe) -> str:
     return b.image or b.url or ""
 
 
-def read_state(out: Path) -> dict[str, Any]:
-    try:
-        state = json.loads((out / STATE).read_text())
-    except (OSError, ValueError):
-        return {"recipe": None, "images": {}}
-    return state if isinstance(state, dict) and isinstance(state.get("images"), dict) else \
-        {"recipe": None, "images": {}}
-
-
-def signature(path: Path) -> list[int]:
-    """Cheap evidence that a file is the one we wrote: anything that rewrites it changes one of these."""
+def written(path: Path, sha256: str) -> OutputFile:
+    """A file just written, with cheap evidence that it is still the one written (OutputFile.signature)."""
     st = path.stat()
-    return [st.st_size, st.st_mtime_ns, st.st_ino]
+    return OutputFile(sha256, (st.st_size, st.st_mtime_ns, st.st_ino))
 
 
-def still_there(out: Path, record: dict[str, Any]) -> bool:
+def still_there(out: Path, outputs: ImageOutputs) -> bool:
     try:
-        return all(signature(out / name) == entry["signature"] for name, entry in record["files"].items())
-    except (OSError, KeyError, TypeError):
+        return all(written(out / name, entry.sha256) == entry for name, entry in outputs.files.items())
+    except OSError:
         return False
 
 
 def emit_image(ctx: Context, recipe: Recipe, role: str, result: StageResult, contents: ImageContents, out: Path,
-               previous: dict[str, Any] | None) -> dict[str, Any]:
+               previous: ImageOutputs | None) -> ImageOutputs:
     """Write role.img and its bmap, SBOM and compressed copy; return what they were made from and their
     digests."""
     with step(f"write outputs of {role}.img to {out}"):
@@ -155,24 +143,22 @@ def write_sbom(recipe: Recipe, role: str, contents: ImageContents, raw: Path, di
 
 
 def _emit_image(ctx: Context, recipe: Recipe, role: str, result: StageResult, contents: ImageContents, out: Path,
-                previous: dict[str, Any] | None) -> dict[str, Any]:
-    # The SBOM follows from the stage too (what it holds, the layers written): its format is what may change.
-    made_from = {"stage": result.key, "bmap": recipe.output.bmap, "compress": recipe.output.compress,
-                 "sbom": SCHEMA}
-    if previous is not None and previous.get("made_from") == made_from and still_there(out, previous):
+                previous: ImageOutputs | None) -> ImageOutputs:
+    made_from = MadeFrom(result.key, recipe.output.bmap, recipe.output.compress, SCHEMA)
+    if previous is not None and previous.made_from == made_from and still_there(out, previous):
         log.info("%s.img: unchanged (stage %s), outputs kept", role, result.key[:12])
         return previous
     raw = out / f"{role}.img"
     ensure_space(out, allocated(result.image), raw.name)
     # What the file systems use, from the stage itself: the bmap maps exactly that, zeros included (a used
     # block of zeros left out of a bmap would keep a used card's old bytes).
-    usage = result.usage or image_usage(result.image)
-    if result.fresh and result.sha256 and result.usage and result.range_sha256:
+    usage = result.usage
+    if result.fresh:
         # Made and digested moments ago by this build: the image is the stage's file itself or shares its
         # blocks (a copy by the kernel where neither works), and its digests are the ones just taken.
         with atomic_output(raw, PRIVATE) as tmp:
             how = share_image(result.image, tmp) or clone_image(result.image, tmp)
-            tmp.chmod(PRIVATE)  # a hard link has the stage's mode: 0644 in caches made before stages were 0600
+            tmp.chmod(PRIVATE)  # a hard link is the cache entry's file: the output's mode is set on it
         digest, range_sha256 = result.sha256, result.range_sha256
     else:
         # A stage from an earlier build: shared or copied, and checked against its record on the way,
@@ -180,33 +166,26 @@ def _emit_image(ctx: Context, recipe: Recipe, role: str, result: StageResult, co
         extents = range_extents(usage)
         with atomic_output(raw, PRIVATE) as tmp, \
                 Progress(f"write {raw.name}", result.image.stat().st_size) as progress:
-            copied, how = share_checked(result.image, tmp, extents, progress)
+            copied, how = share_checked(result.image, result.sha256, tmp, extents, progress)
             tmp.chmod(PRIVATE)
         digest, range_sha256 = copied.sha256, copied.range_sha256
     log.info("%s: %s", raw.name, SHARED[how].format(role=role))
-    if result.boards is not None:
-        # Verified when its stage was made; the image holds exactly the stage's bytes (shared, or checked
-        # against its digest).
-        boards = list(result.boards)
-    else:  # a stage recorded before stages were verified
-        try:
-            boards = bootable_boards(verify_image(raw), str(raw))
-        except ChecksFailed:
-            raw.unlink()
-            raise
-    log.info("%s: verified for %s", raw.name, ", ".join(boards))
-    files: dict[str, dict[str, Any]] = {raw.name: {"sha256": digest, "signature": signature(raw)}}
+    # Verified when its stage was made (entry.usable_record: a stage an image comes from holds the verdict);
+    # the image holds exactly the stage's bytes (shared, or checked against its digest).
+    assert result.boards is not None
+    log.info("%s: verified for %s", raw.name, ", ".join(result.boards))
+    files = {raw.name: written(raw, digest)}
     if recipe.output.bmap:
         bmap = raw.with_name(raw.name + ".bmap")
         document = bmap_document(usage, list(range_sha256))
         with atomic_output(bmap, PRIVATE) as tmp:
             tmp.write_bytes(document)
-        files[bmap.name] = {"sha256": hashlib.sha256(document).hexdigest(), "signature": signature(bmap)}
+        files[bmap.name] = written(bmap, hashlib.sha256(document).hexdigest())
         log.info("%s: maps %d MiB of %d MiB (%.1f%%); its file systems hold %d MiB", bmap.name,
                  usage.used_bytes // 2**20, usage.size // 2**20, 100 * usage.used_bytes / usage.size,
                  usage.data // 2**20)
     sbom = write_sbom(recipe, role, contents, raw, digest)
-    files[sbom.name] = {"sha256": sha256_of(sbom), "signature": signature(sbom)}
+    files[sbom.name] = written(sbom, sha256_of(sbom))
     for fmt in COMPRESSORS:
         stale = raw.with_name(f"{raw.name}.{extension(fmt)}")
         if fmt != recipe.output.compress:
@@ -217,12 +196,9 @@ def _emit_image(ctx: Context, recipe: Recipe, role: str, result: StageResult, co
         compressed, compressed_sha256 = compress_cached(ctx, raw, digest, recipe.output.compress)
         # The digest of the emitted file itself (taken from it just now when it was just made), never a
         # record of where it came from.
-        files[compressed.name] = {"sha256": compressed_sha256 or sha256_of(compressed),
-                                  "signature": signature(compressed)}
+        files[compressed.name] = written(compressed, compressed_sha256 or sha256_of(compressed))
     log.info("%s: %d MiB raw, sha256 %s", raw.name, raw.stat().st_size // 2**20, digest[:16])
-    for entry in files.values():
-        entry["size"] = entry["signature"][0]
-    return {"made_from": made_from, "files": files, "boards": boards}
+    return ImageOutputs(made_from, files, result.boards)
 
 
 def write_checksums(out: Path, names: list[Path], known: dict[str, str] | None = None) -> None:
@@ -248,8 +224,7 @@ def emit_per_node(ctx: Context, recipe: Recipe, worker: StageResult) -> list[Pat
     """
     out = recipe.output_dir
     source = out / "worker.img"
-    usage = worker.usage or image_usage(source)
-    digests = worker.range_sha256 or range_digests(source, range_extents(usage))
+    usage, digests = worker.usage, worker.range_sha256
     boot = read_partitions(source)[0]
     written = []
     with step(f"write {len(recipe.workers)} per-node images"):

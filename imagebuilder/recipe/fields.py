@@ -1,6 +1,7 @@
 """Checks of single recipe values: each returns a message naming the fix, or None when the value is good.
 
-A check may also normalise the value by returning ("ok", new_value) (MACs in any case and separator).
+A check may also normalise the value by returning ("ok", new_value): MACs in any case and separator, sizes
+as bytes.
 """
 
 from __future__ import annotations
@@ -162,8 +163,11 @@ def check_package(value: str) -> str | None:
     return f"{shown(value)} is not a Debian package name (lower case, e.g. htop or htop=3.2.2-2)"
 
 
-def check_size(value: str) -> str | None:
-    return None if _SIZE.fullmatch(value) else f"{shown(value)} is not a size: write e.g. 3500M or 4G"
+def check_size(value: str) -> str | tuple[str, int]:
+    """A size such as 3500M or 4G, in bytes."""
+    if not _SIZE.fullmatch(value):
+        return f"{shown(value)} is not a size: write e.g. 3500M or 4G"
+    return ("ok", int(value[:-1]) * (2**20 if value[-1] == "M" else 2**30))
 
 
 def check_timezone(value: str) -> str | None:

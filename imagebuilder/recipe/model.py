@@ -167,7 +167,7 @@ class Output:
     compress: str = setting(default="xz", check=check_one_of("xz", "zstd", "none"),
                             help="compressed copies: xz, zstd or none")
     bmap: bool = setting(default=True, help="write .bmap files for bmaptool")
-    image_size: str | None = setting(default=None, check=check_size,
+    image_size: int | None = setting(default=None, check=check_size, written_as=str | None,
                                      help="image size (e.g. 4G); default: what the packages need")
     sign_key: str | None = setting(default=None, check=check_path,
                                    help="an OpenSSH private key (relative to the recipe; ~ is your home) that signs "

@@ -23,9 +23,10 @@ FieldCheck = Callable[[Any], "str | None | tuple[str, Any]"]
 
 
 def setting(*, help: str, default: Any = dataclasses.MISSING, check: FieldCheck | None = None,
-            example: str | None = None) -> Any:
-    """Declare one recipe setting."""
-    metadata = {"help": help, "check": check, "example": example}
+            example: str | None = None, written_as: Any = None) -> Any:
+    """Declare one recipe setting. `written_as`: the type the YAML gives, when the check parses it into the
+    field's own type (a size written "4G" kept as bytes)."""
+    metadata = {"help": help, "check": check, "example": example, "written_as": written_as}
     if isinstance(default, type):  # a nested section whose keys all have defaults
         return dataclasses.field(default_factory=default, metadata=metadata)
     if isinstance(default, list | dict):
@@ -71,7 +72,7 @@ class Loader:
                     self.problem(child, "is required")
                     complete = False
                 continue
-            ok, value = self.convert(hints[name], data[name], child)
+            ok, value = self.convert(f.metadata.get("written_as") or hints[name], data[name], child)
             if ok and value is not None and f.metadata.get("check"):
                 ok, value = self.apply_check(f.metadata["check"], value, child)
             if ok:

@@ -13,6 +13,7 @@ import platform
 import posixpath
 import shutil
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -272,9 +273,20 @@ class GuestfsTree:
         self.g.fstrim("/")
 
 
+@dataclass(frozen=True)
 class GuestfsBackend:
     name = "guestfs"
     installs_packages = False
+    runs_checks = False
+
+    def key_material(self) -> dict[str, str]:
+        # The same inputs as a loop stage make another image (no package installed, nothing run in it):
+        # the two never share a cache entry.
+        return {"backend": self.name}
+
+    def shrink(self, image: Path) -> None:
+        """Left as it is: with no package installed, a stage grows only by what a netboot tree needs, and
+        shrinking would take a loop device (root)."""
 
     @contextlib.contextmanager
     def open(self, image: Path, layout: Layout, arch: str, workdir: Path, *,

@@ -41,11 +41,25 @@ class ImageTree(Protocol):
 
 
 class Backend(Protocol):
-    name: str
-    installs_packages: bool
+    """What a stage needs of a backend beside its tree: each difference between backends is decided here."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def installs_packages(self) -> bool: ...  # False: cloud-init installs them at first boot
+    @property
+    def runs_checks(self) -> bool: ...  # False: the checks of generated files are skipped, with a warning
+
+    def key_material(self) -> dict[str, str]:
+        """What a stage's cache key adds to its inputs for this backend."""
+        ...
 
     def open(self, image: Path, layout: Layout, arch: str, workdir: Path, *,
              grow_fs: bool) -> contextlib.AbstractContextManager[ImageTree]: ...
+
+    def shrink(self, image: Path) -> None:
+        """Shrink a grown image, closed, to what its root file system holds."""
+        ...
 
 
 def choose_backend(name: str | None) -> Backend:

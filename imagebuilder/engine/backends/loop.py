@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from imagebuilder.core.log import log, step
 from imagebuilder.core.run import run
+from imagebuilder.disk.ext4 import shrink_root
 from imagebuilder.disk.mount import mounted_image
 from imagebuilder.engine.apt import install_packages
 from imagebuilder.engine.backends.chroot import Chroot, chroot_session
@@ -74,9 +76,18 @@ def trim(root: Path) -> None:
         log.warning("fstrim %s failed: free blocks keep old data, so outputs compress less well", root)
 
 
+@dataclass(frozen=True)
 class LoopBackend:
     name = "loop"
     installs_packages = True
+    runs_checks = True
+
+    def key_material(self) -> dict[str, str]:
+        # The image as the nodes run it, made from its inputs alone: nothing to add.
+        return {}
+
+    def shrink(self, image: Path) -> None:
+        shrink_root(image)
 
     @contextlib.contextmanager
     def open(self, image: Path, layout: Layout, arch: str, workdir: Path, *,
