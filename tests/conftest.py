@@ -36,6 +36,15 @@ SECRETS = K3sSecrets("s" * 64, "a" * 64, "-----BEGIN CERTIFICATE-----\nTEST\n---
                      "-----BEGIN EC PRIVATE KEY-----\nCLIENT\n-----END EC PRIVATE KEY-----\n")
 
 
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """A run that will boot the armhf cluster, on a machine with no test base yet (a new machine's CI),
+    bootstraps the two bases side by side first."""
+    if any(item.nodeid.startswith("tests/test_boot_armhf.py") for item in session.items):
+        from tests.images import bootstrap_both_bases_at_once
+
+        bootstrap_both_bases_at_once()
+
+
 @pytest.fixture
 def recipe_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     # output.dir is relative to the current directory: keep a test's outputs in its own folder.

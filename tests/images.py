@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
+from imagebuilder.core.binfmt import ensure_binfmt
 from imagebuilder.core.cache import recipe_records, record_use
 from imagebuilder.core.context import Context
 from imagebuilder.core.log import setup_logging
 from imagebuilder.disk.copy import copy_image
 from imagebuilder.recipe.model import Bootstrap
 from imagebuilder.sources.base import BaseImage
-from imagebuilder.sources.bootstrap import bootstrap_base
-from tests.conftest import require_programs, require_root
+from imagebuilder.sources.bootstrap import bootstrap_base, cached_bootstrap
+from tests.conftest import ROOT, require_programs, require_root
 
 
 def make_context() -> Context:
@@ -34,6 +37,10 @@ QEMU_USER = {"arm64": "qemu-aarch64-static", "armhf": "qemu-arm-static"}
 SECURITY = {"arm64": True, "armhf": False}
 
 
+def base_spec(arch: str) -> Bootstrap:
+    return Bootstrap(suite="bookworm", layout="raspios", security=SECURITY[arch])
+
+
 def bootstrap_test_base(arch: str) -> BaseImage:
     """The bookworm bootstrap base for arch, from the machine's cache (built on first use: minutes)."""
     require_root()
@@ -42,11 +49,34 @@ def bootstrap_test_base(arch: str) -> BaseImage:
     ctx = make_context()
     try:
         with ctx.stack:
-            base = bootstrap_base(ctx, Bootstrap(suite="bookworm", layout="raspios", security=SECURITY[arch]), arch)
+            base = bootstrap_base(ctx, base_spec(arch), arch)
     except Exception as e:  # pragma: no cover - reported, not hidden
         pytest.fail(f"bootstrap failed: {e}")
     keep_in_cache(ctx.cache_dir, arch, [base.path, *base.origin])
     return base
+
+
+def bootstrap_both_bases_at_once() -> None:
+    """On a machine that has neither test base, bootstrap the armhf one in a second process while this one
+    bootstraps arm64, before any test runs (so no test sees the other's loop devices and processes). Each
+    is one emulated dpkg at a time for most of its minutes, and the machine has two cores. Where the
+    second process fails, armhf_base() tries again when a test asks for it, and reports."""
+    if os.geteuid() != 0 or not all(shutil.which(p) for p in ("mmdebstrap", *QEMU_USER.values())):
+        return  # the tests that need a base say what is missing
+    cache_dir = make_context().cache_dir
+    if any(cached_bootstrap(cache_dir, base_spec(arch), arch) for arch in QEMU_USER):
+        return
+    for arch in QEMU_USER:  # registered here once, not by two processes at the same moment
+        ensure_binfmt(arch)
+    second = subprocess.Popen([sys.executable, "-c", "from tests.images import armhf_base; armhf_base()"],
+                              cwd=ROOT)
+    try:
+        arm64_base()
+    except BaseException:
+        second.terminate()  # it unwinds: no mount, loop device or partial base left
+        raise
+    finally:
+        second.wait()
 
 
 def keep_in_cache(cache_dir: Path, arch: str, used: list[Path]) -> None:
