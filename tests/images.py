@@ -85,10 +85,8 @@ def keep_in_cache(cache_dir: Path, arch: str, used: list[Path]) -> None:
     The tests write their recipes into temporary folders, and a recipe whose file is gone keeps nothing in
     the cache, so without this every run would bootstrap the bases again (minutes each)."""
     me = Path(__file__).resolve()
-    previous = [r for r in recipe_records(cache_dir) if r.get("recipe") == str(me)]
-    builds = previous[0].get("builds") if previous else None
-    others = [cache_dir / name for name in (builds[0].get("uses", []) if isinstance(builds, list) and builds else [])
-              if f"-{arch}-" not in name]
+    previous = [r for r in recipe_records(cache_dir) if r.recipe == me and r.builds]
+    others = [cache_dir / name for name in (previous[0].builds[0].uses if previous else ()) if f"-{arch}-" not in name]
     record_use(cache_dir, me, "imagebuilder test suite", [*used, *others])
 
 

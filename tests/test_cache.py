@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from imagebuilder.cli.main import main
-from imagebuilder.core.cache import GRACE, list_entries, prune, record_use, touch
+from imagebuilder.core.cache import GRACE, RECIPE_RECORD_VERSION, list_entries, prune, recipe_records, record_use, touch
 from tests.conftest import ROOT
 
 DAY = 86400.0
@@ -101,6 +101,21 @@ def test_a_deleted_recipe_keeps_nothing(cache: Path) -> None:
     assert "stages/common-b.img" in removed and "compressed/" + "ef" * 32 + ".img.zst" in removed
     assert "stages/common-a.img" not in removed
     assert len(list((cache / "recipes").glob("*.json"))) == 1
+
+
+def test_a_record_of_another_version_keeps_nothing_and_the_next_build_writes_it_again(cache: Path) -> None:
+    record = next((cache / "recipes").glob("*.json"))
+    data = json.loads(record.read_text())
+    assert data["version"] == RECIPE_RECORD_VERSION
+    record.write_text(json.dumps({**data, "version": RECIPE_RECORD_VERSION + 1}))
+    kept = {r.cluster for r in recipe_records(cache)}
+    assert len(kept) == 1  # the other recipe's record is still read
+    removed = {e.name for e in prune(cache)}
+    lost = "alpha" if "alpha" not in kept else "beta"
+    assert ("stages/common-a.img" if lost == "alpha" else "stages/common-b.img") in removed
+    assert not record.exists()
+    record_use(cache, Path(data["recipe"]), lost, [cache / "stages/master-older.img"])
+    assert [r.builds[0].uses for r in recipe_records(cache) if r.cluster == lost] == [("stages/master-older.img",)]
 
 
 def test_clear_removes_all_but_what_is_held(cache: Path) -> None:

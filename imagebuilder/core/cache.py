@@ -115,47 +115,71 @@ def recipe_id(recipe_path: Path) -> str:
     return hashlib.sha256(str(recipe_path.resolve()).encode()).hexdigest()[:16]
 
 
+# The version of the recipe records below; a record of another version keeps nothing, and the recipe's
+# next build writes it again.
+RECIPE_RECORD_VERSION = 1
+
+
+@dataclass(frozen=True)
+class BuildUse:
+    at: float  # when the build ended (time.time())
+    uses: tuple[str, ...]  # entry names, kind/file
+
+
+@dataclass(frozen=True)
+class RecipeUse:
+    """What the last builds of one recipe used: recipes/<recipe id>.json."""
+    file: Path  # the record itself
+    recipe: Path
+    cluster: str
+    builds: tuple[BuildUse, ...]  # the newest first, BUILDS_KEPT at most
+
+    def to_json(self) -> str:
+        return json.dumps({"version": RECIPE_RECORD_VERSION, "recipe": str(self.recipe), "cluster": self.cluster,
+                           "builds": [{"at": b.at, "uses": list(b.uses)} for b in self.builds]}, indent=1) + "\n"
+
+    def is_current(self, now: float, keep_days: float) -> bool:
+        """Whether it still keeps its entries: the recipe's file exists and it was built lately."""
+        return bool(self.builds) and self.recipe.is_file() and now - self.builds[0].at <= keep_days * 86400
+
+
+def read_recipe_use(path: Path) -> RecipeUse | None:
+    """The record at `path`, or None where it is missing, damaged or of another version."""
+    try:
+        data = json.loads(path.read_text())
+        if not isinstance(data, dict) or data.get("version") != RECIPE_RECORD_VERSION:
+            return None
+        builds = tuple(BuildUse(float(b["at"]), tuple(str(u) for u in b["uses"])) for b in data["builds"])
+        return RecipeUse(path, Path(str(data["recipe"])), str(data["cluster"]), builds)
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
+
+
 def record_use(cache_dir: Path, recipe_path: Path, cluster: str, used: list[Path]) -> None:
     """Remember what a build of this recipe used (the entries it must keep), beside its previous builds."""
     path = cache_dir / "recipes" / f"{recipe_id(recipe_path)}.json"
-    try:
-        record = json.loads(path.read_text())
-    except (OSError, ValueError):
-        record = {"builds": []}
-    names = sorted({str(p.relative_to(cache_dir)) for p in used if p.is_relative_to(cache_dir)})
-    builds = [{"at": time.time(), "uses": names}, *record.get("builds", [])][:BUILDS_KEPT]
+    previous = read_recipe_use(path)
+    names = tuple(sorted({str(p.relative_to(cache_dir)) for p in used if p.is_relative_to(cache_dir)}))
+    builds = (BuildUse(time.time(), names), *(previous.builds if previous else ()))[:BUILDS_KEPT]
+    record = RecipeUse(path, recipe_path.resolve(), cluster, builds)
     with atomic_output(path) as tmp:
-        tmp.write_text(json.dumps({"recipe": str(recipe_path.resolve()), "cluster": cluster, "builds": builds},
-                                  indent=1) + "\n")
+        tmp.write_text(record.to_json())
 
 
-def recipe_records(cache_dir: Path) -> list[dict[str, object]]:
-    records = []
-    for path in sorted((cache_dir / "recipes").glob("*.json")):
-        with contextlib.suppress(OSError, ValueError):
-            records.append({**json.loads(path.read_text()), "file": path})
-    return records
-
-
-def _is_current(record: dict[str, object], now: float, keep_days: float) -> bool:
-    """Whether a recipe's record still keeps its entries: its file exists and it was built lately."""
-    builds = record.get("builds")
-    if not isinstance(builds, list) or not builds or not Path(str(record.get("recipe", ""))).is_file():
-        return False
-    return now - float(builds[0].get("at", 0)) <= keep_days * 86400
+def recipe_records(cache_dir: Path) -> list[RecipeUse]:
+    """The readable records; a file that is not one is left for prune to remove."""
+    found = (read_recipe_use(path) for path in sorted((cache_dir / "recipes").glob("*.json")))
+    return [record for record in found if record is not None]
 
 
 def in_use(cache_dir: Path, now: float, keep_days: float = KEEP_DAYS) -> dict[str, list[str]]:
     """Entry name (kind/file) -> clusters whose builds of the last keep_days use it."""
     users: dict[str, list[str]] = {}
     for record in recipe_records(cache_dir):
-        if not _is_current(record, now, keep_days):
-            continue
-        builds = record["builds"]
-        assert isinstance(builds, list)
-        for build in builds:
-            for name in build.get("uses", []):
-                users.setdefault(str(name), []).append(str(record.get("cluster", "?")))
+        if record.is_current(now, keep_days):
+            for build in record.builds:
+                for name in build.uses:
+                    users.setdefault(name, []).append(record.cluster)
     return users
 
 
@@ -171,9 +195,10 @@ def prune(cache_dir: Path, *, keep_days: float = KEEP_DAYS, everything: bool = F
             continue
         if _remove(entry):
             removed.append(entry)
-    for record in recipe_records(cache_dir):
-        if everything or not _is_current(record, now, keep_days):
-            Path(str(record["file"])).unlink(missing_ok=True)
+    for path in sorted((cache_dir / "recipes").glob("*.json")):
+        record = read_recipe_use(path)
+        if everything or record is None or not record.is_current(now, keep_days):
+            path.unlink(missing_ok=True)
     return removed
 
 
