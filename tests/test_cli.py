@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from tests.conftest import ROOT, VALID
+from tests.conftest import ROOT, VALID, as_another_user
 
 
 def imagebuilder(*args: str) -> subprocess.CompletedProcess[str]:
@@ -161,3 +161,17 @@ def test_a_bug_keeps_its_traceback(monkeypatch) -> None:  # type: ignore[no-unty
     for argv in (["images"], ["images", "--debug"]):
         with pytest.raises(KeyError):  # not an expected error: it reaches Python, which prints the traceback
             cli.main(argv)
+
+
+def test_a_build_that_mounts_asks_for_root_and_one_that_does_not_goes_on() -> None:
+    """The loop backend mounts on this host, so it needs root; guestfs and a plan do not (the backend says)."""
+    def as_nobody(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(as_another_user([sys.executable, "-m", "imagebuilder", *args]), capture_output=True,
+                              text=True, cwd=ROOT, check=False)
+
+    refused = as_nobody("build", "--backend", "loop", "recipes/cluster.yaml")
+    assert refused.returncode == 2
+    assert refused.stderr.startswith("imagebuilder: imagebuilder build needs root"), refused.stderr
+    for args in (("--backend", "loop", "--plan"), ("--backend", "guestfs", "--plan")):
+        planned = as_nobody("build", *args, "recipes/cluster.yaml")
+        assert "needs root" not in planned.stderr, planned.stderr

@@ -13,6 +13,7 @@ from imagebuilder.cli.command import Command, add_recipe_argument
 from imagebuilder.core.access import access_denied
 from imagebuilder.core.context import Context
 from imagebuilder.core.errors import ImageBuilderError
+from imagebuilder.engine.backends.interface import BACKENDS, choose_backend
 from imagebuilder.outputs.imager import make_imager_repo
 from imagebuilder.recipe.load import load_recipe, warn_if_nobody_logs_in
 from imagebuilder.recipe.model import Recipe
@@ -57,7 +58,7 @@ def _build_arguments(parser: argparse.ArgumentParser) -> None:
     add_recipe_argument(parser)
     parser.add_argument("--per-node", action="store_true",
                         help="also write <hostname>.img per known worker, each with its hostname seed")
-    parser.add_argument("--backend", choices=("loop", "guestfs"), default=None,
+    parser.add_argument("--backend", choices=BACKENDS, default=None,
                         help="loop: mount and chroot, as root; guestfs: libguestfs, no root, packages installed "
                              "at first boot (default: loop as root, guestfs otherwise)")
     parser.add_argument("--plan", action="store_true",
@@ -116,11 +117,15 @@ def imager_repo(ctx: Context, args: argparse.Namespace) -> int:
     return 0
 
 
+def _mounts(args: argparse.Namespace) -> bool:
+    """Whether the build mounts on this host (a plan only reads)."""
+    return not args.plan and choose_backend(args.backend).mounts
+
+
 COMMANDS = [
     Command("fetch", "download, verify and cache a base image; print its path", _fetch_arguments, fetch),
     Command("build", "build the master and worker images of a recipe", _build_arguments, build,
-            needs_root=lambda args: args.backend == "loop" and not args.plan,
-            isolate=lambda args: not args.plan and args.backend != "guestfs"),
+            needs_root=_mounts, isolate=_mounts),
     Command("imager-repo", "write os_list.json, a Raspberry Pi Imager repository of the built images (and "
             "the .img.xz copies it downloads)",
             _imager_repo_arguments, imager_repo),

@@ -278,6 +278,7 @@ class GuestfsBackend:
     name = "guestfs"
     installs_packages = False
     runs_checks = False
+    mounts = False
 
     def key_material(self) -> dict[str, str]:
         # The same inputs as a loop stage make another image (no package installed, nothing run in it):

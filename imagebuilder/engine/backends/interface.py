@@ -49,6 +49,8 @@ class Backend(Protocol):
     def installs_packages(self) -> bool: ...  # False: cloud-init installs them at first boot
     @property
     def runs_checks(self) -> bool: ...  # False: the checks of generated files are skipped, with a warning
+    @property
+    def mounts(self) -> bool: ...  # True: it mounts on this host, so it needs root and a mount namespace
 
     def key_material(self) -> dict[str, str]:
         """What a stage's cache key adds to its inputs for this backend."""

@@ -81,6 +81,7 @@ class LoopBackend:
     name = "loop"
     installs_packages = True
     runs_checks = True
+    mounts = True
 
     def key_material(self) -> dict[str, str]:
         # The image as the nodes run it, made from its inputs alone: nothing to add.
