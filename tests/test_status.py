@@ -17,7 +17,8 @@ import pytest
 
 from imagebuilder.cli.status import POLL as POLL_SECONDS
 from imagebuilder.core.resources import spawned
-from imagebuilder.status.table import format_table, nodes_url
+from imagebuilder.status.nodelist import read_node_list
+from imagebuilder.status.table import StatusError, format_table, nodes_url
 from tests.conftest import ROOT
 from tests.test_beacon import COLLECTOR
 from tests.test_collector import EXPECTED, packet
@@ -145,9 +146,9 @@ def test_nodes_url() -> None:
 
 
 def test_table_shows_control_characters_escaped() -> None:
-    table = format_table({"cluster": "x", "nodes": [
+    table = format_table(read_node_list({"cluster": "x", "nodes": [
         {"hostname": "evil\x1b[2Jname", "role": "worker", "state": "up", "age": 1.0, "ip": "10.0.0.5",
-         "last": None}]})
+         "last": None}]}, "test"))
     assert "\x1b" not in table and "evil\\x1b[2Jname" in table
 
 
@@ -243,3 +244,14 @@ def test_scan_prints_the_entries_of_workers_not_in_the_table(dashboard: tuple[st
     assert [(w["hostname"], w["mac"]) for w in listed["workers"]] == [
         ("node1", "b8:27:eb:00:00:01"), ("node2", "dc:a6:32:00:00:07"), ("node3", "dc:a6:32:00:00:08")]
     assert imagebuilder("scan", str(recipe), url).stdout == ""
+
+
+@pytest.mark.parametrize("document", [
+    [], {"nodes": {}}, {"nodes": [1]}, {"nodes": [{"hostname": 5, "role": "worker", "state": "up"}]},
+    {"nodes": [{"hostname": "n", "role": "worker", "state": "up", "last": {"load": [1, 2]}}]},
+    {"nodes": [{"hostname": "n", "role": "worker", "state": "up", "age": float("nan")}]},
+])
+def test_a_document_that_is_not_a_node_list_is_one_error(document: object) -> None:
+    """Any server may answer at the URL a user gives: what is not a node list is refused where it is read."""
+    with pytest.raises(StatusError, match=r"^http://m/api/nodes did not return a node list \("):
+        read_node_list(document, "http://m/api/nodes")

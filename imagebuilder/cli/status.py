@@ -8,7 +8,6 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 from imagebuilder.cli.command import Command, add_recipe_argument
 from imagebuilder.cli.recipes import add_json_argument
@@ -17,6 +16,7 @@ from imagebuilder.core.errors import ImageBuilderError
 from imagebuilder.core.log import log
 from imagebuilder.recipe.load import load_recipe
 from imagebuilder.recipe.model import Monitoring, Recipe
+from imagebuilder.status.nodelist import NodeList
 from imagebuilder.status.readiness import Expected, expected_from_recipe, format_entries, new_workers, waiting_for
 from imagebuilder.status.table import Listener, StatusError, fetch_nodes, format_table
 
@@ -64,7 +64,7 @@ class Source:
             if args.listen else None
         self.seconds = args.seconds
 
-    def read(self, seconds: float | None = None) -> dict[str, Any]:
+    def read(self, seconds: float | None = None) -> NodeList:
         if self.listener is not None:
             return self.listener.collect(seconds or self.seconds)
         return fetch_nodes(self.url)
@@ -88,12 +88,12 @@ def _show_status(ctx: Context, args: argparse.Namespace) -> int:
         return _wait(source, expected_from_recipe(recipe) if recipe else None, args)
     first = True
     while True:
-        document = source.read(None if first else args.watch)
+        nodes = source.read(None if first else args.watch)
         if args.json:
             # One JSON document per line, so --watch gives a stream a program reads line by line.
-            print(json.dumps(document), flush=True)
+            print(json.dumps(nodes.document), flush=True)
         else:
-            table = format_table(document)
+            table = format_table(nodes)
             if args.watch is not None and sys.stdout.isatty():
                 table = "\x1b[H\x1b[2J" + table  # redraw in place
             elif not first:
@@ -112,16 +112,16 @@ POLL = 2.0  # seconds between two looks while waiting (the beacons come every 5 
 def _wait(source: Source, expected: Expected | None, args: argparse.Namespace) -> int:
     """Ask until the cluster is up or the deadline passes; say what changed while waiting."""
     deadline = time.monotonic() + args.wait
-    document: dict[str, Any] | None = None
+    nodes: NodeList | None = None
     said: list[str] = []
     while True:
         try:
-            document = source.read(POLL)
-            missing = waiting_for(document, expected)
+            nodes = source.read(POLL)
+            missing = waiting_for(nodes, expected)
         except StatusError as e:
             missing = [f"the master: {e.message}"]  # still booting, or not on this LAN
-        if document is not None and not missing:
-            _print_document(document, args.json)
+        if nodes is not None and not missing:
+            _print_nodes(nodes, args.json)
             log.info("the cluster is up: every node of its table")
             return 0
         if missing != said:
@@ -131,16 +131,16 @@ def _wait(source: Source, expected: Expected | None, args: argparse.Namespace) -
             break
         if source.listener is None:
             time.sleep(min(POLL, max(0.0, deadline - time.monotonic())))
-    if document is not None:
-        _print_document(document, args.json)
+    if nodes is not None:
+        _print_nodes(nodes, args.json)
     print(f"imagebuilder: the cluster is not up after {args.wait:.0f} s:", file=sys.stderr)
     for line in missing:
         print(f"  {line}", file=sys.stderr)
     return 3
 
 
-def _print_document(document: dict[str, Any], as_json: bool) -> None:
-    print(json.dumps(document) if as_json else format_table(document), flush=True)
+def _print_nodes(nodes: NodeList, as_json: bool) -> None:
+    print(json.dumps(nodes.document) if as_json else format_table(nodes), flush=True)
 
 
 def _scan_arguments(parser: argparse.ArgumentParser) -> None:
@@ -151,8 +151,7 @@ def _scan_arguments(parser: argparse.ArgumentParser) -> None:
 def scan(ctx: Context, args: argparse.Namespace) -> int:
     """Print the workers[] entries of the workers heard that the recipe's table does not name."""
     recipe = load_recipe(args.recipe)
-    document = Source(ctx, args, recipe).read()
-    found = new_workers(document, recipe)
+    found = new_workers(Source(ctx, args, recipe).read(), recipe)
     if not found:
         print(f"# every worker heard is in {args.recipe}'s table", file=sys.stderr)
         return 0

@@ -9,10 +9,10 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
-from typing import Any
 
 from imagebuilder.recipe.fields import check_hostname
 from imagebuilder.recipe.model import Recipe
+from imagebuilder.status.nodelist import NodeList, NodeRow
 
 
 @dataclass(frozen=True)
@@ -45,46 +45,51 @@ def images_carry_k3s(recipe: Recipe) -> bool:
     return isinstance(manifest, dict) and manifest.get("k3s_binary") == "included"
 
 
-def _find(rows: list[dict[str, Any]], node: TableNode) -> dict[str, Any] | None:
+def _find(rows: tuple[NodeRow, ...], node: TableNode) -> NodeRow | None:
     """The row of a table node: by MAC for a worker, by name for the master (whose MAC the build never knew)."""
     for row in rows:
-        if row.get("state") == "expected":
+        if row.state == "expected":
             continue
-        if node.mac is not None and row.get("mac") == node.mac:
+        if node.mac is not None and row.mac == node.mac:
             return row
-        if node.mac is None and row.get("role") == node.role and row.get("hostname") == node.hostname:
+        if node.mac is None and row.role == node.role and row.hostname == node.hostname:
             return row
     return None
 
 
-def node_missing(row: dict[str, Any] | None, role: str, want_k3s: bool) -> list[str]:
+def node_missing(row: NodeRow | None, role: str, want_k3s: bool) -> list[str]:
     """What one node still lacks to count as up; empty when it is."""
-    if row is None or row.get("state") == "expected":
+    if row is None or row.state == "expected":
         return ["not heard yet"]
     missing = []
-    if row.get("state") != "up":
-        missing.append(f"{row.get('state')}: last heard {row.get('age')} s ago")
-    last = row.get("last") or {}
-    if last.get("cloud_init") != "done":
-        missing.append(f"cloud-init {last.get('cloud_init') or 'not reported'}")
-    if role == "worker" and not last.get("jobs"):
+    if row.state != "up":
+        missing.append(f"{row.state}: last heard {_seconds(row.age)} s ago")
+    last = row.last
+    cloud_init = last.cloud_init if last else None
+    if cloud_init != "done":
+        missing.append(f"cloud-init {cloud_init or 'not reported'}")
+    if role == "worker" and not (last and last.jobs):
         missing.append("/srv/jobs not mounted")
-    if want_k3s and not last.get("k3s"):
+    if want_k3s and not (last and last.k3s):
         missing.append("k3s not running")
     return missing
 
 
-def waiting_for(document: dict[str, Any], expected: Expected | None) -> list[str]:
+def _seconds(age: float | None) -> str:
+    return "?" if age is None else f"{age:g}"
+
+
+def waiting_for(nodes: NodeList, expected: Expected | None) -> list[str]:
     """One line per node that is not up yet, saying what it lacks; empty when the cluster is up.
 
     Without a recipe the node list itself is the table: every node it names (the dashboard lists the
     cluster table's nodes it has not heard as "expected")."""
-    rows: list[dict[str, Any]] = document.get("nodes", [])
+    rows = nodes.nodes
     if expected is None:
         # The dashboard's own table, k3s only where some node reports it running.
-        want_k3s = any((r.get("last") or {}).get("k3s") for r in rows)
-        return [f"{r.get('hostname')} ({r.get('role')}): {', '.join(lack)}"
-                for r in rows if (lack := node_missing(r, str(r.get("role")), want_k3s))]
+        want_k3s = any(r.last and r.last.k3s for r in rows)
+        return [f"{r.hostname} ({r.role}): {', '.join(lack)}"
+                for r in rows if (lack := node_missing(r, r.role, want_k3s))]
     lines = []
     for node in expected.nodes:
         lack = node_missing(_find(rows, node), node.role, expected.k3s)
@@ -102,19 +107,19 @@ class NewWorker:
     ip: str
 
 
-def new_workers(document: dict[str, Any], recipe: Recipe) -> list[NewWorker]:
+def new_workers(nodes: NodeList, recipe: Recipe) -> list[NewWorker]:
     """Workers heard whose MAC is not in the recipe's table, each with a name that follows the table's."""
     known = {w.mac for w in recipe.workers}
     taken = {w.hostname for w in recipe.workers} | {recipe.master.hostname}
     found = []
-    for row in sorted(document.get("nodes", []), key=lambda r: str(r.get("mac"))):
-        mac = row.get("mac")
-        if row.get("role") != "worker" or not mac or mac in known or row.get("state") == "expected":
+    for row in sorted(nodes.nodes, key=lambda r: r.mac or ""):
+        mac = row.mac
+        if row.role != "worker" or not mac or mac in known or row.state == "expected":
             continue
         known.add(mac)
-        name = _next_name(taken, str(row.get("hostname"))) or f"node-{mac.replace(':', '')[-6:]}"
+        name = _next_name(taken, row.hostname) or f"node-{mac.replace(':', '')[-6:]}"
         taken.add(name)
-        found.append(NewWorker(name, mac, str(row.get("hostname")), str(row.get("ip") or "")))
+        found.append(NewWorker(name, mac, row.hostname, row.ip or ""))
     return found
 
 

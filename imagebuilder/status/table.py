@@ -10,17 +10,14 @@ from __future__ import annotations
 
 import select
 import time
-from typing import Any
 
 import requests
 
 from imagebuilder.core.context import Context
-from imagebuilder.core.errors import ImageBuilderError
 from imagebuilder.status import nodetable
+from imagebuilder.status.nodelist import NodeList, NodeRow, StatusError, read_node_list
 
-
-class StatusError(ImageBuilderError):
-    """The master or the beacons could not be read."""
+__all__ = ["StatusError", "fetch_nodes", "format_table", "nodes_url"]
 
 
 def nodes_url(url: str) -> str:
@@ -29,14 +26,14 @@ def nodes_url(url: str) -> str:
     return url if url.rstrip("/").endswith("/api/nodes") else url.rstrip("/") + "/api/nodes"
 
 
-def fetch_nodes(url: str, timeout: float = 5.0) -> dict[str, Any]:
+def fetch_nodes(url: str, timeout: float = 5.0) -> NodeList:
     """The master's /api/nodes document."""
     target = nodes_url(url)
     hint = "is the master up, and this machine on its LAN? the dashboard listens on the master's LAN address"
     try:
         response = requests.get(target, timeout=timeout)
         response.raise_for_status()
-        document: dict[str, Any] = response.json()
+        document = response.json()
     except requests.ConnectionError as e:
         raise StatusError(f"cannot reach {target}: {_reason(e)}", hint) from None
     except requests.Timeout:
@@ -46,9 +43,7 @@ def fetch_nodes(url: str, timeout: float = 5.0) -> dict[str, Any]:
                           "give the dashboard's address, e.g. http://10.0.0.1:8080") from None
     except ValueError:
         raise StatusError(f"{target} did not return JSON", "is that an imagebuilder dashboard?") from None
-    if not isinstance(document, dict) or not isinstance(document.get("nodes"), list):
-        raise StatusError(f"{target} did not return a node list", "is that an imagebuilder dashboard?")
-    return document
+    return read_node_list(document, target)
 
 
 def _reason(error: Exception) -> str:
@@ -72,14 +67,15 @@ class Listener:
         self.nodes = nodetable.Nodes()
         self.interface = interface
 
-    def collect(self, seconds: float) -> dict[str, Any]:
+    def collect(self, seconds: float) -> NodeList:
         deadline = time.monotonic() + seconds
         while (left := deadline - time.monotonic()) > 0:
             ready, _, _ = select.select([self.sock], [], [], left)
             if ready:
                 data, (source, _) = self.sock.recvfrom(nodetable.MAX_PACKET + 1)
                 self.nodes.receive(data, source, None)
-        return {"cluster": f"beacons on {self.interface}", "now": time.time(), "nodes": self.nodes.snapshot()}
+        document = {"cluster": f"beacons on {self.interface}", "now": time.time(), "nodes": self.nodes.snapshot()}
+        return read_node_list(document, f"the beacons on {self.interface}")
 
 
 COLUMNS = ("NODE", "ROLE", "STATE", "SEEN", "IP", "MAC", "CPU", "MEM", "LOAD", "TEMP", "DISK", "K3S", "JOBS",
@@ -92,31 +88,30 @@ def _age(seconds: float | None) -> str:
     return f"{seconds:.0f}s" if seconds < 90 else f"{seconds / 60:.0f}m" if seconds < 5400 else f"{seconds / 3600:.0f}h"
 
 
-def _row(node: dict[str, Any]) -> tuple[str, ...]:
-    p = node.get("last")
-    head = (str(node.get("hostname")), str(node.get("role")), str(node.get("state")), _age(node.get("age")),
-            str(node.get("ip") or "-"), str(node.get("mac") or "-"))
-    if not p:
+def _row(node: NodeRow) -> tuple[str, ...]:
+    p = node.last
+    head = (node.hostname, node.role, node.state, _age(node.age), node.ip or "-", node.mac or "-")
+    if p is None:
         return head + ("-",) * (len(COLUMNS) - len(head))
-    mem = 100 * (1 - p["mem_available"] / p["mem_total"]) if p["mem_total"] else 0
-    disk = 100 * p["disk_used"] / p["disk_total"] if p["disk_total"] else 0
+    mem = 100 * (1 - p.mem_available / p.mem_total) if p.mem_total else 0
+    disk = 100 * p.disk_used / p.disk_total if p.disk_total else 0
     return head + (
-        "-" if p["cpu"] is None else f"{p['cpu']:.0f}%", f"{mem:.0f}%", f"{p['load'][0]:.2f}",
-        "-" if p["temp"] is None else f"{p['temp']:.0f}C", f"{disk:.0f}%",
-        "?" if p["k3s"] is None else "up" if p["k3s"] else "down", "yes" if p["jobs"] else "no",
-        p["cloud_init"] or "?",
+        "-" if p.cpu is None else f"{p.cpu:.0f}%", f"{mem:.0f}%", f"{p.load[0]:.2f}",
+        "-" if p.temp is None else f"{p.temp:.0f}C", f"{disk:.0f}%",
+        "?" if p.k3s is None else "up" if p.k3s else "down", "yes" if p.jobs else "no",
+        p.cloud_init or "?",
     )
 
 
-def format_table(document: dict[str, Any]) -> str:
+def format_table(nodes: NodeList) -> str:
     """The node list as aligned text columns, one line per node, and a line of totals."""
-    rows = [COLUMNS, *(_row(n) for n in document["nodes"])]
+    rows = [COLUMNS, *(_row(n) for n in nodes.nodes)]
     # Control characters in a hostile hostname must not drive the terminal.
     rows = [tuple(c.encode("unicode_escape").decode() if not c.isprintable() else c for c in r) for r in rows]
     widths = [max(len(r[i]) for r in rows) for i in range(len(COLUMNS))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
     counts: dict[str, int] = {}
-    for n in document["nodes"]:
-        counts[n.get("state")] = counts.get(n.get("state"), 0) + 1
+    for n in nodes.nodes:
+        counts[n.state] = counts.get(n.state, 0) + 1
     summary = ", ".join(f"{v} {k}" for k, v in counts.items()) or "no nodes"
-    return "\n".join([*lines, f"{document.get('cluster') or 'cluster'}: {summary}"])
+    return "\n".join([*lines, f"{nodes.cluster}: {summary}"])
