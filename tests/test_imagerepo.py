@@ -13,6 +13,7 @@ import pytest
 
 from imagebuilder.cli.main import main
 from imagebuilder.outputs.imager import write_os_list
+from imagebuilder.outputs.manifest import MANIFEST, Manifest, ManifestImage
 from imagebuilder.recipe.load import load_recipe
 from imagebuilder.recipe.model import Recipe
 from tests.conftest import ROOT, VALID, as_another_user, lock_away, require_programs
@@ -97,8 +98,12 @@ def test_the_builds_digests_make_the_same_list(recipe: Recipe) -> None:
 def test_devices_are_the_boards_verify_passed(recipe: Recipe) -> None:
     out = recipe.output_dir
     _build_outputs(out)
-    (out / "manifest.json").write_text(json.dumps({"images": {"master": {"boards": ["pi3b", "pi3b+", "pi4b"]},
-                                                              "worker": {"boards": ["pi3b"]}}}))
+    def image(role: str, boards: tuple[str, ...]) -> ManifestImage:
+        return ManifestImage(f"{role}.img", "0" * 64, 1, boards, (f"{role}.img",), {}, (), ())
+
+    (out / MANIFEST).write_text(Manifest(
+        "0", "2026-01-01T00:00:00+00:00", "r.yaml", "0" * 64, "c", "arm64", "v1", None, "0" * 64, "bootstrap", 0,
+        {"master": image("master", ("pi3b", "pi3b+", "pi4b")), "worker": image("worker", ("pi3b",))}).to_json())
     doc = json.loads(write_os_list(out, recipe).read_text())
     devices = {e["name"].rsplit(": ", 1)[1]: e["devices"] for e in doc["os_list"]}
     assert devices == {"master": ["pi3-64bit", "pi4-64bit"], "worker": ["pi3-64bit"]}

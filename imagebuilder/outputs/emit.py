@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import datetime
 import hashlib
-import json
 from pathlib import Path
 
 from imagebuilder import __version__
@@ -29,6 +28,7 @@ from imagebuilder.disk.usage import Usage, fat_used, merge
 from imagebuilder.engine.entry import StageResult, share_checked
 from imagebuilder.outputs.compress import COMPRESSORS, compress_cached, extension
 from imagebuilder.outputs.imager import OS_LIST, write_os_list
+from imagebuilder.outputs.manifest import MANIFEST, Manifest, ManifestImage
 from imagebuilder.outputs.sbom import SCHEMA, ImageContents, ImageFile, render_sbom, sbom_name, validate_sbom
 from imagebuilder.outputs.signing import SUMS_SIG
 from imagebuilder.outputs.state import EmitState, ImageOutputs, MadeFrom, OutputFile, read_state, write_state
@@ -63,30 +63,21 @@ def write_index(ctx: Context, recipe: Recipe, base: BaseImage, results: dict[str
     and the emit state; return the cache entries the images came from (the compressed copies)."""
     out = recipe.output_dir
     state = EmitState(recipe.digest, records)
-    images: dict[str, dict[str, object]] = {}
+    images: dict[str, ManifestImage] = {}
     digests: dict[str, str] = {}
     with step(f"write SHA256SUMS and manifest.json to {out}"):
         for role, result in results.items():
             record = records[role]
             digests.update({name: entry.sha256 for name, entry in record.files.items()})
             raw = record.files[f"{role}.img"]
-            images[role] = {"file": f"{role}.img", "sha256": raw.sha256, "size": raw.size,
-                            "boards": list(record.boards),
-                            "files": list(record.files), "packages": result.packages,
-                            "overlay_files": result.files, "units": result.units}
+            images[role] = ManifestImage(f"{role}.img", raw.sha256, raw.size, record.boards, tuple(record.files),
+                                         result.packages, tuple(result.files), tuple(result.units))
         write_checksums(out, [Path(name) for name in digests], digests)
-        manifest = {
-            "builder_version": __version__,
-            "built_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-            "recipe": {"path": str(recipe.source), "sha256": recipe.digest},
-            "cluster": recipe.cluster.name, "arch": recipe.arch, "k3s_version": recipe.k3s.version,
-            # Which kind of images these are: with the k3s binary (and where it came from), or without.
-            "k3s_binary": "included" if k3s_source else "none", "k3s_assets": k3s_source or "none",
-            "base": {"sha256": base.sha256, "source": describe_base(recipe), "packages": len(base.packages)},
-            "images": images,
-        }
-        with atomic_output(out / "manifest.json", PRIVATE) as tmp:
-            tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+        manifest = Manifest(__version__, datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+                            str(recipe.source), recipe.digest, recipe.cluster.name, recipe.arch, recipe.k3s.version,
+                            k3s_source, base.sha256, describe_base(recipe), len(base.packages), images)
+        with atomic_output(out / MANIFEST, PRIVATE) as tmp:
+            tmp.write_text(manifest.to_json())
         # Imager downloads .img.xz: with that format the build keeps os_list.json current (with the digests
         # just listed in SHA256SUMS: nothing is read again); with another, `imagebuilder imager-repo` makes
         # the .img.xz and the list, and a list left from an xz build would be stale.

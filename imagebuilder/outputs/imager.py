@@ -32,6 +32,7 @@ from imagebuilder.core.errors import ImageBuilderError
 from imagebuilder.core.resources import atomic_output
 from imagebuilder.disk.imagefile import open_image
 from imagebuilder.outputs.compress import compress_cached
+from imagebuilder.outputs.manifest import read_manifest
 from imagebuilder.outputs.sbom import sbom_name
 from imagebuilder.recipe.load import summary
 from imagebuilder.recipe.model import Recipe
@@ -49,10 +50,9 @@ TAG_NAMES = {"pi5-64bit": "Raspberry Pi 5", "pi4-64bit": "Raspberry Pi 4", "pi4-
 def verified_tags(out_dir: Path, recipe: Recipe, role: str) -> list[str]:
     """The Imager tags of the boards `verify` passed for this image at build time (manifest.json); without
     a manifest, every board of the architecture."""
-    try:
-        boards = json.loads((out_dir / "manifest.json").read_text())["images"][role]["boards"]
-    except (OSError, ValueError, KeyError, TypeError):
-        boards = [b.name for b in boards_for(recipe.arch)]
+    manifest = read_manifest(out_dir)
+    image = manifest.images.get(role) if manifest else None
+    boards = image.boards if image else tuple(b.name for b in boards_for(recipe.arch))
     return list(dict.fromkeys(imager_tag(BOARDS[b], recipe.arch) for b in boards if b in BOARDS))
 DESCRIPTIONS = {
     "master": "the gateway: DHCP/DNS, NAT, NFS and the k3s server. Flash one card.",

@@ -6,10 +6,10 @@ the recipe's cluster table; neither sends anything to a node.
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 
+from imagebuilder.outputs.manifest import read_manifest
 from imagebuilder.recipe.fields import check_hostname
 from imagebuilder.recipe.model import Recipe
 from imagebuilder.status.nodelist import NodeList, NodeRow
@@ -38,11 +38,8 @@ def expected_from_recipe(recipe: Recipe) -> Expected:
 
 def images_carry_k3s(recipe: Recipe) -> bool:
     """From the last build's manifest: were the images built with the k3s binary?"""
-    try:
-        manifest = json.loads((recipe.output_dir / "manifest.json").read_text())
-    except (OSError, ValueError):
-        return False
-    return isinstance(manifest, dict) and manifest.get("k3s_binary") == "included"
+    manifest = read_manifest(recipe.output_dir)
+    return manifest is not None and manifest.carries_k3s
 
 
 def _find(rows: tuple[NodeRow, ...], node: TableNode) -> NodeRow | None:
