@@ -45,16 +45,20 @@ def test_sweep_takes_our_killed_temporary_directories_from_the_systems_folder_an
     theirs = tmp_path / "someone-elses"
     # The test suite's own folders, made by tests/conftest.py and test_wheel while a build runs: not ours.
     tests = tmp_path / "imagebuilder-test-abc123"
-    for d in (young, theirs, tests):
+    # Ours by name, another user's by owner: a root build must not take it.
+    another_users = tmp_path / f"{resources.TEMPORARY_PREFIX}nobody"
+    for d in (young, theirs, tests, another_users):
         d.mkdir()
+    os.chown(another_users, 65534, 65534)
     long_ago = 1_000_000_000
-    for d in (left, theirs, tests):
+    for d in (left, theirs, tests, another_users):
         os.utime(d, (long_ago, long_ago))
-    with temporary_directory(parent=tmp_path) as alive:
+    # A live command's directory, named as ours and as old: its lock keeps it.
+    with temporary_directory(prefix=resources.TEMPORARY_PREFIX, parent=tmp_path) as alive:
         os.utime(alive, (long_ago, long_ago))
         assert resources.sweep_partials([], temporary=tmp_path) == [left]
         assert alive.is_dir()
-    assert not left.exists() and young.is_dir() and theirs.is_dir() and tests.is_dir()
+    assert not left.exists() and all(d.is_dir() for d in (young, theirs, tests, another_users))
 
 
 def test_atomic_output_only_renames_when_complete(tmp_path: Path) -> None:
