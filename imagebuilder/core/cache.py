@@ -166,9 +166,13 @@ def record_use(cache_dir: Path, recipe_path: Path, cluster: str, used: list[Path
         tmp.write_text(record.to_json())
 
 
+def _record_files(cache_dir: Path) -> list[Path]:
+    return sorted((cache_dir / "recipes").glob("*.json"))
+
+
 def recipe_records(cache_dir: Path) -> list[RecipeUse]:
     """The readable records; a file that is not one is left for prune to remove."""
-    found = (read_recipe_use(path) for path in sorted((cache_dir / "recipes").glob("*.json")))
+    found = (read_recipe_use(path) for path in _record_files(cache_dir))
     return [record for record in found if record is not None]
 
 
@@ -195,7 +199,7 @@ def prune(cache_dir: Path, *, keep_days: float = KEEP_DAYS, everything: bool = F
             continue
         if _remove(entry):
             removed.append(entry)
-    for path in sorted((cache_dir / "recipes").glob("*.json")):
+    for path in _record_files(cache_dir):
         record = read_recipe_use(path)
         if everything or record is None or not record.is_current(now, keep_days):
             path.unlink(missing_ok=True)

@@ -54,6 +54,8 @@ def verified_tags(out_dir: Path, recipe: Recipe, role: str) -> list[str]:
     image = manifest.images.get(role) if manifest else None
     boards = image.boards if image else tuple(b.name for b in boards_for(recipe.arch))
     return list(dict.fromkeys(imager_tag(BOARDS[b], recipe.arch) for b in boards if b in BOARDS))
+
+
 DESCRIPTIONS = {
     "master": "the gateway: DHCP/DNS, NAT, NFS and the k3s server. Flash one card.",
     "worker": "flash every worker card with it; each names itself from its MAC at first boot.",
