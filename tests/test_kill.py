@@ -23,7 +23,9 @@ from pathlib import Path
 import pytest
 
 from imagebuilder.core.resources import PARTIAL
+from imagebuilder.sources.checksums import sha256_of
 from tests.conftest import ROOT, descendants, loop_devices, require_programs
+from tests.imagediff import differing_files, differing_ranges
 from tests.images import arm64_base, seeded_cache, small_recipe
 from tests.test_programs import build_tier_path
 
@@ -118,7 +120,8 @@ def finish_build(recipe: Path, cache: Path, marker: str, path: str | None = None
 def killed_at_every_stage(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, str]:
     """Builds killed at each named step on a cache holding only the base, then one that finishes, all with
     nothing on PATH but the build tier's programs (test_programs.build_tier_path): the cache then holds
-    every stage. Returns the recipe, the cache and the logs of the builds."""
+    every stage. Returns the recipe, the cache and the logs of the builds. The images it made stay beside
+    the recipe as first-<role>.img (links: later builds replace the outputs, not these files)."""
     require_programs("zstd")
     arm64_base()
     tmp_path = tmp_path_factory.mktemp("kill")
@@ -134,7 +137,10 @@ def killed_at_every_stage(tmp_path_factory: pytest.TempPathFactory) -> tuple[Pat
         proc = start(recipe, cache, tier)
         logs.append(kill_when(proc, line, delay))
         wait_for_the_kernel(str(tmp_path), f"while {what}")
-    return recipe, cache, "".join(logs) + finish_build(recipe, cache, str(tmp_path), tier)
+    finished = finish_build(recipe, cache, str(tmp_path), tier)
+    for role in ("master", "worker"):
+        os.link(tmp_path / "out" / "killtest" / f"{role}.img", tmp_path / f"first-{role}.img")
+    return recipe, cache, "".join(logs) + finished
 
 
 def change_overlay(folder: Path, text: str) -> None:
@@ -155,6 +161,32 @@ def test_the_build_tier_is_enough_for_a_whole_build(killed_at_every_stage: tuple
     log = killed_at_every_stage[2]
     for stage in ("common", "master-packages", "master", "worker-packages", "worker"):
         assert re.search(rf"^\s*✓ stage {stage} \(", log, re.M), f"no build made {stage}"
+
+
+@pytest.mark.integration
+def test_a_second_build_from_the_base_gives_the_same_images(killed_at_every_stage: tuple[Path, Path, str],
+                                                             tmp_path: Path) -> None:
+    """Issue 28: the same recipe, base and cluster state, built again minutes later on a cache holding only
+    the base, gives bit-identical master.img and worker.img (the first build's stages were made by
+    different processes, some of them killed). When they differ, the files that do are the message."""
+    recipe = killed_at_every_stage[0]
+    folder = recipe.parent
+    change_overlay(folder, "first")  # as the fixture's builds had it
+    cache = tmp_path / "cache"
+    seeded_cache(cache)
+    again = folder / "again.yaml"  # beside the first: its overlay folder is the same
+    again.write_text(small_recipe("killtest", tmp_path / "out", extra="overlays: [extra]\n"))
+    result = subprocess.run([sys.executable, "-m", "imagebuilder", "--cache-dir", str(cache), "build", str(again)],
+                            cwd=ROOT, capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = []
+    for role in ("master", "worker"):
+        first, second = folder / f"first-{role}.img", tmp_path / "out" / "killtest" / f"{role}.img"
+        if sha256_of(first) != sha256_of(second):
+            report += [f"{role}.img differs:", *differing_files(first, second, tmp_path / f"diff-{role}"),
+                       *differing_ranges(first, second)]
+    assert report == [], "\n".join(report)
+    assert left_behind(str(tmp_path)) == []
 
 
 class Lines:

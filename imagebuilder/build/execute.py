@@ -7,6 +7,7 @@ import functools
 from dataclasses import dataclass
 from pathlib import Path
 
+from imagebuilder.build.epoch import build_epoch
 from imagebuilder.build.plan import BuildPlan, Inputs, plan_build, role_packages
 from imagebuilder.core.beside import run_beside
 from imagebuilder.core.cache import prune, record_use, sweep
@@ -58,10 +59,11 @@ def read_plan(ctx: Context, recipe: Recipe, backend: str | None = None) -> Build
         base = cached_bootstrap(ctx.cache_dir, recipe.base.bootstrap, recipe.arch)
     else:
         base = cached_base(ctx.cache_dir, recipe)
-    inputs = Inputs(base=base, secrets=read_k3s_secrets(ctx, recipe.cluster.name),
+    secrets = read_k3s_secrets(ctx, recipe.cluster.name)
+    inputs = Inputs(base=base, secrets=secrets,
                     k3s=fetch_k3s(ctx, recipe.k3s, recipe.arch, offline=True,
                                   allow_http=recipe.base.allow_http_checksums),
-                    backend=chosen)
+                    backend=chosen, epoch=build_epoch(base, secrets))
     return plan_build(recipe, inputs, ctx.cache_dir / "stages")
 
 
@@ -139,7 +141,7 @@ def _build(ctx: Context, recipe: Recipe, *, per_node: bool, backend: str | None)
         with step("k3s release assets"):
             k3s = fetch_k3s(ctx, recipe.k3s, recipe.arch, allow_http=recipe.base.allow_http_checksums)
         secrets = k3s_secrets(ctx, recipe.cluster.name)
-        inputs = Inputs(base=base, secrets=secrets, k3s=k3s, backend=chosen)
+        inputs = Inputs(base=base, secrets=secrets, k3s=k3s, backend=chosen, epoch=build_epoch(base, secrets))
         plan = plan_build(recipe, inputs, ctx.cache("stages"))
         for row in describe_plan(ctx, plan):
             log.log(VERBOSE, "plan: stage %s %s (key %s, from %s; packages: %s; layers: %s)", row.stage,

@@ -41,6 +41,7 @@ class Inputs:
     secrets: K3sSecrets | None  # None: the cluster's first build makes them
     k3s: K3sAssets
     backend: Backend
+    epoch: int = 0  # SOURCE_DATE_EPOCH (build/epoch.py)
 
 
 @dataclass(frozen=True)
@@ -149,7 +150,7 @@ def plan_build(recipe: Recipe, inputs: Inputs, stage_dir: Path) -> BuildPlan:
         name="common", parent=base.path if base else Path("(base image, not made yet)"),
         parent_key=base.sha256 if base else "", parent_is_base=True,
         packages=(*base_packages, *role_packages(recipe, "common")) if installs else (),
-        layers=common_layers, arch=recipe.arch, layout=layout, backend=inputs.backend,
+        layers=common_layers, arch=recipe.arch, layout=layout, backend=inputs.backend, epoch=inputs.epoch,
         checks=stage_checks(common_layers, layout.boot_mount),
     )
     planned = [PlannedStage(common, "common", unknown)]
@@ -165,12 +166,13 @@ def plan_build(recipe: Recipe, inputs: Inputs, stage_dir: Path) -> BuildPlan:
         if packages and installs:
             parent = Stage(name=f"{role}-packages", parent=stage_image(stage_dir, common), parent_key=common.key(),
                            packages=packages, layers=(), arch=recipe.arch, layout=layout, backend=inputs.backend,
-                           size=size)
+                           size=size, epoch=inputs.epoch)
             planned.append(PlannedStage(parent, role, unknown))
         missing = (K3S_UNIT[role],) if inputs.k3s.layer is None else ()
         netboot = netboot_source(recipe, finals["worker"], stage_dir) if role == "master" and recipe.netboot else None
         stage = Stage(name=role, parent=stage_image(stage_dir, parent), parent_key=parent.key(), packages=(),
                       layers=layers, arch=recipe.arch, layout=layout, backend=inputs.backend, size=size,
+                      epoch=inputs.epoch,
                       checks=stage_checks(layers, layout.boot_mount, missing), netboot=netboot,
                       verify=True)
         finals[role] = stage

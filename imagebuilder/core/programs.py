@@ -70,7 +70,7 @@ PROGRAMS: tuple[Program, ...] = (
     *_programs("fdisk", _B, "sfdisk"),
     *_programs("e2fsprogs", _B, "mkfs.ext4", "e2fsck", "resize2fs", "debugfs", "dumpe2fs"),
     *_programs("dosfstools", _B, "mkfs.vfat", "fsck.vfat"),
-    *_programs("mtools", _B, "mcopy", "mdir", "mtype", "minfo", "mlabel"),
+    *_programs("mtools", _B, "mcopy", "mdir", "mtype", "minfo", "mlabel", "mmd"),
     *_programs("mtools", _T, "mdel"),
     *_programs("kmod", _B, "modprobe"),
     *_programs("coreutils", _B, "chroot", "cp", "du", "rm", "sync"),

@@ -14,6 +14,7 @@ copy_file_range), and no byte passes through this process.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import fcntl
 import hashlib
@@ -330,3 +331,18 @@ def range_digests(path: Path, ranges: Sequence[tuple[int, int]], threads: int = 
         for future in [pool.submit(hash_share, share) for share in shares]:
             future.result()
     return tuple(digests)
+
+
+FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE = 0x01, 0x02  # linux/falloc.h
+
+
+def clear_range(path: Path, start: int, end: int) -> None:
+    """Make bytes [start, end) of the file read as zeros: a hole where the file system can punch one,
+    written zeros elsewhere. (mkfs.vfat leaves the old data clusters as they were.)"""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+    with open(path, "r+b", buffering=0) as f:
+        if libc.fallocate(f.fileno(), FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, start, end - start) == 0:
+            return
+        for offset in range(start, end, CHUNK):
+            _write_all(f.fileno(), _ZEROS[:min(CHUNK, end - offset)], offset)

@@ -3,23 +3,46 @@ no kernel vfat is needed."""
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
 from imagebuilder.core.run import output, run
+from imagebuilder.disk.copy import clear_range
 from imagebuilder.disk.partitions import SECTOR, Partition
 
 MTOOLS_ENV = {"MTOOLS_SKIP_CHECK": "1"}
 
 
-def make_fat(image: Path, part: Partition, label: str, content: Path, serial: str | None = None) -> None:
-    """Create the FAT32 boot filesystem inside the image and copy `content` into it."""
+def make_fat(image: Path, part: Partition, label: str, content: Path, serial: str | None = None,
+             epoch: int | None = None) -> None:
+    """Create the FAT32 boot filesystem inside the image and copy `content` into it.
+
+    epoch: the same content gives the same bytes: mkfs.vfat's time-based fields are constants, the files'
+    times are theirs (clamp them first: disk/rewrite.clamp_times), what mtools makes is dated at the epoch
+    (SOURCE_DATE_EPOCH), and folder by folder the entries are written in name order.
+    """
     volume_id = ["-i", serial] if serial else []
-    run(["mkfs.vfat", "-F", "32", "-n", label, *volume_id, "-S", str(SECTOR), "-h", str(part.start // SECTOR),
-         "--offset", str(part.start // SECTOR), image, str(part.size // 1024)])
-    entries = sorted(content.iterdir())
-    if entries:
-        run(["mcopy", "-i", f"{image}@@{part.start}", "-s", "-p", "-m", "-Q", *entries, "::/"], env=MTOOLS_ENV)
+    invariant = ["--invariant"] if epoch is not None else []
+    if epoch is not None:
+        clear_range(image, part.start, part.end)  # what mkfs.vfat does not overwrite: the old files' clusters
+    run(["mkfs.vfat", "-F", "32", "-n", label, *volume_id, *invariant, "-S", str(SECTOR),
+         "-h", str(part.start // SECTOR), "--offset", str(part.start // SECTOR), image, str(part.size // 1024)])
+    where = f"{image}@@{part.start}"
+    if epoch is None:
+        entries = sorted(content.iterdir())
+        if entries:
+            run(["mcopy", "-i", where, "-s", "-p", "-m", "-Q", *entries, "::/"], env=MTOOLS_ENV)
+        return
+    env = {**MTOOLS_ENV, "SOURCE_DATE_EPOCH": str(epoch)}
+    for folder, dirs, files in os.walk(content):
+        dirs.sort()
+        inside = Path(folder).relative_to(content).as_posix()
+        target = "::/" if inside == "." else f"::/{inside}/"
+        if dirs:
+            run(["mmd", "-i", where, *(f"{target}{d}" for d in dirs)], env=env)
+        if files:
+            run(["mcopy", "-i", where, "-p", "-m", "-Q", *(Path(folder) / f for f in sorted(files)), target], env=env)
 
 
 def fat_label(image: Path, part: Partition) -> str:

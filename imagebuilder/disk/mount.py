@@ -17,6 +17,7 @@ from imagebuilder.core.run import run
 from imagebuilder.disk.ext4 import grow_root
 from imagebuilder.disk.fat import MTOOLS_ENV, fat_serial, make_fat
 from imagebuilder.disk.partitions import Partition, boot_and_root
+from imagebuilder.disk.rewrite import clamp_times
 from imagebuilder.recipe.catalogue import Layout
 
 
@@ -37,11 +38,14 @@ def mounted_partition(image: Path, part: Partition, target: Path, fstype: str) -
 
 
 @contextlib.contextmanager
-def mounted_image(image: Path, layout: Layout, workdir: Path, *, grow_fs: bool = False) -> Iterator[Path]:
+def mounted_image(image: Path, layout: Layout, workdir: Path, *, grow_fs: bool = False,
+                  epoch: int | None = None) -> Iterator[Path]:
     """Mount root and boot partitions of `image` under workdir; yield the root.
 
     grow_fs: first grow the root filesystem to fill its partition (offline: not every kernel allows
     resizing a mounted ext4).
+    epoch: the boot partition is staged with mtools even where the kernel has vfat, and made again so that
+    the same files give the same bytes (disk/fat.make_fat).
     """
     boot, root = boot_and_root(image)
     with contextlib.ExitStack() as stack:
@@ -51,21 +55,24 @@ def mounted_image(image: Path, layout: Layout, workdir: Path, *, grow_fs: bool =
         # build that dies leaves neither (core/isolation.py, core/loopdev.py).
         mnt = stack.enter_context(mounted_partition(image, root, workdir / "root", "ext4"))
         boot_dir = mnt / layout.boot_mount.lstrip("/")
-        if kernel_has_vfat():
+        if epoch is None and kernel_has_vfat():
             stack.enter_context(mounted_partition(image, boot, boot_dir, "vfat"))
         else:
-            stack.enter_context(staged_fat(image, boot, boot_dir, layout.boot_label, workdir))
+            stack.enter_context(staged_fat(image, boot, boot_dir, layout.boot_label, workdir, epoch))
         yield mnt
 
 
 @contextlib.contextmanager
-def staged_fat(image: Path, part: Partition, target: Path, label: str, workdir: Path) -> Iterator[Path]:
+def staged_fat(image: Path, part: Partition, target: Path, label: str, workdir: Path,
+               epoch: int | None = None) -> Iterator[Path]:
     """The FAT partition's files in a host directory bound at `target`; written back on success."""
-    log.debug("no vfat in this kernel: staging the boot partition with mtools")
+    log.debug("staging the boot partition with mtools")
     with temporary_directory("boot-", workdir) as staging:
         run(["mcopy", "-i", f"{image}@@{part.start}", "-s", "-p", "-m", "-Q", "::/*", staging], env=MTOOLS_ENV)
         serial = fat_serial(image, part)
         with bind_mount(staging, target):
             yield target
+        if epoch is not None:
+            clamp_times(staging, epoch)
         # Rebuilt rather than patched, so files deleted in the chroot are gone from the FAT too.
-        make_fat(image, part, label, staging, serial=serial)
+        make_fat(image, part, label, staging, serial=serial, epoch=epoch)

@@ -71,7 +71,8 @@ def _build(ctx: Context, stage: Stage, image: Path, debs: Path) -> StageRecord:
         parent_checked = checker.submit(check_parent, stage)
         clone_image(stage.parent, tmp)
         grown = grow_image(tmp, stage.size or tmp.stat().st_size + (GIB if stage.packages else 0) + extra)
-        with backend.open(tmp, stage.layout, stage.arch, work, grow_fs=grown) as tree:
+        with backend.open(tmp, stage.layout, stage.arch, work, grow_fs=grown, epoch=stage.epoch,
+                          final=stage.verify) as tree:
             if stage.packages:
                 tree.install(stage.packages, debs)
             files: list[str] = []
@@ -99,7 +100,12 @@ def _build(ctx: Context, stage: Stage, image: Path, debs: Path) -> StageRecord:
             inventory = read_inventory(listed, tree.read_file) if stage.verify else None
             # Lists, host keys; then free blocks read as zeros, so bmaps and compressed copies carry only data.
             tree.tidy()
-        if grown and stage.size is None:
+        # An emitted image is made again from its files (the same files, the same bytes), sized to them;
+        # the other stages are shrunk in place.
+        if stage.verify and backend.rewrites:
+            with step("file systems made again from their files"):
+                backend.rewrite(tmp, stage.epoch, stage.size, work)
+        elif grown and stage.size is None:
             backend.shrink(tmp)
         raise_if_cancelled()
         # Checked and digested once, when the stage is made, with what its file systems use and the digest
@@ -117,3 +123,4 @@ def _build(ctx: Context, stage: Stage, image: Path, debs: Path) -> StageRecord:
                              inventory)
         write_record(image, record)
     return record
+

@@ -30,6 +30,12 @@ NEVER_SHIP: tuple[tuple[str, str], ...] = (
     ("var/lib/rancher/k3s/agent/*.kubeconfig", "an agent's credentials"),
     ("etc/rancher/node", "the k3s node password: duplicated, it makes the server refuse the node"),
     ("root/.bash_history", "the build's shell history"),
+    # Dated at each install: two builds of the same recipe would differ in them (disk/rewrite.py).
+    ("var/log/dpkg.log", "dpkg's log of the build's installs"),
+    ("var/log/alternatives.log", "update-alternatives' log of the build"),
+    ("var/log/apt/*.log", "apt's logs of the build's installs"),
+    ("var/log/apt/eipp.log.xz", "apt's log of the build's install plans"),
+    ("var/cache/ldconfig/aux-cache", "ldconfig's cache of the build's file times (made again on the node)"),
 )
 MACHINE_ID = "etc/machine-id"
 

@@ -54,7 +54,9 @@ def written_file(path: Path, content: str, mode: int = 0o644) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def chroot_session(root: Path, arch: str) -> Iterator[Chroot]:
+def chroot_session(root: Path, arch: str, epoch: int | None = None) -> Iterator[Chroot]:
+    """The root ready for its own programs; epoch: SOURCE_DATE_EPOCH for them (dates that tools write into
+    files, such as a user's password change day in /etc/shadow or the initramfs's file times)."""
     ensure_binfmt(arch)
     with contextlib.ExitStack() as stack:
         for name in ("proc", "sys", "dev"):
@@ -68,7 +70,7 @@ def chroot_session(root: Path, arch: str) -> Iterator[Chroot]:
         stack.enter_context(written_file(root / "usr/sbin/policy-rc.d", POLICY_RC_D, 0o755))
         for name in MOVE_ASIDE:
             stack.enter_context(moved_aside(root / name))
-        yield Chroot(root)
+        yield Chroot(root, epoch)
 
 
 # The whole environment of a program in the chroot: nothing of the caller's (their PATH, proxy settings,
@@ -81,9 +83,10 @@ CHROOT_ENV = {
 
 
 class Chroot:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, epoch: int | None = None) -> None:
         self.root = root
+        self.env = {**CHROOT_ENV, **({"SOURCE_DATE_EPOCH": str(epoch)} if epoch is not None else {})}
 
     def run(self, argv: Sequence[str], env: Mapping[str, str] | None = None, **kwargs: object) -> None:
-        run(["chroot", self.root, *argv], cancellable=True, env={**CHROOT_ENV, **(env or {})}, inherit_env=False,
+        run(["chroot", self.root, *argv], cancellable=True, env={**self.env, **(env or {})}, inherit_env=False,
             **kwargs)  # type: ignore[arg-type]

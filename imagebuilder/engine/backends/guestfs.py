@@ -279,6 +279,9 @@ class GuestfsBackend:
     installs_packages = False
     runs_checks = False
     mounts = False
+    # Not done: remaking the root from its files keeps their owners only where the host writes them as root
+    # (mkfs.ext4 -d copies the tree's owners). Images made without root are not reproducible.
+    rewrites = False
 
     def key_material(self) -> dict[str, str]:
         # The same inputs as a loop stage make another image (no package installed, nothing run in it):
@@ -289,9 +292,13 @@ class GuestfsBackend:
         """Left as it is: with no package installed, a stage grows only by what a netboot tree needs, and
         shrinking would take a loop device (root)."""
 
+    def rewrite(self, image: Path, epoch: int, size: int | None, work: Path) -> None:
+        raise NotImplementedError("the guestfs backend does not rewrite (rewrites is False)")
+
     @contextlib.contextmanager
     def open(self, image: Path, layout: Layout, arch: str, workdir: Path, *,
-             grow_fs: bool) -> Iterator[GuestfsTree]:
+             grow_fs: bool, epoch: int, final: bool) -> Iterator[GuestfsTree]:
+        # Nothing runs in the image here, so nothing needs the epoch, and nothing is made again (rewrite).
         with guestfs_handle(image) as g:
             boot, root = g.list_partitions()[:2]
             if grow_fs:

@@ -51,16 +51,26 @@ class Backend(Protocol):
     def runs_checks(self) -> bool: ...  # False: the checks of generated files are skipped, with a warning
     @property
     def mounts(self) -> bool: ...  # True: it mounts on this host, so it needs root and a mount namespace
+    @property
+    def rewrites(self) -> bool: ...  # True: an emitted image's file systems are made again (reproducible)
 
     def key_material(self) -> dict[str, str]:
         """What a stage's cache key adds to its inputs for this backend."""
         ...
 
     def open(self, image: Path, layout: Layout, arch: str, workdir: Path, *,
-             grow_fs: bool) -> contextlib.AbstractContextManager[ImageTree]: ...
+             grow_fs: bool, epoch: int, final: bool) -> contextlib.AbstractContextManager[ImageTree]:
+        """The image's files. epoch: SOURCE_DATE_EPOCH for what runs in it; final: an image is emitted from
+        it, and it is made again from its files when closed (rewrite): no time in them later than epoch."""
+        ...
 
     def shrink(self, image: Path) -> None:
         """Shrink a grown image, closed, to what its root file system holds."""
+        ...
+
+    def rewrite(self, image: Path, epoch: int, size: int | None, work: Path) -> None:
+        """Make the closed image's file systems again from their files, so that the same files give the
+        same bytes (disk/rewrite.py), sized to what they hold or to `size` (where `rewrites`)."""
         ...
 
 

@@ -12,6 +12,7 @@ from imagebuilder.core.log import log, step
 from imagebuilder.core.run import run
 from imagebuilder.disk.ext4 import shrink_root
 from imagebuilder.disk.mount import mounted_image
+from imagebuilder.disk.rewrite import rewrite_root
 from imagebuilder.engine.apt import install_packages
 from imagebuilder.engine.backends.chroot import Chroot, chroot_session
 from imagebuilder.engine.checks import ConfigCheck, run_checks
@@ -82,6 +83,7 @@ class LoopBackend:
     installs_packages = True
     runs_checks = True
     mounts = True
+    rewrites = True
 
     def key_material(self) -> dict[str, str]:
         # The image as the nodes run it, made from its inputs alone: nothing to add.
@@ -90,11 +92,16 @@ class LoopBackend:
     def shrink(self, image: Path) -> None:
         shrink_root(image)
 
+    def rewrite(self, image: Path, epoch: int, size: int | None, work: Path) -> None:
+        rewrite_root(image, epoch, work, size)
+
     @contextlib.contextmanager
     def open(self, image: Path, layout: Layout, arch: str, workdir: Path, *,
-             grow_fs: bool) -> Iterator[LoopTree]:
-        with mounted_image(image, layout, workdir, grow_fs=grow_fs) as root:
-            with chroot_session(root, arch) as chroot:
+             grow_fs: bool, epoch: int, final: bool) -> Iterator[LoopTree]:
+        with mounted_image(image, layout, workdir, grow_fs=grow_fs, epoch=epoch if final else None) as root:
+            with chroot_session(root, arch, epoch) as chroot:
                 yield LoopTree(root, chroot, layout)
-            # After the chroot's own build-time files (resolv.conf, policy-rc.d) are gone.
-            trim(root)
+            # After the chroot's own build-time files (resolv.conf, policy-rc.d) are gone. A final stage's
+            # file systems are made again from their files (rewrite): no free block is kept.
+            if not final:
+                trim(root)

@@ -1,0 +1,57 @@
+"""The build's epoch (SOURCE_DATE_EPOCH): the one time every emitted image's files and file systems carry.
+
+Two builds of the same recipe from the same base and the same cluster state must give the same bytes, so the
+epoch follows from those inputs alone: the later of the base's own making (its root file system's creation
+time, which a published image fixes) and the cluster's CA (its certificate's start). The second matters on
+the nodes: systemd keeps a clock no earlier than /usr/lib/clock-epoch, which is set to the epoch, so a master
+that boots with no time server still finds its CA already valid. SOURCE_DATE_EPOCH in the environment wins,
+as for every tool that reads it.
+"""
+
+from __future__ import annotations
+
+import calendar
+import os
+import struct
+import time
+from pathlib import Path
+
+from imagebuilder.core.errors import ImageBuilderError
+from imagebuilder.core.run import output
+from imagebuilder.disk.partitions import boot_and_root
+from imagebuilder.roles.secrets import K3sSecrets
+from imagebuilder.sources.base import BaseImage
+
+ENV = "SOURCE_DATE_EPOCH"
+EXT4_MAGIC = 0xEF53
+
+
+def build_epoch(base: BaseImage | None, secrets: K3sSecrets | None) -> int:
+    given = os.environ.get(ENV)
+    if given is not None:
+        if not given.isdigit():
+            raise ImageBuilderError(f"{ENV}={given!r} is not a whole number of seconds since 1970",
+                                    f"unset {ENV}, or set it to a time such as {int(time.time())}")
+        return int(given)
+    made = filesystem_created(base.path) if base is not None and base.path.exists() else 0
+    return max(made, ca_start(secrets.ca_cert) if secrets is not None else 0)
+
+
+def filesystem_created(image: Path) -> int:
+    """When the image's root file system was made (ext4's s_mkfs_time); 0 when it is not ext4."""
+    _, root = boot_and_root(image)
+    with open(image, "rb") as f:
+        f.seek(root.start + 1024)
+        superblock = f.read(1024)
+    if len(superblock) < 1024 or struct.unpack_from("<H", superblock, 0x38)[0] != EXT4_MAGIC:
+        return 0
+    low: int = struct.unpack_from("<I", superblock, 0x108)[0]
+    high = superblock[0x277]  # s_mkfs_time_hi: the bits above 32 (after 2106)
+    return low | high << 32
+
+
+def ca_start(certificate: str) -> int:
+    """The certificate's notBefore, in seconds since 1970."""
+    text = output(["openssl", "x509", "-noout", "-startdate"], input=certificate.encode())
+    stamp = " ".join(text.removeprefix("notBefore=").split())
+    return calendar.timegm(time.strptime(stamp, "%b %d %H:%M:%S %Y GMT"))
