@@ -91,11 +91,12 @@ def keep_in_cache(cache_dir: Path, arch: str, used: list[Path]) -> None:
 
 
 def small_recipe(name: str, out: Path, *, compress: str = "zstd", bmap: bool = True, extra: str = "",
-                 sign_key: Path | None = None) -> str:
+                 sign_key: Path | None = None, reproducible: bool = False) -> str:
     """The text of the smallest test cluster on the bootstrap base: the master and node1, writing to `out`.
 
     It downloads no k3s release (tests reach nothing outside this machine); `extra` adds whole lines."""
     signed = f", sign_key: {sign_key}" if sign_key else ""
+    signed += ", reproducible: true" if reproducible else ""
     return (f"cluster: {{name: {name}}}\n"
             "base: {bootstrap: {suite: bookworm}}\n"
             "k3s: {assets: none}\n"

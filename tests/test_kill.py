@@ -130,7 +130,7 @@ def killed_at_every_stage(tmp_path_factory: pytest.TempPathFactory) -> tuple[Pat
     (tmp_path / "extra" / "root" / "etc").mkdir(parents=True)
     change_overlay(tmp_path, "first")
     recipe = tmp_path / "recipe.yaml"
-    recipe.write_text(small_recipe("killtest", tmp_path / "out", extra="overlays: [extra]\n"))
+    recipe.write_text(small_recipe("killtest", tmp_path / "out", extra="overlays: [extra]\n", reproducible=True))
     tier = build_tier_path(tmp_path / "tier")
     logs = []
     for what, line, delay in KILL_POINTS:
@@ -166,16 +166,16 @@ def test_the_build_tier_is_enough_for_a_whole_build(killed_at_every_stage: tuple
 @pytest.mark.integration
 def test_a_second_build_from_the_base_gives_the_same_images(killed_at_every_stage: tuple[Path, Path, str],
                                                              tmp_path: Path) -> None:
-    """Issue 28: the same recipe, base and cluster state, built again minutes later on a cache holding only
-    the base, gives bit-identical master.img and worker.img (the first build's stages were made by
-    different processes, some of them killed). When they differ, the files that do are the message."""
+    """Issue 28: the same reproducible recipe, base and cluster state, built again minutes later on a cache
+    holding only the base, gives bit-identical master.img and worker.img (the first build's stages were made
+    by different processes, some of them killed). When they differ, the files that do are the message."""
     recipe = killed_at_every_stage[0]
     folder = recipe.parent
     change_overlay(folder, "first")  # as the fixture's builds had it
     cache = tmp_path / "cache"
     seeded_cache(cache)
     again = folder / "again.yaml"  # beside the first: its overlay folder is the same
-    again.write_text(small_recipe("killtest", tmp_path / "out", extra="overlays: [extra]\n"))
+    again.write_text(small_recipe("killtest", tmp_path / "out", extra="overlays: [extra]\n", reproducible=True))
     result = subprocess.run([sys.executable, "-m", "imagebuilder", "--cache-dir", str(cache), "build", str(again)],
                             cwd=ROOT, capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -1,11 +1,13 @@
-"""The build's epoch (SOURCE_DATE_EPOCH): the one time every emitted image's files and file systems carry.
+"""The build's epoch (SOURCE_DATE_EPOCH): the one time a reproducible build's images carry in every file and
+file system, and the time the programs run in every stage are given.
 
 Two builds of the same recipe from the same base and the same cluster state must give the same bytes, so the
 epoch follows from those inputs alone: the later of the base's own making (its root file system's creation
-time, which a published image fixes) and the cluster's CA (its certificate's start). The second matters on
-the nodes: systemd keeps a clock no earlier than /usr/lib/clock-epoch, which is set to the epoch, so a master
-that boots with no time server still finds its CA already valid. SOURCE_DATE_EPOCH in the environment wins,
-as for every tool that reads it.
+time, which a published image fixes) and the cluster's CA (its certificate's start). The stages before the
+final ones take the base's alone, so that `build --plan` knows their keys before the first build makes the
+CA. The CA's matters on the nodes: systemd keeps a clock no earlier than /usr/lib/clock-epoch, which a
+reproducible image dates at the epoch, so a master that boots with no time server still finds its CA valid.
+SOURCE_DATE_EPOCH in the environment wins, as for every tool that reads it.
 """
 
 from __future__ import annotations
@@ -14,11 +16,13 @@ import calendar
 import os
 import struct
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from imagebuilder.core.errors import ImageBuilderError
 from imagebuilder.core.run import output
 from imagebuilder.disk.partitions import boot_and_root
+from imagebuilder.recipe.model import Recipe
 from imagebuilder.roles.secrets import K3sSecrets
 from imagebuilder.sources.base import BaseImage
 
@@ -26,15 +30,26 @@ ENV = "SOURCE_DATE_EPOCH"
 EXT4_MAGIC = 0xEF53
 
 
-def build_epoch(base: BaseImage | None, secrets: K3sSecrets | None) -> int:
+def is_reproducible(recipe: Recipe) -> bool:
+    """output.reproducible, or SOURCE_DATE_EPOCH set: what a release build sets to ask for the same bytes."""
+    return recipe.output.reproducible or ENV in os.environ
+
+
+@dataclass(frozen=True)
+class Epochs:
+    stages: int  # the packages and common stages': the base's alone, so they are known before the cluster's CA
+    images: int  # the final stages': no earlier than the cluster's CA either
+
+
+def build_epochs(base: BaseImage | None, secrets: K3sSecrets | None) -> Epochs:
     given = os.environ.get(ENV)
     if given is not None:
         if not given.isdigit():
             raise ImageBuilderError(f"{ENV}={given!r} is not a whole number of seconds since 1970",
                                     f"unset {ENV}, or set it to a time such as {int(time.time())}")
-        return int(given)
+        return Epochs(int(given), int(given))
     made = filesystem_created(base.path) if base is not None and base.path.exists() else 0
-    return max(made, ca_start(secrets.ca_cert) if secrets is not None else 0)
+    return Epochs(made, max(made, ca_start(secrets.ca_cert) if secrets is not None else 0))
 
 
 def filesystem_created(image: Path) -> int:

@@ -7,7 +7,7 @@ import functools
 from dataclasses import dataclass
 from pathlib import Path
 
-from imagebuilder.build.epoch import build_epoch
+from imagebuilder.build.epoch import ENV, build_epochs, is_reproducible
 from imagebuilder.build.plan import BuildPlan, Inputs, plan_build, role_packages
 from imagebuilder.core.beside import run_beside
 from imagebuilder.core.cache import prune, record_use, sweep
@@ -15,7 +15,7 @@ from imagebuilder.core.context import Context
 from imagebuilder.core.errors import CommandFailed, ImageBuilderError
 from imagebuilder.core.log import VERBOSE, log, step
 from imagebuilder.core.resources import disk_full, free_space
-from imagebuilder.engine.backends.interface import choose_backend
+from imagebuilder.engine.backends.interface import Backend, choose_backend
 from imagebuilder.engine.entry import StageResult, is_cached
 from imagebuilder.engine.realise import realise
 from imagebuilder.outputs.emit import emit_image, emit_per_node, open_outputs, write_index
@@ -63,7 +63,7 @@ def read_plan(ctx: Context, recipe: Recipe, backend: str | None = None) -> Build
     inputs = Inputs(base=base, secrets=secrets,
                     k3s=fetch_k3s(ctx, recipe.k3s, recipe.arch, offline=True,
                                   allow_http=recipe.base.allow_http_checksums),
-                    backend=chosen, epoch=build_epoch(base, secrets))
+                    backend=chosen, epochs=build_epochs(base, secrets), reproducible=is_reproducible(recipe))
     return plan_build(recipe, inputs, ctx.cache_dir / "stages")
 
 
@@ -111,6 +111,21 @@ def build(ctx: Context, recipe: Recipe, *, per_node: bool = False,
         raise disk_full(fuller, f"its step ({e.message.removeprefix('command failed ')})") from None
 
 
+def warn_about_backend(recipe: Recipe, chosen: Backend, *, asked: bool) -> None:
+    """What the rootless backend cannot do for this recipe, said before the build starts."""
+    if not chosen.installs_packages:
+        wanted = sorted({p for r in ("common", *ROLES) for p in role_packages(recipe, r)})
+        why = "--backend guestfs" if asked else "not running as root"
+        log.warning("%s: building with the %s backend (libguestfs, no root). It cannot run the image's "
+                    "programs, so: cloud-init installs the packages at first boot (%s; the nodes need "
+                    "their mirror then), the generated files are not checked with the image's own tools, "
+                    "and each stage is slower. Run as root for the loop backend.", why, chosen.name,
+                    ", ".join(wanted) or "none")
+    if is_reproducible(recipe) and not chosen.rewrites:
+        log.warning("the %s backend cannot make reproducible images (output.reproducible or %s): its images "
+                    "differ from build to build. Run as root for the loop backend.", chosen.name, ENV)
+
+
 def _build(ctx: Context, recipe: Recipe, *, per_node: bool, backend: str | None) -> dict[str, StageResult]:
     chosen = choose_backend(backend)
     # A build killed just before this one may still be dying (the kernel unmounting its file systems, its
@@ -124,14 +139,7 @@ def _build(ctx: Context, recipe: Recipe, *, per_node: bool, backend: str | None)
     used: list[Path] = []
     ctx.stack.callback(lambda: record_use(ctx.cache_dir, recipe.source, recipe.cluster.name, used))
     with step(f"build {recipe.cluster.name} ({chosen.name} backend)"):
-        if not chosen.installs_packages:
-            wanted = sorted({p for r in ("common", *ROLES) for p in role_packages(recipe, r)})
-            why = "not running as root" if backend is None else "--backend guestfs"
-            log.warning("%s: building with the %s backend (libguestfs, no root). It cannot run the image's "
-                        "programs, so: cloud-init installs the packages at first boot (%s; the nodes need "
-                        "their mirror then), the generated files are not checked with the image's own tools, "
-                        "and each stage is slower. Run as root for the loop backend.", why, chosen.name,
-                        ", ".join(wanted) or "none")
+        warn_about_backend(recipe, chosen, asked=backend is not None)
         with step("base image"):
             base = resolve_base(ctx, recipe)
         used += [base.path, *base.origin]
@@ -141,7 +149,8 @@ def _build(ctx: Context, recipe: Recipe, *, per_node: bool, backend: str | None)
         with step("k3s release assets"):
             k3s = fetch_k3s(ctx, recipe.k3s, recipe.arch, allow_http=recipe.base.allow_http_checksums)
         secrets = k3s_secrets(ctx, recipe.cluster.name)
-        inputs = Inputs(base=base, secrets=secrets, k3s=k3s, backend=chosen, epoch=build_epoch(base, secrets))
+        inputs = Inputs(base=base, secrets=secrets, k3s=k3s, backend=chosen, epochs=build_epochs(base, secrets),
+                        reproducible=is_reproducible(recipe))
         plan = plan_build(recipe, inputs, ctx.cache("stages"))
         for row in describe_plan(ctx, plan):
             log.log(VERBOSE, "plan: stage %s %s (key %s, from %s; packages: %s; layers: %s)", row.stage,

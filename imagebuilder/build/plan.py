@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from imagebuilder.build.epoch import Epochs
 from imagebuilder.engine.backends.interface import Backend
 from imagebuilder.engine.checks import stage_checks
 from imagebuilder.engine.stages import Stage, stage_image
@@ -41,7 +42,8 @@ class Inputs:
     secrets: K3sSecrets | None  # None: the cluster's first build makes them
     k3s: K3sAssets
     backend: Backend
-    epoch: int = 0  # SOURCE_DATE_EPOCH (build/epoch.py)
+    epochs: Epochs = Epochs(0, 0)  # SOURCE_DATE_EPOCH (build/epoch.py)
+    reproducible: bool = False  # the emitted images are made again from their files (build/epoch.py)
 
 
 @dataclass(frozen=True)
@@ -150,7 +152,7 @@ def plan_build(recipe: Recipe, inputs: Inputs, stage_dir: Path) -> BuildPlan:
         name="common", parent=base.path if base else Path("(base image, not made yet)"),
         parent_key=base.sha256 if base else "", parent_is_base=True,
         packages=(*base_packages, *role_packages(recipe, "common")) if installs else (),
-        layers=common_layers, arch=recipe.arch, layout=layout, backend=inputs.backend, epoch=inputs.epoch,
+        layers=common_layers, arch=recipe.arch, layout=layout, backend=inputs.backend, epoch=inputs.epochs.stages,
         checks=stage_checks(common_layers, layout.boot_mount),
     )
     planned = [PlannedStage(common, "common", unknown)]
@@ -166,15 +168,15 @@ def plan_build(recipe: Recipe, inputs: Inputs, stage_dir: Path) -> BuildPlan:
         if packages and installs:
             parent = Stage(name=f"{role}-packages", parent=stage_image(stage_dir, common), parent_key=common.key(),
                            packages=packages, layers=(), arch=recipe.arch, layout=layout, backend=inputs.backend,
-                           size=size, epoch=inputs.epoch)
+                           size=size, epoch=inputs.epochs.stages)
             planned.append(PlannedStage(parent, role, unknown))
         missing = (K3S_UNIT[role],) if inputs.k3s.layer is None else ()
         netboot = netboot_source(recipe, finals["worker"], stage_dir) if role == "master" and recipe.netboot else None
         stage = Stage(name=role, parent=stage_image(stage_dir, parent), parent_key=parent.key(), packages=(),
                       layers=layers, arch=recipe.arch, layout=layout, backend=inputs.backend, size=size,
-                      epoch=inputs.epoch,
+                      epoch=inputs.epochs.images,
                       checks=stage_checks(layers, layout.boot_mount, missing), netboot=netboot,
-                      verify=True)
+                      verify=True, rewrite=inputs.reproducible)
         finals[role] = stage
         planned.append(PlannedStage(stage, role, unknown or (None if inputs.secrets else "unknown: no secrets yet")))
     return BuildPlan(recipe, inputs, tuple(planned), tuple(notes))

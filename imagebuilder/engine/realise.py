@@ -72,7 +72,7 @@ def _build(ctx: Context, stage: Stage, image: Path, debs: Path) -> StageRecord:
         clone_image(stage.parent, tmp)
         grown = grow_image(tmp, stage.size or tmp.stat().st_size + (GIB if stage.packages else 0) + extra)
         with backend.open(tmp, stage.layout, stage.arch, work, grow_fs=grown, epoch=stage.epoch,
-                          final=stage.verify) as tree:
+                          rewrite=stage.rewrite) as tree:
             if stage.packages:
                 tree.install(stage.packages, debs)
             files: list[str] = []
@@ -100,9 +100,9 @@ def _build(ctx: Context, stage: Stage, image: Path, debs: Path) -> StageRecord:
             inventory = read_inventory(listed, tree.read_file) if stage.verify else None
             # Lists, host keys; then free blocks read as zeros, so bmaps and compressed copies carry only data.
             tree.tidy()
-        # An emitted image is made again from its files (the same files, the same bytes), sized to them;
-        # the other stages are shrunk in place.
-        if stage.verify and backend.rewrites:
+        # A reproducible build's emitted image is made again from its files (the same files, the same
+        # bytes), sized to them; the other stages are shrunk in place.
+        if stage.rewrite and backend.rewrites:
             with step("file systems made again from their files"):
                 backend.rewrite(tmp, stage.epoch, stage.size, work)
         elif grown and stage.size is None:

@@ -37,13 +37,15 @@ class Stage:
     layout: Layout
     backend: Backend  # how its image's files are reached, and what that changes in its key
     size: int | None = None  # the image size asked for (output.image_size), else grown by need
-    # SOURCE_DATE_EPOCH: for the programs run in it, and no file time later in an emitted image (build/epoch.py).
+    # SOURCE_DATE_EPOCH: for the programs run in it, and no file time later in a rewritten image (build/epoch.py).
     epoch: int = 0
+    # An emitted image of a reproducible build: its file systems are made again from its files (disk/rewrite.py).
+    rewrite: bool = False
     # Role checks run with the image's own tools; they change nothing, so they are not in the key.
     checks: tuple[ConfigCheck, ...] = field(default=(), compare=False)
     netboot: NetbootSource | None = None  # the master's: the worker stage its netboot tree is copied from
     # An image is emitted from it: what each board's firmware needs is checked (boards/verify.py) when it is
-    # made, beside its digest, and its file systems are made again from their files (disk/rewrite.py).
+    # made, beside its digest. It changes nothing, so it is not in the key.
     verify: bool = field(default=False, compare=False)
     # Its parent is the base image, not a stage: the parent's record is the source's, and parent_key is the
     # digest of its bytes. Implied by parent_key, so not in the key.
@@ -53,7 +55,7 @@ class Stage:
         material: dict[str, object] = {
             "parent": self.parent_key, "packages": sorted(self.packages),
             "layers": [layer.digest() for layer in self.layers], "size": self.size,
-            "format": FORMAT, "builder": __version__, "epoch": self.epoch, "emitted": self.verify,
+            "format": FORMAT, "builder": __version__, "epoch": self.epoch, "rewrite": self.rewrite,
             **self.backend.key_material(),
         }
         if self.netboot is not None:

@@ -172,6 +172,11 @@ class Output:
     sign_key: str | None = setting(default=None, check=check_path,
                                    help="an OpenSSH private key (relative to the recipe; ~ is your home) that signs "
                                         "SHA256SUMS into SHA256SUMS.sig; `flash --recipe` then checks it with KEY.pub")
+    reproducible: bool = setting(default=False,
+                                 help="the same recipe, base and cluster state give the same master.img and "
+                                      "worker.img, byte for byte, whenever they are built: each image's file systems "
+                                      "are made again from its files (several seconds per image and build); also "
+                                      "on when SOURCE_DATE_EPOCH is set")
 
 
 @dataclass(frozen=True, kw_only=True)

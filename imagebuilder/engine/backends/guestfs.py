@@ -297,7 +297,7 @@ class GuestfsBackend:
 
     @contextlib.contextmanager
     def open(self, image: Path, layout: Layout, arch: str, workdir: Path, *,
-             grow_fs: bool, epoch: int, final: bool) -> Iterator[GuestfsTree]:
+             grow_fs: bool, epoch: int, rewrite: bool) -> Iterator[GuestfsTree]:
         # Nothing runs in the image here, so nothing needs the epoch, and nothing is made again (rewrite).
         with guestfs_handle(image) as g:
             boot, root = g.list_partitions()[:2]

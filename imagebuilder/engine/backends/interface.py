@@ -52,16 +52,16 @@ class Backend(Protocol):
     @property
     def mounts(self) -> bool: ...  # True: it mounts on this host, so it needs root and a mount namespace
     @property
-    def rewrites(self) -> bool: ...  # True: an emitted image's file systems are made again (reproducible)
+    def rewrites(self) -> bool: ...  # True: it can make an image's file systems again (reproducible builds)
 
     def key_material(self) -> dict[str, str]:
         """What a stage's cache key adds to its inputs for this backend."""
         ...
 
     def open(self, image: Path, layout: Layout, arch: str, workdir: Path, *,
-             grow_fs: bool, epoch: int, final: bool) -> contextlib.AbstractContextManager[ImageTree]:
-        """The image's files. epoch: SOURCE_DATE_EPOCH for what runs in it; final: an image is emitted from
-        it, and it is made again from its files when closed (rewrite): no time in them later than epoch."""
+             grow_fs: bool, epoch: int, rewrite: bool) -> contextlib.AbstractContextManager[ImageTree]:
+        """The image's files. epoch: SOURCE_DATE_EPOCH for what runs in it; rewrite: the image is made again
+        from its files when closed (Backend.rewrite), so its boot partition is made again too."""
         ...
 
     def shrink(self, image: Path) -> None:

@@ -97,11 +97,11 @@ class LoopBackend:
 
     @contextlib.contextmanager
     def open(self, image: Path, layout: Layout, arch: str, workdir: Path, *,
-             grow_fs: bool, epoch: int, final: bool) -> Iterator[LoopTree]:
-        with mounted_image(image, layout, workdir, grow_fs=grow_fs, epoch=epoch if final else None) as root:
+             grow_fs: bool, epoch: int, rewrite: bool) -> Iterator[LoopTree]:
+        with mounted_image(image, layout, workdir, grow_fs=grow_fs, epoch=epoch if rewrite else None) as root:
             with chroot_session(root, arch, epoch) as chroot:
                 yield LoopTree(root, chroot, layout)
-            # After the chroot's own build-time files (resolv.conf, policy-rc.d) are gone. A final stage's
-            # file systems are made again from their files (rewrite): no free block is kept.
-            if not final:
+            # After the chroot's own build-time files (resolv.conf, policy-rc.d) are gone. A rewritten image
+            # keeps no free block anyway.
+            if not rewrite:
                 trim(root)
