@@ -39,29 +39,34 @@ def is_reproducible(recipe: Recipe) -> bool:
 class Epochs:
     stages: int  # the packages and common stages': the base's alone, so they are known before the cluster's CA
     images: int  # the final stages': no earlier than the cluster's CA either
+    clock: int  # /usr/lib/clock-epoch's: no earlier than either CA's start, even under SOURCE_DATE_EPOCH
 
 
 def build_epochs(base: BaseImage | None, secrets: K3sSecrets | None) -> Epochs:
+    cas = max(ca_start(secrets.ca_cert), ca_start(secrets.client_ca_cert)) if secrets is not None else 0
     given = os.environ.get(ENV)
     if given is not None:
         if not given.isdigit():
             raise ImageBuilderError(f"{ENV}={given!r} is not a whole number of seconds since 1970",
                                     f"unset {ENV}, or set it to a time such as {int(time.time())}")
-        return Epochs(int(given), int(given))
+        return Epochs(int(given), int(given), max(int(given), cas))
     made = filesystem_created(base.path) if base is not None and base.path.exists() else 0
-    return Epochs(made, max(made, ca_start(secrets.ca_cert) if secrets is not None else 0))
+    return Epochs(made, max(made, cas), max(made, cas))
 
 
 def filesystem_created(image: Path) -> int:
-    """When the image's root file system was made (ext4's s_mkfs_time); 0 when it is not ext4."""
+    """When the image's root file system was made (ext4's s_mkfs_time)."""
     _, root = boot_and_root(image)
     with open(image, "rb") as f:
         f.seek(root.start + 1024)
         superblock = f.read(1024)
     if len(superblock) < 1024 or struct.unpack_from("<H", superblock, 0x38)[0] != EXT4_MAGIC:
-        return 0
+        # Not 0: SOURCE_DATE_EPOCH=0 would date the accounts package scripts make in 1970 (/etc/shadow),
+        # which PAM reads as a password to change at once.
+        raise ImageBuilderError(f"{image}: its root partition is not ext4, so the build cannot tell when the "
+                                "base was made", f"set {ENV} to the time the base was released")
     low: int = struct.unpack_from("<I", superblock, 0x108)[0]
-    high = superblock[0x277]  # s_mkfs_time_hi: the bits above 32 (after 2106)
+    high = superblock[0x276]  # s_mkfs_time_hi: the bits above 32 (after 2106)
     return low | high << 32
 
 

@@ -42,7 +42,7 @@ class Inputs:
     secrets: K3sSecrets | None  # None: the cluster's first build makes them
     k3s: K3sAssets
     backend: Backend
-    epochs: Epochs = Epochs(0, 0)  # SOURCE_DATE_EPOCH (build/epoch.py)
+    epochs: Epochs = Epochs(0, 0, 0)  # SOURCE_DATE_EPOCH (build/epoch.py)
     reproducible: bool = False  # the emitted images are made again from their files (build/epoch.py)
 
 
@@ -174,9 +174,9 @@ def plan_build(recipe: Recipe, inputs: Inputs, stage_dir: Path) -> BuildPlan:
         netboot = netboot_source(recipe, finals["worker"], stage_dir) if role == "master" and recipe.netboot else None
         stage = Stage(name=role, parent=stage_image(stage_dir, parent), parent_key=parent.key(), packages=(),
                       layers=layers, arch=recipe.arch, layout=layout, backend=inputs.backend, size=size,
-                      epoch=inputs.epochs.images,
+                      epoch=inputs.epochs.images, clock=inputs.epochs.clock,
                       checks=stage_checks(layers, layout.boot_mount, missing), netboot=netboot,
-                      verify=True, rewrite=inputs.reproducible)
+                      verify=True, rewrite=inputs.reproducible and inputs.backend.rewrites)
         finals[role] = stage
         planned.append(PlannedStage(stage, role, unknown or (None if inputs.secrets else "unknown: no secrets yet")))
     return BuildPlan(recipe, inputs, tuple(planned), tuple(notes))

@@ -340,9 +340,10 @@ def clear_range(path: Path, start: int, end: int) -> None:
     """Make bytes [start, end) of the file read as zeros: a hole where the file system can punch one,
     written zeros elsewhere. (mkfs.vfat leaves the old data clusters as they were.)"""
     libc = ctypes.CDLL(None, use_errno=True)
-    libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+    fallocate = libc.fallocate64  # 64-bit offsets on 32-bit hosts too (armhf workstations)
+    fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
     with open(path, "r+b", buffering=0) as f:
-        if libc.fallocate(f.fileno(), FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, start, end - start) == 0:
+        if fallocate(f.fileno(), FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, start, end - start) == 0:
             return
         for offset in range(start, end, CHUNK):
             _write_all(f.fileno(), _ZEROS[:min(CHUNK, end - offset)], offset)

@@ -9,6 +9,8 @@ from imagebuilder.core.resources import loop_device
 from imagebuilder.core.run import output, run
 from imagebuilder.disk.partitions import SECTOR, Partition, boot_and_root
 
+HEADROOM = 256 * 2**20  # left free in a root file system: room for a first boot before the root is grown
+
 
 def make_ext4(image: Path, part: Partition, label: str, content: Path) -> None:
     """Create the ext4 root filesystem inside the image, filled from `content`, without mounting."""
@@ -27,7 +29,7 @@ def grow_root(image: Path, part: Partition) -> None:
         run(["resize2fs", device])
 
 
-def shrink_root(image: Path, headroom: int = 256 * 2**20) -> None:
+def shrink_root(image: Path, headroom: int = HEADROOM) -> None:
     """Shrink the root filesystem to what it holds plus `headroom`, and the partition and file with it.
 
     A stage grows its image before installing packages, by more than they need; what is left over

@@ -7,11 +7,14 @@ import os
 import re
 from pathlib import Path
 
+from imagebuilder.core.errors import ImageBuilderError
 from imagebuilder.core.run import output, run
 from imagebuilder.disk.copy import clear_range
 from imagebuilder.disk.partitions import SECTOR, Partition
 
-MTOOLS_ENV = {"MTOOLS_SKIP_CHECK": "1"}
+# FAT keeps local times: one zone for every read and write, so a file's time and a reproducible image's bytes
+# do not depend on where the build runs.
+MTOOLS_ENV = {"MTOOLS_SKIP_CHECK": "1", "TZ": "UTC0"}
 
 
 def make_fat(image: Path, part: Partition, label: str, content: Path, serial: str | None = None,
@@ -35,6 +38,7 @@ def make_fat(image: Path, part: Partition, label: str, content: Path, serial: st
             run(["mcopy", "-i", where, "-s", "-p", "-m", "-Q", *entries, "::/"], env=MTOOLS_ENV)
         return
     env = {**MTOOLS_ENV, "SOURCE_DATE_EPOCH": str(epoch)}
+    refuse_what_fat_cannot_hold(content)
     for folder, dirs, files in os.walk(content):
         dirs.sort()
         inside = Path(folder).relative_to(content).as_posix()
@@ -43,6 +47,19 @@ def make_fat(image: Path, part: Partition, label: str, content: Path, serial: st
             run(["mmd", "-i", where, *(f"{target}{d}" for d in dirs)], env=env)
         if files:
             run(["mcopy", "-i", where, "-p", "-m", "-Q", *(Path(folder) / f for f in sorted(files)), target], env=env)
+
+
+def refuse_what_fat_cannot_hold(content: Path) -> None:
+    """A FAT holds folders and regular files only: mtools would follow a symbolic link (to a path of the
+    host, for an absolute one) and skip a linked folder's files; a kernel vfat mount refuses both."""
+    for folder, dirs, files in os.walk(content):
+        for name in (*dirs, *files):
+            path = Path(folder) / name
+            if path.is_symlink() or not (path.is_dir() or path.is_file()):
+                raise ImageBuilderError(f"{path.relative_to(content)}: the boot partition (FAT) cannot hold a "
+                                        "symbolic link or special file",
+                                        "write a regular file there instead (in the overlay, or the package "
+                                        "hook that made it)")
 
 
 def fat_label(image: Path, part: Partition) -> str:

@@ -11,6 +11,7 @@ no program can set: debugfs sets them afterwards. The FAT is remade the same way
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import stat
@@ -19,14 +20,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from imagebuilder.core.beside import raise_if_cancelled
-from imagebuilder.core.resources import loop_device, mounted
+from imagebuilder.core.errors import ImageBuilderError
+from imagebuilder.core.resources import loop_device, mounted, temporary_directory
 from imagebuilder.core.run import output, run
 from imagebuilder.disk.copy import copy_range, data_extents
-from imagebuilder.disk.partitions import SECTOR, boot_and_root
+from imagebuilder.disk.ext4 import HEADROOM
+from imagebuilder.disk.partitions import MIB, SECTOR, Partition, boot_and_root
 
-MIB = 2**20
 BLOCK = 4096
-HEADROOM = 256 * MIB  # as disk/ext4.shrink_root leaves: room for a first boot before the root is grown
 INODE_RATIO = 16384  # bytes per inode: mke2fs.conf's default
 JOURNAL = 64 * MIB  # mke2fs's journal for a file system of 1 to 16 GiB
 # What the tree's own size does not count: inode tables (one 256-byte inode per 16 KiB), bitmaps, group
@@ -104,28 +105,53 @@ def touch_epoch(path: Path, epoch: int) -> None:
 
 
 def fitting_size(tree: Path) -> tuple[int, int]:
-    """A root file system's size and inode count for the tree, from what it holds alone (the same tree, the
-    same size): its files and folders rounded up to blocks, the file system's own overhead, its journal and
-    headroom; mke2fs's one inode per 16 KiB, or more for a tree of many small files."""
+    """A root file system's size for the tree, from what it holds alone (the same tree, the same size), and
+    how many files it holds. Its files rounded up to blocks, its folders by their entries (an ext4 folder
+    never shrinks: its own size says what it once held), the file system's overhead, its journal and headroom."""
     data = files = 0
-    for _, st in walk(tree):
+    for path, st in walk(tree):
         files += 1
-        if not (stat.S_ISLNK(st.st_mode) and st.st_size < 60):  # a short link's target is in its inode
+        if stat.S_ISDIR(st.st_mode):
+            entries = sum(8 + -(-len(os.fsencode(name)) // 4) * 4 for name in (".", "..", *os.listdir(path)))
+            data += -(-entries // BLOCK) * BLOCK
+        elif not (stat.S_ISLNK(st.st_mode) and st.st_size < 60):  # a short link's target is in its inode
             data += -(-st.st_size // BLOCK) * BLOCK
-    size = -(-(int(data * OVERHEAD) + JOURNAL + HEADROOM) // MIB) * MIB
-    return size, max(size // INODE_RATIO, files * 5 // 4 + 8192)
+    return -(-(int(data * OVERHEAD) + JOURNAL + HEADROOM) // MIB) * MIB, files
 
 
-def rewrite_root(image: Path, epoch: int, work: Path, size: int | None = None) -> None:
+def inode_count(size: int, files: int) -> int:
+    """mke2fs's one inode per 16 KiB, or more for a tree of many small files."""
+    return max(size // INODE_RATIO, files * 5 // 4 + 8192)
+
+
+@functools.cache
+def rewrite_tools() -> str:
+    """The versions of the programs that lay the file systems out: other versions, other bytes."""
+    said: list[str] = []
+    run(["mkfs.ext4", "-V"], on_line=said.append)  # on stderr
+    # mkfs.vfat says its version only when it makes a file system.
+    with temporary_directory("mkfs-version-") as scratch:
+        probe = scratch / "probe.img"
+        with open(probe, "wb") as f:
+            f.truncate(40 * MIB)
+        run(["mkfs.vfat", "-v", "--invariant", probe], on_line=said.append)
+    versions = [said[0], output(["mcopy", "--version"]).splitlines()[0],
+                next(line for line in said if line.startswith("mkfs.fat"))]
+    return " | ".join(v.strip() for v in versions)
+
+
+def rewrite_root(image: Path, epoch: int, clock: int, work: Path, size: int | None = None) -> None:
     """Write the image's root file system afresh from its own files: the same files, the same bytes.
 
-    size: of the whole image (output.image_size); without it, the root is sized by fitting_size.
-    The new file system is made in `work` and copied back over the old one, into the same file: the image is
-    a partial file whose lock a build holds (core/resources.atomic_output), which a rename would lose.
+    clock: the time of /usr/lib/clock-epoch. size: of the whole image (output.image_size); without it, the
+    root is sized by fitting_size. The new file system is made in `work` and copied back over the old one,
+    into the same file: the image is a partial file whose lock a build holds (core/resources.atomic_output),
+    which a rename would lose.
     """
     _, root = boot_and_root(image)
     made = work / "root.ext4"
-    env = {"E2FSPROGS_FAKE_TIME": str(epoch)}
+    # The fake time dates the file system itself; no mke2fs.conf: its built-in defaults, not the host's.
+    env = {"E2FSPROGS_FAKE_TIME": str(epoch), "MKE2FS_CONFIG": str(work / "no-mke2fs.conf")}
     with loop_device(image, offset=root.start, size=root.size) as device:
         identity = read_identity(device)
         # Read-write: the mount points of the boot partition and the chroot's binds are folders of this file
@@ -133,24 +159,36 @@ def rewrite_root(image: Path, epoch: int, work: Path, size: int | None = None) -
         # files must not date them again.
         with mounted(device, work / "old-root", fstype="ext4", options=("noatime",)) as tree:
             clamp_times(tree, epoch)
-            touch_epoch(tree / CLOCK_EPOCH, epoch)
-            fitting, inodes = fitting_size(tree)
-            target = size - root.start if size is not None else fitting
+            touch_epoch(tree / CLOCK_EPOCH, clock)
+            fitting, files = fitting_size(tree)
+            target = fitting if size is None else size - root.start
+            if target < fitting - HEADROOM:
+                raise ImageBuilderError(f"output.image_size: the root file system needs about "
+                                        f"{(root.start + fitting - HEADROOM) // MIB} MiB of the image, which is "
+                                        f"{size // MIB if size else 0} MiB", "give a larger output.image_size")
             with open(made, "wb") as f:
                 f.truncate(target)
             raise_if_cancelled()
-            run(["mkfs.ext4", "-F", "-q", *identity.mkfs_options(), "-N", str(inodes), "-d", tree, made], env=env)
+            run(["mkfs.ext4", "-F", "-q", *identity.mkfs_options(), "-N", str(inode_count(target, files)),
+                 "-d", tree, made], env=env, cancellable=True)
     raise_if_cancelled()
     set_change_times(made, epoch)
+    copy_back(made, image, root)
+    made.unlink()
+
+
+def copy_back(made: Path, image: Path, root: Partition) -> None:
+    """The file system `made` becomes the image's root partition: its data copied in, the old root's blocks
+    gone (holes), and the partition and the file sized to it."""
+    size = made.stat().st_size
     with open(made, "rb") as src, open(image, "r+b") as dst:
         dst.truncate(root.start)
-        for start, end in data_extents(src.fileno(), target):
+        for start, end in data_extents(src.fileno(), size):
             raise_if_cancelled()
             copy_range(src.fileno(), dst.fileno(), start, end, -root.start)
-        dst.truncate(root.start + target)
-    made.unlink()
+        dst.truncate(root.start + size)
     run(["sfdisk", "--quiet", "--no-reread", "--no-tell-kernel", "-N", str(root.number), image],
-        input=f",{target // SECTOR}\n".encode())
+        input=f",{size // SECTOR}\n".encode())
 
 
 def used_inodes(made: Path) -> list[int]:
@@ -175,6 +213,7 @@ def set_change_times(made: Path, epoch: int) -> None:
         # debugfs exits 0 whatever its commands did; each failure is a line of its own on stderr.
         with open(os.devnull, "wb") as echoed:  # a line per command
             run(["debugfs", "-w", "-f", commands, made], env={"E2FSPROGS_FAKE_TIME": str(epoch)}, stdout=echoed,
+                cancellable=True,
                 on_line=lambda line: failed.append(line) if line.startswith("set_inode_field") else None)
     finally:
         commands.unlink(missing_ok=True)

@@ -60,6 +60,8 @@ def _build(ctx: Context, stage: Stage, image: Path, debs: Path) -> StageRecord:
     # The copy of the parent, what apt may add, and some room for the file system's own growth.
     # A netboot tree holds a copy of the worker's root and boot files.
     extra = allocated(stage.netboot.worker_image) if stage.netboot else 0
+    # A rewrite makes the new root beside the old one before it copies it back.
+    extra += allocated(stage.parent) if stage.rewrite and backend.rewrites else 0
     ensure_space(image.parent, allocated(stage.parent) + (GIB if stage.packages else 0) + extra + 64 * 2**20,
                  f"the {stage.name} stage")
     # Not flushed to the disk (about 0.5 s): its digests are checked whenever it is read.
@@ -104,7 +106,7 @@ def _build(ctx: Context, stage: Stage, image: Path, debs: Path) -> StageRecord:
         # bytes), sized to them; the other stages are shrunk in place.
         if stage.rewrite and backend.rewrites:
             with step("file systems made again from their files"):
-                backend.rewrite(tmp, stage.epoch, stage.size, work)
+                backend.rewrite(tmp, stage.epoch, stage.clock, stage.size, work)
         elif grown and stage.size is None:
             backend.shrink(tmp)
         raise_if_cancelled()

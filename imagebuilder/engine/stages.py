@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from imagebuilder import __version__
+from imagebuilder.disk.rewrite import rewrite_tools
 from imagebuilder.engine.backends.interface import Backend
 from imagebuilder.engine.checks import ConfigCheck
 from imagebuilder.layers.render import RenderedLayer
@@ -41,6 +42,7 @@ class Stage:
     epoch: int = 0
     # An emitted image of a reproducible build: its file systems are made again from its files (disk/rewrite.py).
     rewrite: bool = False
+    clock: int = 0  # a rewritten image's /usr/lib/clock-epoch (build/epoch.py)
     # Role checks run with the image's own tools; they change nothing, so they are not in the key.
     checks: tuple[ConfigCheck, ...] = field(default=(), compare=False)
     netboot: NetbootSource | None = None  # the master's: the worker stage its netboot tree is copied from
@@ -58,6 +60,10 @@ class Stage:
             "format": FORMAT, "builder": __version__, "epoch": self.epoch, "rewrite": self.rewrite,
             **self.backend.key_material(),
         }
+        if self.rewrite:
+            # The same files give the same bytes only from the same mkfs and mtools.
+            material["clock"] = self.clock
+            material["tools"] = rewrite_tools()
         if self.netboot is not None:
             material["netboot"] = self.netboot.material()
         return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()

@@ -292,7 +292,7 @@ class GuestfsBackend:
         """Left as it is: with no package installed, a stage grows only by what a netboot tree needs, and
         shrinking would take a loop device (root)."""
 
-    def rewrite(self, image: Path, epoch: int, size: int | None, work: Path) -> None:
+    def rewrite(self, image: Path, epoch: int, clock: int, size: int | None, work: Path) -> None:
         raise NotImplementedError("the guestfs backend does not rewrite (rewrites is False)")
 
     @contextlib.contextmanager

@@ -60,17 +60,18 @@ class Backend(Protocol):
 
     def open(self, image: Path, layout: Layout, arch: str, workdir: Path, *,
              grow_fs: bool, epoch: int, rewrite: bool) -> contextlib.AbstractContextManager[ImageTree]:
-        """The image's files. epoch: SOURCE_DATE_EPOCH for what runs in it; rewrite: the image is made again
-        from its files when closed (Backend.rewrite), so its boot partition is made again too."""
+        """The image's files. epoch: SOURCE_DATE_EPOCH for what runs in it; rewrite: the stage makes the image
+        again from its files afterwards (Backend.rewrite), so its boot partition is made again too."""
         ...
 
     def shrink(self, image: Path) -> None:
         """Shrink a grown image, closed, to what its root file system holds."""
         ...
 
-    def rewrite(self, image: Path, epoch: int, size: int | None, work: Path) -> None:
-        """Make the closed image's file systems again from their files, so that the same files give the
-        same bytes (disk/rewrite.py), sized to what they hold or to `size` (where `rewrites`)."""
+    def rewrite(self, image: Path, epoch: int, clock: int, size: int | None, work: Path) -> None:
+        """Make the image's file systems again from their files once its stage closed its tree, so that the
+        same files give the same bytes (disk/rewrite.py), sized to what they hold or to `size` (where
+        `rewrites`); clock: the time of /usr/lib/clock-epoch."""
         ...
 
 

@@ -92,8 +92,8 @@ class LoopBackend:
     def shrink(self, image: Path) -> None:
         shrink_root(image)
 
-    def rewrite(self, image: Path, epoch: int, size: int | None, work: Path) -> None:
-        rewrite_root(image, epoch, work, size)
+    def rewrite(self, image: Path, epoch: int, clock: int, size: int | None, work: Path) -> None:
+        rewrite_root(image, epoch, clock, work, size)
 
     @contextlib.contextmanager
     def open(self, image: Path, layout: Layout, arch: str, workdir: Path, *,
