@@ -42,7 +42,8 @@ workers:
   - {{hostname: node1, mac: "b8:27:eb:00:00:01", ip: 10.0.0.11}}
   - {{hostname: node2, mac: "b8:27:eb:00:00:02", ip: 10.0.0.12}}
 unknown_workers: {{hostname: "node-{{mac6}}"}}
-output: {{dir: {out}, compress: none, bmap: false}}
+# Reproducible: the images it boots are the file systems made again from their files (disk/rewrite.py).
+output: {{dir: {out}, compress: none, bmap: false, reproducible: true}}
 # What the boot test runs a container with, as k3s's embedded runc would (the check "container runs").
 packages: {{common: [runc, busybox-static]}}
 """
