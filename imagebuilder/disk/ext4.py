@@ -7,7 +7,7 @@ from pathlib import Path
 
 from imagebuilder.core.resources import loop_device
 from imagebuilder.core.run import output, run
-from imagebuilder.disk.partitions import SECTOR, Partition, boot_and_root
+from imagebuilder.disk.partitions import Partition, boot_and_root, resize_partition
 
 HEADROOM = 256 * 2**20  # left free in a root file system: room for a first boot before the root is grown
 
@@ -46,7 +46,6 @@ def shrink_root(image: Path, headroom: int = HEADROOM) -> None:
         if target >= root.size - 64 * 2**20:
             return  # not worth it
         run(["resize2fs", device, f"{target // 1024}K"])
-    run(["sfdisk", "--quiet", "--no-reread", "--no-tell-kernel", "-N", str(root.number), image],
-        input=f",{target // SECTOR}\n".encode())
+    resize_partition(image, root, target)
     with open(image, "r+b") as f:
         f.truncate(root.start + target)

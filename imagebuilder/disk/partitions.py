@@ -66,6 +66,12 @@ def partition_table(image: Path, root_size: int, disk_id: str) -> None:
     run(["sfdisk", "--quiet", "--no-reread", "--no-tell-kernel", image], input=script.encode())
 
 
+def resize_partition(image: Path, part: Partition, size: int) -> None:
+    """Give the partition `size` bytes in the table, from where it starts (its file system is sized apart)."""
+    run(["sfdisk", "--quiet", "--no-reread", "--no-tell-kernel", "-N", str(part.number), image],
+        input=f",{size // SECTOR}\n".encode())
+
+
 def grow_image(image: Path, size: int) -> bool:
     """Enlarge the image file to `size` bytes and its last (root) partition to fill it.
 

@@ -25,7 +25,7 @@ from imagebuilder.core.resources import loop_device, mounted, temporary_director
 from imagebuilder.core.run import output, run
 from imagebuilder.disk.copy import copy_range, data_extents
 from imagebuilder.disk.ext4 import HEADROOM
-from imagebuilder.disk.partitions import MIB, SECTOR, Partition, boot_and_root
+from imagebuilder.disk.partitions import MIB, Partition, boot_and_root, resize_partition
 
 BLOCK = 4096
 INODE_RATIO = 16384  # bytes per inode: mke2fs.conf's default
@@ -187,8 +187,7 @@ def copy_back(made: Path, image: Path, root: Partition) -> None:
             raise_if_cancelled()
             copy_range(src.fileno(), dst.fileno(), start, end, -root.start)
         dst.truncate(root.start + size)
-    run(["sfdisk", "--quiet", "--no-reread", "--no-tell-kernel", "-N", str(root.number), image],
-        input=f",{size // SECTOR}\n".encode())
+    resize_partition(image, root, size)
 
 
 def used_inodes(made: Path) -> list[int]:
